@@ -1,0 +1,429 @@
+"""MemoryStore: the embedded default, bounded, thread-safe, no timers.
+
+Layout
+    *Counters* live in one plain dict per namespace, kept in least-recently-
+    seen order (a touched key is popped and re-inserted at the end, which
+    CPython dicts do in O(1)).  A key seen once costs one dict entry and one
+    float; see :mod:`mailguard.core` for the sliding-window state.
+    *Blocks* live in a :class:`cachetools.TLRUCache` whose per-item expiry is
+    the block's end, so ended blocks drop out by themselves.
+
+Bounds
+    ``max_keys`` caps counters and blocks together.  When a new key needs
+    room, expired counters go first, then the least recently seen counter of
+    the largest namespace (so a flood of fresh addresses against one filter
+    wears out that filter's own oldest counters and cannot wash out another
+    filter's login streaks).  A live block is never evicted: when every key
+    is a live block, a new block is refused and counted in :attr:`dropped`.
+    Memory: about 150 bytes per key seen once (measured by
+    ``benchmarks/core.py``), plus 8 bytes per extra request a key has inside
+    its window; the default of 100,000 keys is roughly 15-20 MB.
+
+Time
+    Every decision reads the store's clock (``time.time`` by default), so a
+    :class:`~mailguard.FakeClock` given here drives every filter on the store.
+
+Nothing runs in the background: expired keys are dropped as new keys need
+room, by :meth:`MemoryStore.expire`, and when blocks are listed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from cachetools import TLRUCache
+
+from ..core import Block, Clock, Log, log_count, log_last, slide, streak
+from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store
+
+__all__ = ["MemoryStore"]
+
+_PURGE_PER_INSERT = 2  # expired keys checked at the front of a namespace per new key
+
+
+def _block_end(_key: object, block: Block, _now: float) -> float:
+    return block.until
+
+
+class MemoryStore(Store):
+    """Counters and blocks in this process's memory.
+
+    :param max_keys: the most counters and blocks held at once (default
+        100,000, about 15-20 MB).  Never exceeded.
+    :param clock: where time comes from (default ``time.time``); pass a
+        :class:`~mailguard.FakeClock` in tests.
+    """
+
+    def __init__(self, max_keys: int = 100_000, *, clock: Clock | None = None) -> None:
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys: must be a whole number >= 1, got {max_keys!r}")
+        if clock is not None and not callable(clock):
+            raise ValueError(f"clock: must be a callable returning seconds, got {clock!r}")
+        self.max_keys = max_keys
+        self._clock: Clock = clock if clock is not None else time.time
+        self._lock = threading.Lock()
+        self._spaces: dict[str, dict[str, Any]] = {}
+        self._ttl: dict[str, float] = {}  # longest window seen per namespace
+        self._counters = 0
+        self._blocks: TLRUCache[tuple[str, str], Block] = TLRUCache(
+            maxsize=max_keys, ttu=_block_end, timer=self._clock
+        )
+        self.dropped = 0
+        """Blocks that could not be recorded because every key was a live block."""
+
+    # ------------------------------------------------------------ helpers
+    def __len__(self) -> int:
+        with self._lock:
+            self._blocks.expire()
+            return self._counters + len(self._blocks)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(max_keys={self.max_keys}, keys={len(self)})"
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _space(self, ns: str, ttl: float) -> dict[str, Any]:
+        space = self._spaces.get(ns)
+        if space is None:
+            space = self._spaces[ns] = {}
+        if ttl > self._ttl.get(ns, -1.0):
+            self._ttl[ns] = ttl
+        return space
+
+    @staticmethod
+    def _expired(value: Any, now: float, ttl: float) -> bool:
+        if value.__class__ is tuple:
+            return bool(value[0] <= now)
+        return log_last(value) + ttl <= now
+
+    def _room(self, space: dict[str, Any], ns: str, now: float) -> bool:
+        """Make room for one new counter in ``space``; False if impossible."""
+        ttl = self._ttl[ns]
+        for _ in range(_PURGE_PER_INSERT):
+            if not space:
+                break
+            first = next(iter(space))
+            if not self._expired(space[first], now, ttl):
+                break
+            del space[first]
+            self._counters -= 1
+        while self._counters + len(self._blocks) >= self.max_keys:
+            if self._counters == 0:
+                self._blocks.expire(now)
+                return self._counters + len(self._blocks) < self.max_keys
+            victim = max(self._spaces.values(), key=len)
+            del victim[next(iter(victim))]
+            self._counters -= 1
+        return True
+
+    def _live_block(self, ns: str, key: str, now: float) -> Block | None:
+        if not self._blocks:
+            return None
+        found = self._blocks.get((ns, key))
+        if found is not None and found.until > now:
+            return found
+        return None
+
+    def _put_block(self, ns: str, key: str, now: float, seconds: float, reason: str) -> Block:
+        made = Block(ns, key, reason, now, now + seconds)
+        if (ns, key) not in self._blocks:
+            while self._counters + len(self._blocks) >= self.max_keys:
+                if self._counters:
+                    victim = max(self._spaces.values(), key=len)
+                    del victim[next(iter(victim))]
+                    self._counters -= 1
+                    continue
+                self._blocks.expire(now)
+                if len(self._blocks) >= self.max_keys:
+                    self.dropped += 1
+                    return made
+        self._blocks[(ns, key)] = made
+        return made
+
+    def _forget(self, ns: str, key: str) -> None:
+        space = self._spaces.get(ns)
+        if space is not None and space.pop(key, None) is not None:
+            self._counters -= 1
+
+    # ----------------------------------------------------------- counting
+    def hit(
+        self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
+    ) -> tuple[int, int, float]:
+        now = self._clock()
+        with self._lock:
+            if jail > 0.0:
+                found = self._live_block(ns, key, now)
+                if found is not None:
+                    return BLOCKED, 0, found.until - now
+            space = self._spaces.get(ns)
+            if space is None:
+                space = self._space(ns, window)
+            log: Log = space.pop(key, None)
+            if log is None:
+                if window > self._ttl[ns]:
+                    self._ttl[ns] = window
+                if not self._room(space, ns, now):
+                    return OK, limit - 1, window
+                self._counters += 1
+            log, allowed, remaining, wait = slide(log, now, limit, window)
+            if allowed:
+                space[key] = log
+                return OK, remaining, wait
+            if jail > 0.0:
+                self._counters -= 1
+                self._put_block(ns, key, now, jail, "rate")
+                return JAILED, 0, jail
+            space[key] = log
+            return OVER, 0, wait
+
+    def peek(self, ns: str, key: str, window: float) -> int:
+        now = self._clock()
+        with self._lock:
+            space = self._spaces.get(ns)
+            if space is None:
+                return 0
+            value = space.get(key)
+            if value is None or value.__class__ is tuple:
+                return 0
+            return log_count(value, now, window)
+
+    def attempt(
+        self, ns: str, key: str, limit: int, interval: float, pending_ttl: float
+    ) -> tuple[int, int, float]:
+        now = self._clock()
+        with self._lock:
+            found = self._live_block(ns, key, now)
+            if found is not None:
+                return BLOCKED, 0, found.until - now
+            space = self._space(ns, 0.0)
+            state = space.pop(key, None)
+            if state is None:
+                if not self._room(space, ns, now):
+                    return OK, limit - 1, 0.0
+                self._counters += 1
+                count, last, pending, pending_until = 0, -math.inf, 0, 0.0
+            else:
+                _, count, last, pending, pending_until = state
+            if now - last > interval:
+                count = 0
+            if pending and now >= pending_until:
+                pending = 0
+            if count + pending >= limit:
+                space[key] = (
+                    max(last + interval, pending_until),
+                    count,
+                    last,
+                    pending,
+                    pending_until,
+                )
+                return BUSY, 0, 1.0
+            pending += 1
+            pending_until = now + pending_ttl
+            space[key] = (max(last + interval, pending_until), count, last, pending, pending_until)
+            return OK, limit - count - pending, 0.0
+
+    def settle(
+        self,
+        ns: str,
+        key: str,
+        failed: bool,
+        limit: int,
+        interval: float,
+        block_for: float,
+        *,
+        reset: bool = False,
+        factor: float = 1.0,
+        max_block: float = 0.0,
+        memory: float = 0.0,
+    ) -> tuple[int, int, float]:
+        now = self._clock()
+        with self._lock:
+            space = self._space(ns, 0.0)
+            state = space.pop(key, None)
+            if state is None:
+                count, last, pending, pending_until = 0, -math.inf, 0, 0.0
+            else:
+                self._counters -= 1
+                _, count, last, pending, pending_until = state
+            if pending and now < pending_until:
+                pending -= 1
+            else:
+                pending = 0
+            if reset:
+                count = 0
+            code, blocked_for = OK, 0.0
+            if failed:
+                count = streak(count, last, now, interval)
+                last = now
+                if count >= limit:
+                    code, blocked_for = (
+                        JAILED,
+                        self._penalty(ns, key, now, block_for, factor, max_block, memory),
+                    )
+                    self._put_block(ns, key, now, blocked_for, "failures")
+                    count, last = 0, -math.inf
+            streak_now = count
+            if (count or pending) and self._room(space, ns, now):
+                self._counters += 1
+                space[key] = (
+                    max(last + interval, pending_until if pending else -math.inf),
+                    count,
+                    last,
+                    pending,
+                    pending_until,
+                )
+            return code, streak_now, blocked_for
+
+    def _penalty(
+        self, ns: str, key: str, now: float, base: float, factor: float, cap: float, memory: float
+    ) -> float:
+        if factor <= 1.0 or memory <= 0.0:
+            return base
+        space = self._space(ns + "!offences", memory)
+        state = space.pop(key, None)
+        if state is None:
+            earlier = 0
+            if not self._room(space, ns + "!offences", now):
+                return base
+            self._counters += 1
+        else:
+            earlier = state[1] if state[0] > now else 0
+        space[key] = (now + memory, earlier + 1)
+        seconds = base * factor**earlier
+        return min(seconds, cap) if cap > 0 else seconds
+
+    def swap(self, ns: str, key: str, value: str, ttl: float) -> str | None:
+        now = self._clock()
+        with self._lock:
+            space = self._space(ns, 0.0)
+            state = space.pop(key, None)
+            if state is None:
+                if not self._room(space, ns, now):
+                    return None
+                self._counters += 1
+                previous = None
+            else:
+                previous = state[1] if state[0] > now else None
+            space[key] = (now + ttl, value)
+            return previous
+
+    # ------------------------------------------------------------- blocks
+    def block(self, ns: str, key: str, seconds: float, reason: str) -> Block:
+        now = self._clock()
+        with self._lock:
+            return self._put_block(ns, key, now, seconds, reason)
+
+    def get_block(self, ns: str, key: str) -> Block | None:
+        now = self._clock()
+        with self._lock:
+            return self._live_block(ns, key, now)
+
+    def blocks(self, kind: str | None = None) -> list[Block]:
+        now = self._clock()
+        with self._lock:
+            self._blocks.expire(now)
+            found = [b for b in self._blocks.values() if kind is None or b.kind == kind]
+        return sorted((b for b in found if b.until > now), key=lambda b: (b.until, b.kind, b.key))
+
+    def unblock(self, key: str, kind: str | None = None) -> int:
+        with self._lock:
+            doomed = [k for k in self._blocks if k[1] == key and (kind is None or k[0] == kind)]
+            for k in doomed:
+                del self._blocks[k]
+            return len(doomed)
+
+    def unblock_all(self, kind: str | None = None) -> int:
+        with self._lock:
+            doomed = [k for k in self._blocks if kind is None or k[0] == kind]
+            for k in doomed:
+                del self._blocks[k]
+            return len(doomed)
+
+    def expire(self) -> int:
+        """Drop every expired counter and ended block now; return how many went."""
+        now = self._clock()
+        gone = 0
+        with self._lock:
+            for ns, space in self._spaces.items():
+                ttl = self._ttl[ns]
+                dead = [k for k, v in space.items() if self._expired(v, now, ttl)]
+                for k in dead:
+                    del space[k]
+                gone += len(dead)
+            self._counters -= gone
+            before = len(self._blocks)
+            self._blocks.expire(now)
+            gone += before - len(self._blocks)
+        return gone
+
+    def clear(self) -> None:
+        """Forget every counter and block."""
+        with self._lock:
+            self._spaces.clear()
+            self._counters = 0
+            self._blocks.clear()
+
+    # -------------------------------------------------------------- async
+    # Memory operations take microseconds and never wait on I/O, so the
+    # coroutines run them in place: no thread hop, no event-loop blocking.
+    async def ahit(
+        self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
+    ) -> tuple[int, int, float]:
+        return self.hit(ns, key, limit, window, jail)
+
+    async def apeek(self, ns: str, key: str, window: float) -> int:
+        return self.peek(ns, key, window)
+
+    async def aattempt(
+        self, ns: str, key: str, limit: int, interval: float, pending_ttl: float
+    ) -> tuple[int, int, float]:
+        return self.attempt(ns, key, limit, interval, pending_ttl)
+
+    async def asettle(
+        self,
+        ns: str,
+        key: str,
+        failed: bool,
+        limit: int,
+        interval: float,
+        block_for: float,
+        *,
+        reset: bool = False,
+        factor: float = 1.0,
+        max_block: float = 0.0,
+        memory: float = 0.0,
+    ) -> tuple[int, int, float]:
+        return self.settle(
+            ns,
+            key,
+            failed,
+            limit,
+            interval,
+            block_for,
+            reset=reset,
+            factor=factor,
+            max_block=max_block,
+            memory=memory,
+        )
+
+    async def aswap(self, ns: str, key: str, value: str, ttl: float) -> str | None:
+        return self.swap(ns, key, value, ttl)
+
+    async def ablock(self, ns: str, key: str, seconds: float, reason: str) -> Block:
+        return self.block(ns, key, seconds, reason)
+
+    async def aget_block(self, ns: str, key: str) -> Block | None:
+        return self.get_block(ns, key)
+
+    async def ablocks(self, kind: str | None = None) -> list[Block]:
+        return self.blocks(kind)
+
+    async def aunblock(self, key: str, kind: str | None = None) -> int:
+        return self.unblock(key, kind)
+
+    async def aunblock_all(self, kind: str | None = None) -> int:
+        return self.unblock_all(kind)
