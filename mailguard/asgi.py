@@ -1,0 +1,185 @@
+"""ASGI middleware: DosFilter, InvalidLoginFilter, DeviceJail.
+
+Each class is a pure ASGI app wrapping another::
+
+    from mailguard.asgi import DosFilter
+    app = DosFilter(app, max_requests_per_sec=100)
+    # Starlette / FastAPI:
+    app.add_middleware(DosFilter, max_requests_per_sec=100)
+
+The options are those of the matching policy in :mod:`mailguard.policies`;
+``policy=`` takes a ready policy instead.  Options are checked once, here:
+a bad one raises ``ValueError`` naming it.  A request travels adapter ->
+identity -> policy -> store -> policy -> adapter; this module only translates
+the verdict: call the app, hold the request, or answer for it.
+
+Lifespan and other non-HTTP scopes pass straight through.  A websocket
+handshake is counted like a request and refused with a close (code 1013,
+"try again later").  The body is never read unless the policy asks for a
+bounded prefix of it, and then the app receives every message unchanged.
+The app's own exceptions are never caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, ClassVar
+
+from .core import ALLOW, Verdict
+from .policies import DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
+from .request import AsgiRequest
+from .stores.guard import StoreDown
+
+__all__ = ["DeviceJail", "DosFilter", "GuardMiddleware", "InvalidLoginFilter"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = logging.getLogger("mailguard")
+
+
+class GuardMiddleware:
+    """The shared translation from a policy's verdict to ASGI messages."""
+
+    policy_type: ClassVar[type[Policy]] = Policy
+
+    def __init__(self, app: ASGIApp, *, policy: Policy | None = None, **options: Any) -> None:
+        if policy is None:
+            policy = self.policy_type(**options)
+        elif options:
+            raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
+        self.app = app
+        self.policy = policy
+        self._resolve = policy.resolver.from_asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        policy = self.policy
+        request = AsgiRequest(scope, self._resolve(scope))
+        try:
+            wanted = policy.wants_body(request)
+            if wanted:
+                receive = await _buffer(request, receive, wanted)
+            verdict = await policy.acheck(request)
+        except StoreDown as down:
+            verdict = policy.degraded(down)
+        except Exception:
+            _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
+            verdict = ALLOW
+        if verdict is ALLOW:
+            await self.app(scope, receive, send)
+        else:
+            await self._act(verdict, request, scope, receive, send)
+
+    async def _act(
+        self, verdict: Verdict, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        policy = self.policy
+        if verdict.delay > 0.0:
+            try:
+                await asyncio.sleep(verdict.delay)
+            finally:
+                policy.release(verdict)
+        if not verdict.allowed:
+            await _refuse(policy, verdict, scope, send)
+            return
+        extra = [(k.encode(), v.encode()) for k, v in policy.allowed_headers(verdict)]
+        if not extra and not verdict.watch:
+            await self.app(scope, receive, send)
+            return
+        strip = {name.encode() for name in policy.strip_headers}
+        reported = False
+
+        async def report(status: int | None, seen: dict[str, str]) -> None:
+            nonlocal reported
+            reported = True
+            try:
+                await policy.afinish(request, verdict, status, seen)
+            except Exception:
+                _log.exception("mailguard: %s could not record a response", policy.kind)
+
+        async def watched_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or ())
+                if verdict.watch:
+                    await report(message.get("status"), _header_map(headers))
+                    if strip:
+                        headers = [(k, v) for k, v in headers if k.lower() not in strip]
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        finally:
+            if verdict.watch and not reported:
+                await report(None, {})
+
+
+async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1013, "reason": "Try Again Later"})
+        return
+    status, headers, body = policy.refusal(verdict)
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send(
+        {"type": "http.response.body", "body": body if scope.get("method") != "HEAD" else b""}
+    )
+
+
+def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for key, value in headers:
+        name = key.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        seen[name] = f"{seen[name]}, {text}" if name in seen else text
+    return seen
+
+
+async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> Receive:
+    """Read up to ``limit`` body bytes for the policy; replay them to the app unchanged."""
+    held: list[Message] = []
+    size = 0
+    more = True
+    while more and size < limit:
+        message = await receive()
+        held.append(message)
+        if message.get("type") != "http.request":
+            break
+        size += len(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+    request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
+
+    async def replay() -> Message:
+        if held:
+            return held.pop(0)
+        return await receive()
+
+    return replay
+
+
+class DosFilter(GuardMiddleware):
+    """Caps requests per second per client; options: :class:`~mailguard.policies.DosPolicy`."""
+
+    policy_type = DosPolicy
+
+
+class InvalidLoginFilter(GuardMiddleware):
+    """Blocks addresses after failed logins: :class:`~mailguard.policies.InvalidLoginPolicy`."""
+
+    policy_type = InvalidLoginPolicy
+
+
+class DeviceJail(GuardMiddleware):
+    """Jails runaway ActiveSync devices; options: :class:`~mailguard.policies.DeviceJailPolicy`."""
+
+    policy_type = DeviceJailPolicy

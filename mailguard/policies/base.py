@@ -1,0 +1,177 @@
+"""What every policy shares: options, identity, the store, refusals.
+
+A policy is sans-IO: given a :class:`~mailguard.request.Request` it returns a
+:class:`~mailguard.core.Verdict`, asking its store for counts on the way.  It
+has a synchronous face (``check``, ``finish``) for WSGI and an asynchronous
+one (``acheck``, ``afinish``) for ASGI; the two differ only in how they call
+the store, and the rules themselves sit in plain methods both faces call.
+Adapters (:mod:`mailguard.asgi`, :mod:`mailguard.wsgi`) do the rest:
+
+1. resolve the client (``policy.resolver``) and wrap the request;
+2. buffer up to ``policy.wants_body(request)`` bytes of body, if asked;
+3. ``verdict = policy.check(request)``;
+4. hold the request ``verdict.delay`` seconds, then ``policy.release(verdict)``;
+5. refuse with ``policy.refusal(verdict)`` or call the app, adding
+   ``policy.allowed_headers(verdict)`` and, when ``verdict.watch`` is set,
+   reporting the response status and headers to ``policy.finish``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from ..core import ALLOW, Verdict
+from ..events import Event, EventHook, Reporter
+from ..identity import AddressSet, Client, ClientResolver
+from ..options import status_code as check_status
+from ..request import Request
+from ..stores.base import Store
+from ..stores.guard import STORE_ERROR_MODES, GuardedStore, StoreDown
+from ..stores.memory import MemoryStore
+
+__all__ = ["Policy"]
+
+_log = logging.getLogger("mailguard")
+
+
+class Policy:
+    """Options every filter takes.
+
+    :param store: where counts and blocks live; default a private
+        :class:`~mailguard.MemoryStore`.  Share one store between filters,
+        and use a :class:`~mailguard.RedisStore` when several processes serve
+        the same users.
+    :param safe_ips: addresses and CIDR networks this filter never counts.
+    :param trusted_proxies: proxies whose forwarding header is believed (see
+        :mod:`mailguard.identity`).
+    :param forwarded_header: the one header those proxies write:
+        ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``.
+    :param ipv6_prefix: IPv6 clients are counted per network of this many
+        bits (default 64, 32 to 128).
+    :param status_code: the status of a refusal (default 503).
+    :param namespace: this filter's keys in the store (default: its kind);
+        give two filters of one kind on one store different namespaces.
+    :param on_store_error: what to do when the store cannot answer:
+        ``"open"`` serves the request, ``"closed"`` refuses it with 503,
+        ``"memory"`` counts in a local :class:`~mailguard.MemoryStore` until
+        the store is back.
+    :param on_event: a callable that receives every
+        :class:`~mailguard.events.Event` this filter reports.
+    """
+
+    kind: ClassVar[str] = "policy"
+    default_on_store_error: ClassVar[str] = "open"
+
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        safe_ips: Iterable[str] = (),
+        trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "x-forwarded-for",
+        ipv6_prefix: int = 64,
+        status_code: int = 503,
+        namespace: str | None = None,
+        on_store_error: str | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        if store is not None and not isinstance(store, Store):
+            raise ValueError(f"store: must be a mailguard store, got {store!r}")
+        self.resolver = ClientResolver(
+            trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header
+        )
+        self.safe_ips = AddressSet(safe_ips, name="safe_ips")
+        self.status_code = check_status("status_code", status_code)
+        self.namespace = self.kind if namespace is None else namespace
+        if not isinstance(self.namespace, str) or not self.namespace.isidentifier():
+            raise ValueError(f"namespace: must be a short identifier, got {namespace!r}")
+        mode = self.default_on_store_error if on_store_error is None else on_store_error
+        if mode not in STORE_ERROR_MODES:
+            raise ValueError(
+                f"on_store_error: must be one of {', '.join(STORE_ERROR_MODES)}, got {mode!r}"
+            )
+        self.on_store_error = mode
+        primary = store if store is not None else MemoryStore()
+        self.store: Store = (
+            primary if isinstance(primary, MemoryStore) else GuardedStore(primary, mode)
+        )
+        self.report = Reporter(self.kind, on_event)
+
+    # --------------------------------------------------------------- steps
+    def is_safe(self, client: Client) -> bool:
+        return bool(self.safe_ips) and client.is_ip and client.address in self.safe_ips
+
+    def wants_body(self, request: Request) -> int:
+        """How many body bytes ``check`` needs buffered first (0: none)."""
+        return 0
+
+    def check(self, request: Request) -> Verdict:
+        return ALLOW
+
+    async def acheck(self, request: Request) -> Verdict:
+        return ALLOW
+
+    def finish(
+        self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        """The response to a watched request started (``status`` None: the app failed)."""
+
+    async def afinish(
+        self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        self.finish(request, verdict, status, headers)
+
+    def release(self, verdict: Verdict) -> None:
+        """A delayed request has finished waiting."""
+
+    strip_headers: frozenset[str] = frozenset()
+    """Response headers (lower-case) removed from watched responses."""
+
+    def allowed_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
+        """Headers added to an allowed response."""
+        return []
+
+    def degraded(self, down: StoreDown) -> Verdict:
+        """The verdict while the store is down and ``on_store_error`` is open or closed."""
+        if down.mode == "closed":
+            return Verdict(False, "store-error", retry_after=5)
+        return ALLOW
+
+    def refusal(self, verdict: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers and body of a refusal."""
+        wait = max(1, verdict.retry_after)
+        status = 503 if verdict.reason == "store-error" else self.status_code
+        headers = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("retry-after", str(wait)),
+            ("cache-control", "no-store"),
+        ]
+        headers.extend(self.refusal_headers(verdict))
+        body = f"{HTTPStatus(status).phrase}: {self.explain(verdict)} Retry in {wait} s.\n"
+        return status, headers, body.encode()
+
+    def refusal_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
+        return []
+
+    def explain(self, verdict: Verdict) -> str:
+        """One sentence for the refusal body (never echoes request text)."""
+        if verdict.reason == "store-error":
+            return "the service is temporarily unable to check this request."
+        return "too many requests."
+
+    def emit(
+        self,
+        action: str,
+        client: str,
+        level: int = logging.WARNING,
+        quoted: frozenset[str] = frozenset(),
+        **fields: Any,
+    ) -> None:
+        """Report an event; ``quoted`` names the fields that hold request text."""
+        self.report.emit(Event(self.kind, action, client, tuple(fields.items()), quoted), level)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(namespace={self.namespace!r}, store={self.store!r})"

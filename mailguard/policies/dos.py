@@ -1,0 +1,218 @@
+"""DosPolicy: at most ``max_requests_per_sec`` requests per client per second.
+
+The admin's model is Zimbra/Carbonio's HTTP DoS filter
+(``zimbraHttpDosFilterMaxRequestsPerSec``, ``zimbraHttpDosFilterDelayMillis``,
+``zimbraHttpThrottleSafeIPs``) and Jetty's DoSFilter underneath it: a request
+is over the limit when it would be the ``max_requests_per_sec + 1``-th allowed
+request of its client within the last second (an exact sliding window,
+:func:`mailguard.core.slide`).  What happens then is ``delay_ms``:
+
+``-1`` (default)
+    refuse without calling the app: ``status_code`` (503) with
+    ``Retry-After`` (whole seconds, at least 1) and a short text body;
+``0``
+    serve it anyway and only report it (monitor mode, for tuning a limit);
+``> 0``
+    hold it that many milliseconds, then serve it.  At most
+    ``max_delayed`` requests wait at once, and at most
+    ``max_delayed_per_client`` of one client; beyond that they are refused
+    as with -1, so delay mode cannot tie up every worker or grow memory.
+
+Refusals are logged at WARNING once per client per episode: the first
+refusal logs ``mailguard dos refused client=...``, the rest of the flood is
+counted silently, and the first request served again logs ``calm`` at INFO
+with how many were refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..core import ALLOW, Verdict, retry_after
+from ..options import paths, positive_int, whole
+from ..request import Request
+from .base import Policy
+
+__all__ = ["DosPolicy"]
+
+_EPISODES_MAX = 10_000  # clients remembered as "in a refusal episode" at once
+
+KeyFunc = Callable[[Request], "str | None"]
+
+
+class DosPolicy(Policy):
+    """Per-client request cap.  Options as in :class:`Policy`, plus:
+
+    :param max_requests_per_sec: allowed requests per client in any second
+        (default 100).
+    :param delay_ms: -1 refuse, 0 only report, > 0 delay by that many ms.
+    :param max_delayed: requests waiting at once, in total (default 50).
+    :param max_delayed_per_client: requests of one client waiting at once
+        (default 5).
+    :param exempt_paths: paths passed untouched (health checks): exact, or a
+        prefix when the entry ends with ``/``.
+    :param headers: add ``RateLimit-Limit``, ``RateLimit-Remaining`` and
+        ``RateLimit-Reset`` to every counted response.
+    :param key_func: count by something else than the client address: a
+        callable taking the :class:`~mailguard.request.Request` and returning
+        a string, or None to leave the request uncounted.
+    """
+
+    kind = "dos"
+
+    def __init__(
+        self,
+        *,
+        max_requests_per_sec: int = 100,
+        delay_ms: int = -1,
+        max_delayed: int = 50,
+        max_delayed_per_client: int = 5,
+        exempt_paths: Iterable[str] = (),
+        headers: bool = False,
+        key_func: KeyFunc | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.limit = positive_int("max_requests_per_sec", max_requests_per_sec)
+        self.delay_ms = whole("delay_ms", delay_ms, low=-1)
+        self.max_delayed = positive_int("max_delayed", max_delayed)
+        self.max_delayed_per_client = positive_int("max_delayed_per_client", max_delayed_per_client)
+        exempt = paths("exempt_paths", exempt_paths)
+        self.exempt_exact = frozenset(p for p in exempt if not p.endswith("/"))
+        self.exempt_prefixes = tuple(p for p in exempt if p.endswith("/"))
+        if not isinstance(headers, bool):
+            raise ValueError(f"headers: must be True or False, got {headers!r}")
+        self.headers = headers
+        if key_func is not None and not callable(key_func):
+            raise ValueError(f"key_func: must be callable, got {key_func!r}")
+        self.key_func = key_func
+        self._episodes: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
+        self._waiting_total = 0
+        self._waiting_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- rules
+    def key_of(self, request: Request) -> str | None:
+        """The key this request counts under, or None when it is not counted."""
+        if self.exempt_exact and request.path in self.exempt_exact:
+            return None
+        if self.exempt_prefixes and request.path.startswith(self.exempt_prefixes):
+            return None
+        client = request.client
+        if self.safe_ips and self.is_safe(client):
+            return None
+        if self.key_func is None:
+            return client.key
+        try:
+            return self.key_func(request)
+        except Exception:
+            logging.getLogger("mailguard.dos").exception("mailguard dos key_func failed")
+            return client.key
+
+    def judge(self, request: Request, key: str, code: int, remaining: int, wait: float) -> Verdict:
+        """Turn one sliding-window answer into a verdict."""
+        if code == 0:
+            if self._episodes and key in self._episodes:
+                refused = self._episodes.pop(key)
+                self.emit("calm", request.client.key, logging.INFO, key=key, refused=refused)
+            if not self.headers:
+                return ALLOW
+            return Verdict(True, "ok", key, remaining=remaining, reset=wait, limit=self.limit)
+        episode = self._episodes.get(key)
+        if episode is None:
+            if len(self._episodes) >= _EPISODES_MAX:
+                self._episodes.clear()
+            self._episodes[key] = 1
+            mode = "reject" if self.delay_ms < 0 else ("monitor" if self.delay_ms == 0 else "delay")
+            self.emit(
+                "refused" if self.delay_ms < 0 else "over",
+                request.client.key,
+                key=key,
+                limit=f"{self.limit}/1s",
+                mode=mode,
+            )
+        else:
+            self._episodes[key] = episode + 1
+        if self.delay_ms == 0:
+            return Verdict(True, "over", key, remaining=0, reset=wait, limit=self.limit)
+        if self.delay_ms > 0 and self._reserve(key):
+            return Verdict(
+                True,
+                "delayed",
+                key,
+                remaining=0,
+                reset=wait,
+                limit=self.limit,
+                delay=self.delay_ms / 1000.0,
+            )
+        return Verdict(
+            False,
+            "rate",
+            key,
+            retry_after=retry_after(wait),
+            remaining=0,
+            reset=wait,
+            limit=self.limit,
+        )
+
+    def _reserve(self, key: str) -> bool:
+        with self._waiting_lock:
+            mine = self._waiting.get(key, 0)
+            if self._waiting_total >= self.max_delayed or mine >= self.max_delayed_per_client:
+                return False
+            self._waiting[key] = mine + 1
+            self._waiting_total += 1
+            return True
+
+    def release(self, verdict: Verdict) -> None:
+        with self._waiting_lock:
+            mine = self._waiting.get(verdict.key, 0)
+            if mine <= 1:
+                self._waiting.pop(verdict.key, None)
+            else:
+                self._waiting[verdict.key] = mine - 1
+            self._waiting_total = max(0, self._waiting_total - 1)
+
+    @property
+    def waiting(self) -> int:
+        """Requests held in delay right now."""
+        return self._waiting_total
+
+    # ---------------------------------------------------------------- faces
+    def check(self, request: Request) -> Verdict:
+        key = self.key_of(request)
+        if key is None:
+            return ALLOW
+        return self.judge(request, key, *self.store.hit(self.namespace, key, self.limit, 1.0))
+
+    async def acheck(self, request: Request) -> Verdict:
+        key = self.key_of(request)
+        if key is None:
+            return ALLOW
+        answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
+        return self.judge(request, key, *answer)
+
+    # ------------------------------------------------------------ responses
+    def allowed_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
+        if not self.headers or verdict.limit == 0:
+            return []
+        return _ratelimit_headers(verdict)
+
+    def refusal_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
+        return _ratelimit_headers(verdict) if self.headers and verdict.limit else []
+
+    def explain(self, verdict: Verdict) -> str:
+        if verdict.reason == "rate":
+            return "too many requests from your address."
+        return super().explain(verdict)
+
+
+def _ratelimit_headers(verdict: Verdict) -> list[tuple[str, str]]:
+    return [
+        ("ratelimit-limit", str(verdict.limit)),
+        ("ratelimit-remaining", str(max(0, verdict.remaining))),
+        ("ratelimit-reset", str(retry_after(verdict.reset))),
+    ]

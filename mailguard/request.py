@@ -1,0 +1,93 @@
+"""A read-only view of one HTTP request, the same for ASGI and WSGI.
+
+Policies see requests only through :class:`Request`, so no policy knows which
+interface it serves.  Nothing here consumes the request: headers are read from
+the ASGI scope or the WSGI environ on demand, and a body is present only when
+an adapter buffered it for a policy that asked (see
+:meth:`mailguard.policies.Policy.wants_body`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+from .identity import Client
+
+__all__ = ["AsgiRequest", "Request", "WsgiRequest"]
+
+
+class Request:
+    """What a policy may know about a request.
+
+    :ivar client: who is asking (see :mod:`mailguard.identity`).
+    :ivar method: upper-case method (``"GET"``; ``"WEBSOCKET"`` for a handshake).
+    :ivar path: the URL path, decoded.
+    :ivar query: the raw query string, undecoded (``+`` still a plus).
+    :ivar body: the buffered body, or ``None`` when it was not read.
+    """
+
+    __slots__ = ("body", "client", "method", "path", "query")
+
+    def __init__(self, client: Client, method: str, path: str, query: str) -> None:
+        self.client = client
+        self.method = method
+        self.path = path
+        self.query = query
+        self.body: bytes | None = None
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (lower-case), lines joined by ``", "``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.method} {self.path} from {self.client.key}>"
+
+
+class AsgiRequest(Request):
+    __slots__ = ("_headers", "_scope")
+
+    def __init__(self, scope: Mapping[str, Any], client: Client) -> None:
+        raw = scope.get("query_string", b"")
+        method = "WEBSOCKET" if scope["type"] == "websocket" else scope.get("method", "GET")
+        super().__init__(client, method, scope.get("path", "/"), raw.decode("latin-1"))
+        self._scope = scope
+        self._headers: dict[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        headers = self._headers
+        if headers is None:
+            headers = {}
+            for key, value in self._scope.get("headers", ()):
+                k = key.decode("latin-1").lower()
+                v = value.decode("latin-1")
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
+            self._headers = headers
+        return headers.get(name)
+
+
+class WsgiRequest(Request):
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any], client: Client) -> None:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        with suppress(UnicodeEncodeError, UnicodeDecodeError):
+            # WSGI carries the path's bytes as latin-1 text; undo that
+            path = path.encode("latin-1").decode("utf-8")
+        super().__init__(
+            client,
+            environ.get("REQUEST_METHOD", "GET"),
+            path or "/",
+            environ.get("QUERY_STRING", ""),
+        )
+        self._environ = environ
+
+    def header(self, name: str) -> str | None:
+        if name == "content-type":
+            value = self._environ.get("CONTENT_TYPE")
+        elif name == "content-length":
+            value = self._environ.get("CONTENT_LENGTH")
+        else:
+            value = self._environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return value if value else None
