@@ -50,6 +50,7 @@ __all__ = [
     "retry_after",
     "slide",
     "streak",
+    "wait_until",
 ]
 
 Clock = Callable[[], float]
@@ -103,18 +104,20 @@ class Window:
     """The recorded requests of one key with two or more in its window.
 
     A ring buffer of timestamps, oldest at ``start``, holding ``count``
-    entries.  Its capacity doubles as a key sends more (2, 4, 8, ... never
-    more than the limit), so memory follows the traffic actually seen, and
-    expired entries are skipped by moving ``start``: nothing is ever shifted,
-    and each decision costs O(1) amortised whatever the limit.
+    entries, the newest being ``last``.  Its capacity doubles as a key sends
+    more (2, 4, 8, ... never more than the limit), so memory follows the
+    traffic actually seen, and expired entries are skipped by moving
+    ``start``: nothing is ever shifted, and each decision costs O(1)
+    amortised whatever the limit.
     """
 
-    __slots__ = ("buf", "count", "start")
+    __slots__ = ("buf", "count", "last", "start")
 
     def __init__(self, buf: array[float], start: int, count: int) -> None:
         self.buf = buf
         self.start = start
         self.count = count
+        self.last = buf[(start + count - 1) % len(buf)]
 
     def __len__(self) -> int:
         return self.count
@@ -123,9 +126,6 @@ class Window:
         """The recorded timestamps, oldest first."""
         buf, cap = self.buf, len(self.buf)
         return [buf[(self.start + i) % cap] for i in range(self.count)]
-
-    def newest(self) -> float:
-        return self.buf[(self.start + self.count - 1) % len(self.buf)]
 
     def __repr__(self) -> str:
         return f"Window({self.times()!r})"
@@ -159,40 +159,68 @@ def slide(log: Log, now: float, limit: int, window: float) -> tuple[Log, bool, i
         elif last <= now - window:
             return now, True, limit - 1, window
         if limit <= 1:
-            return log, False, 0, last + window - now
+            return log, False, 0, wait_until(_leaves(last, window), now)
         return Window(array("d", (last, now)), 0, 2), True, limit - 2, last + window - now
     ring: Window = log  # type: ignore[assignment]
+    last = ring.last
+    if now < last:
+        now = last
+    cutoff = now - window
+    if last <= cutoff:  # the whole window has passed: back to one float
+        return now, True, limit - 1, window
     buf = ring.buf
-    cap = len(buf)
     start = ring.start
     count = ring.count
-    newest = buf[(start + count - 1) % cap]
-    if now < newest:
-        now = newest
-    cutoff = now - window
-    if newest <= cutoff:  # the whole window has passed: back to one float
-        return now, True, limit - 1, window
-    while buf[start] <= cutoff:  # newest is live, so this stops
-        start += 1
-        count -= 1
-        if start == cap:
-            start = 0
-    if count >= limit:
+    if buf[start] <= cutoff:  # skip what expired; ``last`` is live, so this stops
+        cap = len(buf)
+        while True:
+            start += 1
+            count -= 1
+            if start == cap:
+                start = 0
+            if buf[start] > cutoff:
+                break
         ring.start = start
         ring.count = count
-        return ring, False, 0, buf[start] + window - now
+    if count >= limit:
+        return ring, False, 0, wait_until(_leaves(buf[start], window), now)
+    cap = len(buf)
     if count == cap:  # full: grow, oldest first, doubling up to the limit
         grown = array("d", buf[start:])
         grown.extend(buf[:start])
         grown.extend(array("d", bytes(8 * (min(limit, cap * 2) - cap))))
         buf = ring.buf = grown
         cap = len(grown)
-        start = 0
+        start = ring.start = 0
     end = start + count
     buf[end - cap if end >= cap else end] = now
-    ring.start = start
     ring.count = count + 1
+    ring.last = now
     return ring, True, limit - count - 1, buf[start] + window - now
+
+
+def _leaves(first: float, window: float) -> float:
+    """The first time at which a request recorded at ``first`` no longer counts.
+
+    ``first + window`` can round below the time at which ``now - window``
+    reaches ``first`` (the test :func:`slide` applies), so step up to it.
+    """
+    until = first + window
+    while until - window < first:
+        until = math.nextafter(until, math.inf)
+    return until
+
+
+def wait_until(until: float, now: float) -> float:
+    """Seconds from ``now`` to ``until``, such that ``now + wait >= until``.
+
+    Plain ``until - now`` can be one ulp short, so that a caller (or a
+    :class:`FakeClock`) that waits exactly that long arrives just too early.
+    """
+    wait = until - now
+    while now + wait < until:
+        wait = math.nextafter(wait, math.inf)
+    return wait
 
 
 def log_count(log: Log, now: float, window: float) -> int:
@@ -213,7 +241,7 @@ def log_last(log: Log) -> float:
     if type(log) is float:
         return log
     ring: Window = log  # type: ignore[assignment]
-    return ring.newest()
+    return ring.last
 
 
 def streak(count: int, last: float, now: float, interval: float) -> int:

@@ -97,8 +97,9 @@ class Store(ABC):
         the filter says successes reset).  A failure extends the streak by
         :func:`mailguard.core.streak`; when it reaches ``limit`` the key is
         blocked (``JAILED``) for ``block_for`` seconds, times ``factor`` for
-        each earlier block of the same key within the last ``memory``
-        seconds, capped at ``max_block`` (when > 0), and the streak restarts.
+        each earlier block of the same key in an unbroken chain of blocks each
+        begun within ``memory`` seconds of the one before, capped at
+        ``max_block`` (when > 0), and the streak restarts.
         """
 
     @abstractmethod

@@ -36,12 +36,30 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from ..core import Block, Clock, Log, log_count, log_last, slide, streak
+from ..core import (
+    Block,
+    Clock,
+    FakeClock,
+    Log,
+    SystemClock,
+    log_count,
+    log_last,
+    slide,
+    streak,
+    wait_until,
+)
 from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store
 
 __all__ = ["MemoryStore"]
 
 _PURGE_PER_INSERT = 2  # expired keys checked at the front of a namespace per new key
+
+
+def _float_clock(clock: Clock) -> Clock:
+    """The clock as given when it is known to return floats, else wrapped to."""
+    if isinstance(clock, (FakeClock, SystemClock)):
+        return clock
+    return lambda: float(clock())
 
 
 def _block_end(_key: object, block: Block, _now: float) -> float:
@@ -63,7 +81,7 @@ class MemoryStore(Store):
         if clock is not None and not callable(clock):
             raise ValueError(f"clock: must be a callable returning seconds, got {clock!r}")
         self.max_keys = max_keys
-        self._clock: Clock = clock if clock is not None else time.time
+        self._clock: Clock = time.time if clock is None else _float_clock(clock)
         self._lock = threading.Lock()
         self._spaces: dict[str, dict[str, Any]] = {}
         self._ttl: dict[str, float] = {}  # longest window seen per namespace
@@ -158,7 +176,7 @@ class MemoryStore(Store):
             if jail > 0.0:
                 found = self._live_block(ns, key, now)
                 if found is not None:
-                    return BLOCKED, 0, found.until - now
+                    return BLOCKED, 0, wait_until(found.until, now)
             space = self._spaces.get(ns)
             if space is None:
                 space = self._space(ns, window)
@@ -198,7 +216,7 @@ class MemoryStore(Store):
         with self._lock:
             found = self._live_block(ns, key, now)
             if found is not None:
-                return BLOCKED, 0, found.until - now
+                return BLOCKED, 0, wait_until(found.until, now)
             space = self._space(ns, 0.0)
             state = space.pop(key, None)
             if state is None:
@@ -332,16 +350,13 @@ class MemoryStore(Store):
     def unblock(self, key: str, kind: str | None = None) -> int:
         with self._lock:
             doomed = [k for k in self._blocks if k[1] == key and (kind is None or k[0] == kind)]
-            for k in doomed:
-                del self._blocks[k]
-            return len(doomed)
+            # pop, not del: a block that ends meanwhile makes ``del`` raise KeyError
+            return sum(self._blocks.pop(k, None) is not None for k in doomed)
 
     def unblock_all(self, kind: str | None = None) -> int:
         with self._lock:
             doomed = [k for k in self._blocks if kind is None or k[0] == kind]
-            for k in doomed:
-                del self._blocks[k]
-            return len(doomed)
+            return sum(self._blocks.pop(k, None) is not None for k in doomed)
 
     def expire(self) -> int:
         """Drop every expired counter and ended block now; return how many went."""
@@ -355,9 +370,7 @@ class MemoryStore(Store):
                     del space[k]
                 gone += len(dead)
             self._counters -= gone
-            before = len(self._blocks)
-            self._blocks.expire(now)
-            gone += before - len(self._blocks)
+            gone += len(self._blocks.expire(now))  # len() would expire them first
         return gone
 
     def clear(self) -> None:

@@ -1,0 +1,870 @@
+"""Tests for MemoryStore: counting, jails, logins, bounds, admin and threads."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from mailguard.core import Block, FakeClock
+from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
+from mailguard.stores.memory import MemoryStore
+
+T0 = 1_700_000_000.0
+
+
+def make(max_keys: int = 1000, start: float = T0) -> tuple[MemoryStore, FakeClock]:
+    clock = FakeClock(start)
+    return MemoryStore(max_keys, clock=clock), clock
+
+
+def counters_consistent(store: MemoryStore) -> bool:
+    """The store's running count of counters matches what its namespaces hold."""
+    return store._counters == sum(len(space) for space in store._spaces.values())
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Switch threads often, so races have a chance to show."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_is_a_store() -> None:
+    store, clock = make()
+    assert isinstance(store, Store)
+    assert store.now() == clock()
+    clock.advance(5)
+    assert store.now() == T0 + 5
+    assert "max_keys=1000" in repr(store)
+    store.close()
+
+
+# ----------------------------------------------------------------- hit
+
+
+def test_hit_limit_and_window_exact() -> None:
+    store, clock = make()
+    # `wait` of an allowed request: until the oldest counted one leaves
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 2, 1.0)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 1, 0.75)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.5)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)  # not counted
+    assert store.peek("dos", "1.2.3.4", 1.0) == 3
+    clock.advance(0.125)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.125)
+    clock.advance(0.125)  # the first request leaves the window exactly now
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
+
+
+def test_hit_waiting_the_returned_wait_always_lets_the_next_request_in() -> None:
+    """A client that sleeps exactly ``wait`` is allowed, even with decimal times."""
+    for start in (0.0, 0.1, 1000.3, T0):
+        for step in (0.1, 0.3, 0.7, 1 / 3):
+            for window in (1.0, 0.3, 2.5, 60.0):
+                store, clock = make(start=start)
+                for _ in range(20):
+                    code, _, wait = store.hit("dos", "k", 3, window)
+                    if code == OVER:
+                        assert wait > 0
+                        clock.advance(wait)
+                        code, _, wait2 = store.hit("dos", "k", 3, window)
+                        assert code == OK, (start, step, window, wait, wait2)
+                    clock.advance(step)
+
+
+def test_hit_without_jail_is_never_blocked() -> None:
+    store, _ = make()
+    for _ in range(2):
+        assert store.hit("dos", "k", 2, 10.0)[0] == OK
+    assert store.hit("dos", "k", 2, 10.0)[0] == OVER
+    assert store.get_block("dos", "k") is None
+    assert store.blocks() == []
+    # a block made by someone else is ignored by a jail-less hit
+    store.block("dos", "other", 60, "manual")
+    assert store.hit("dos", "other", 2, 10.0)[0] == OK
+
+
+def test_hit_namespaces_are_isolated() -> None:
+    store, _ = make()
+    assert store.hit("dos", "dev1", 1, 60.0) == (OK, 0, 60.0)
+    assert store.hit("dos", "dev1", 1, 60.0)[0] == OVER
+    # same key in another namespace has its own window
+    assert store.hit("device", "dev1", 1, 60.0) == (OK, 0, 60.0)
+    assert store.hit("device", "dev1", 1, 60.0, jail=30.0) == (JAILED, 0, 30.0)
+    assert store.get_block("device", "dev1") is not None
+    assert store.get_block("dos", "dev1") is None
+    assert store.peek("dos", "dev1", 60.0) == 1
+    assert store.peek("device", "dev1", 60.0) == 0  # window forgotten by the jail
+    assert store.peek("nothing", "dev1", 60.0) == 0
+
+
+def test_hit_jail_semantics() -> None:
+    store, clock = make()
+    for left in (1, 0):
+        assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, left)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
+    block = store.get_block("device", "phone")
+    assert block is not None
+    assert (block.kind, block.key, block.reason) == ("device", "phone", "rate")
+    assert (block.since, block.until) == (T0, T0 + 60.0)
+    waits = []
+    for _ in range(5):
+        clock.advance(10)
+        code, remaining, wait = store.hit("device", "phone", 2, 10.0, jail=60.0)
+        assert (code, remaining) == (BLOCKED, 0)
+        waits.append(wait)
+    assert waits == [50.0, 40.0, 30.0, 20.0, 10.0]  # decreasing: not extended
+    assert store.get_block("device", "phone").until == T0 + 60.0  # type: ignore[union-attr]
+    clock.advance(9.5)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (BLOCKED, 0, 0.5)
+    clock.advance(0.5)  # released exactly at the end
+    # counting starts from zero: `limit` requests allowed at once
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 1, 10.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 0, 10.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
+    assert store.get_block("device", "phone").since == T0 + 60.0  # type: ignore[union-attr]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.one_of(st.floats(min_value=0.0, max_value=10.0), st.just(T0)),
+    seconds=st.floats(min_value=1e-3, max_value=100.0),
+    part=st.floats(min_value=0.0, max_value=0.999),
+)
+@example(start=4.2339600018205665, seconds=26.497073880876023, part=0.0626179979453328)
+@example(start=2.0829235213559927, seconds=97.69813788970004, part=0.28839126852293)
+def test_waiting_out_a_block_exactly_ends_it(start: float, seconds: float, part: float) -> None:
+    """``wait`` of BLOCKED is never one ulp short of the block's end."""
+    store, clock = make(start=start)
+    store.block("login", "alice", seconds, "failures")
+    store.block("device", "phone", seconds, "rate")
+    clock.advance(seconds * part)
+    if store.get_block("login", "alice") is None:
+        return  # `part` rounded up to the end already
+    code, _, wait = store.attempt("login", "alice", 5, 60.0, 30.0)
+    assert code == BLOCKED
+    code2, _, wait2 = store.hit("device", "phone", 5, 10.0, jail=5.0)
+    assert (code2, wait2) == (BLOCKED, wait)
+    assert wait > 0
+    clock.advance(wait)
+    assert store.get_block("login", "alice") is None
+    assert store.attempt("login", "alice", 5, 60.0, 30.0)[0] == OK
+    assert store.hit("device", "phone", 5, 10.0, jail=5.0)[0] == OK
+
+
+def test_hit_blocked_while_admin_block_and_jail() -> None:
+    store, clock = make()
+    store.block("device", "phone", 100, "manual")
+    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (BLOCKED, 0, 100.0)
+    clock.advance(100)
+    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (OK, 4, 10.0)
+
+
+def test_peek() -> None:
+    store, clock = make()
+    assert store.peek("dos", "k", 10.0) == 0
+    for _ in range(3):
+        store.hit("dos", "k", 10, 10.0)
+        clock.advance(2)
+    assert store.peek("dos", "k", 10.0) == 3
+    assert store.peek("dos", "k", 3.0) == 1  # a shorter window sees fewer
+    clock.advance(6)
+    assert store.peek("dos", "k", 10.0) == 1
+    clock.advance(10)
+    assert store.peek("dos", "k", 10.0) == 0
+    store.attempt("login", "u", 5, 60, 30)
+    assert store.peek("login", "u", 10.0) == 0  # not a window
+
+
+# ------------------------------------------------------ attempt / settle
+
+
+LIMIT, INTERVAL, TTL, BLOCK_FOR = 5, 60.0, 30.0, 900.0
+
+
+def fail(store: MemoryStore, key: str = "alice", **kw: Any) -> tuple[int, int, float]:
+    code, _, _ = store.attempt("login", key, LIMIT, INTERVAL, TTL)
+    assert code == OK
+    return store.settle("login", key, True, LIMIT, INTERVAL, BLOCK_FOR, **kw)
+
+
+def test_attempt_pending_slots_are_bounded() -> None:
+    store, _ = make()
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    code, remaining, wait = store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    assert (code, remaining) == (BUSY, 0)
+    assert wait > 0
+    # settling one frees one slot
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    # another address is not affected
+    assert store.attempt("login", "bob", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+
+
+def test_settle_failures_jail_then_block() -> None:
+    store, clock = make()
+    for _ in range(LIMIT):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    for n in range(1, LIMIT):
+        clock.advance(1)
+        assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, n, 0.0)
+    clock.advance(1)
+    code, streak_now, blocked_for = store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR)
+    assert (code, blocked_for) == (JAILED, BLOCK_FOR)
+    assert streak_now == 0  # the streak restarts with the block
+    jailed_at = clock()
+    block = store.get_block("login", "alice")
+    assert block is not None
+    assert (block.reason, block.since, block.until) == (
+        "failures",
+        jailed_at,
+        jailed_at + BLOCK_FOR,
+    )
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (BLOCKED, 0, BLOCK_FOR)
+    for _ in range(10):
+        clock.advance(60)
+        code, _, wait = store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+        assert code == BLOCKED
+        assert wait == jailed_at + BLOCK_FOR - clock()  # not extended
+    clock.set(jailed_at + BLOCK_FOR)
+    # after the block the count starts over: a full set of attempts
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+
+
+def test_failures_spread_out_never_block() -> None:
+    store, clock = make()
+    for _ in range(20):
+        assert fail(store) == (OK, 1, 0.0)
+        clock.advance(INTERVAL + 0.5)  # longer pause than `interval`: restarts
+    assert store.get_block("login", "alice") is None
+
+
+def test_streak_continues_at_exactly_interval() -> None:
+    store, clock = make()
+    for n in range(1, LIMIT):
+        assert fail(store) == (OK, n, 0.0)
+        clock.advance(INTERVAL)
+    assert fail(store)[0] == JAILED
+
+
+def test_pause_restarts_streak_mid_way() -> None:
+    store, clock = make()
+    for n in range(1, LIMIT):
+        assert fail(store) == (OK, n, 0.0)
+    clock.advance(INTERVAL + 1)
+    # the attempt sees the stale streak as gone: all slots free again
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+
+
+def test_attempt_busy_counts_failures_and_pending_together() -> None:
+    store, _ = make()
+    for _ in range(3):
+        fail(store)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 1, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+
+
+def test_reset_clears_streak() -> None:
+    store, _ = make()
+    for _ in range(LIMIT - 1):
+        fail(store)
+    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True) == (
+        OK,
+        0,
+        0.0,
+    )
+    for n in range(1, LIMIT):
+        assert fail(store) == (OK, n, 0.0)
+    assert store.get_block("login", "alice") is None
+
+
+def test_success_does_not_reset_by_default() -> None:
+    store, _ = make()
+    for _ in range(LIMIT - 1):
+        fail(store)
+    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (
+        OK,
+        LIMIT - 1,
+        0.0,
+    )
+    assert fail(store) == (JAILED, 0, BLOCK_FOR)
+
+
+def test_pending_slots_expire_after_ttl() -> None:
+    store, clock = make()
+    for _ in range(LIMIT):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    # the requests crashed: nobody settles
+    clock.advance(TTL - 0.5)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    clock.advance(0.5)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+    # a late settle of an expired slot does not free a slot it no longer holds
+    clock.advance(TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+
+
+def test_settle_without_attempt_counts_failure() -> None:
+    store, _ = make()
+    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (JAILED, 0, BLOCK_FOR)
+
+
+def test_idle_login_state_disappears() -> None:
+    store, clock = make()
+    fail(store)
+    assert len(store) == 1
+    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True)
+    assert len(store) == 0  # nothing left to remember
+    fail(store)
+    clock.advance(INTERVAL + 1)
+    assert store.expire() == 1
+    assert len(store) == 0
+
+
+def test_repeat_offenders_escalate_and_are_forgiven() -> None:
+    store, clock = make()
+    kw: dict[str, Any] = {"factor": 2.0, "memory": 3600.0, "max_block": 2000.0}
+
+    def jail() -> float:
+        for _ in range(LIMIT - 1):
+            assert fail(store, **kw)[0] == OK
+        code, _, seconds = fail(store, **kw)
+        assert code == JAILED
+        block = store.get_block("login", "alice")
+        assert block is not None
+        assert block.until - block.since == seconds
+        clock.advance(seconds)
+        assert store.get_block("login", "alice") is None
+        return seconds
+
+    assert jail() == 900.0
+    assert jail() == 1800.0  # doubled
+    assert jail() == 2000.0  # 3600 capped at max_block
+    assert jail() == 2000.0
+    clock.advance(3600.0)  # an hour without blocks
+    assert jail() == 900.0
+    # another address starts from the base
+    assert fail(store, key="bob", **kw) == (OK, 1, 0.0)
+
+
+def test_repeat_offenders_off_by_default() -> None:
+    store, clock = make()
+    for _ in range(3):
+        for _ in range(LIMIT - 1):
+            fail(store)
+        assert fail(store) == (JAILED, 0, BLOCK_FOR)
+        clock.advance(BLOCK_FOR)
+
+
+# ---------------------------------------------------------- concurrency
+
+
+def run_threads(n: int, work: Callable[[], list[Any]]) -> list[Any]:
+    barrier = threading.Barrier(n)
+    results: list[list[Any]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    return [r for rs in results for r in rs]
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_threads_hit_one_key_exactly_limit() -> None:
+    store, _ = make()
+    got = run_threads(8, lambda: [store.hit("dos", "k", 100, 1.0)[0] for _ in range(1000)])
+    counts = Counter(got)
+    assert counts[OK] == 100
+    assert counts[OVER] == 8000 - 100
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_threads_hit_with_jail_one_jail() -> None:
+    store, _ = make()
+    got = run_threads(8, lambda: [store.hit("dev", "k", 50, 1.0, 60)[0] for _ in range(500)])
+    counts = Counter(got)
+    assert counts[OK] == 50
+    assert counts[JAILED] == 1
+    assert counts[BLOCKED] == 4000 - 51
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_threads_attempt_exactly_limit() -> None:
+    store, _ = make()
+    got = run_threads(100, lambda: [store.attempt("login", "alice", 5, INTERVAL, TTL)[0]])
+    counts = Counter(got)
+    assert counts[OK] == 5
+    assert counts[BUSY] == 95
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_threads_many_keys_stay_bounded() -> None:
+    store, _ = make(max_keys=50)
+
+    def work() -> list[int]:
+        name = threading.current_thread().name
+        return [store.hit("dos", f"{name}-{i}", 3, 10.0)[0] for i in range(500)]
+
+    got = run_threads(8, work)
+    assert set(got) == {OK}
+    assert len(store) == 50
+    assert counters_consistent(store)
+
+
+# --------------------------------------------------------------- bounds
+
+
+def test_eviction_takes_least_recently_seen() -> None:
+    store, _ = make(max_keys=3)
+    for key in ("a", "b", "c"):
+        store.hit("dos", key, 5, 60.0)
+    store.hit("dos", "a", 5, 60.0)  # a is now the most recently seen
+    store.hit("dos", "d", 5, 60.0)  # needs room: b goes
+    assert len(store) == 3
+    assert store.peek("dos", "a", 60.0) == 2
+    assert store.peek("dos", "b", 60.0) == 0
+    assert store.peek("dos", "c", 60.0) == 1
+    assert store.peek("dos", "d", 60.0) == 1
+    store.hit("dos", "e", 5, 60.0)  # then c
+    assert store.peek("dos", "c", 60.0) == 0
+    assert store.peek("dos", "a", 60.0) == 2
+
+
+def test_flood_in_one_namespace_spares_another_namespaces_streak() -> None:
+    store, _ = make(max_keys=20)
+    for _ in range(LIMIT - 1):
+        fail(store)
+    for i in range(1000):
+        store.hit("dos", f"10.0.{i // 256}.{i % 256}", 5, 60.0)
+        assert len(store) <= 20
+    assert fail(store)[0] == JAILED  # the streak survived the flood
+
+
+def test_flood_never_evicts_live_blocks() -> None:
+    store, clock = make(max_keys=10)
+    ends = {}
+    for i in range(6):
+        block = store.block("login", f"user{i}", 10.0 * (i + 1), "failures")
+        ends[f"user{i}"] = block.until
+    for i in range(3000):
+        clock.advance(0.02)
+        store.hit("dos", f"ip{i}", 2, 5.0)
+        assert len(store) <= 10
+        if i % 50 == 0:
+            listed = {b.key for b in store.blocks("login")}
+            assert listed == {k for k, until in ends.items() if clock() < until}
+    assert store.dropped == 0
+    clock.set(T0 + 60.0)
+    assert store.blocks() == []
+    assert len(store) <= 10
+
+
+def test_all_blocks_refuses_new_block_and_fails_open() -> None:
+    store, clock = make(max_keys=3)
+    for key in ("a", "b", "c"):
+        store.block("login", key, 100.0, "failures")
+    assert store.dropped == 0
+    store.block("login", "d", 100.0, "failures")
+    assert store.dropped == 1
+    assert store.get_block("login", "d") is None
+    assert [b.key for b in store.blocks()] == ["a", "b", "c"]
+    # a jail that cannot be recorded is dropped too
+    assert store.hit("dev", "x", 1, 10.0, jail=5)[0] == OK
+    assert store.hit("dev", "x", 1, 10.0, jail=5)[0] == OK  # not recorded: fails open
+    assert len(store) == 3
+    # replacing a live block does not need room
+    store.block("login", "a", 200.0, "manual")
+    assert store.dropped == 1
+    assert store.get_block("login", "a").reason == "manual"  # type: ignore[union-attr]
+    clock.advance(100.0)
+    store.block("login", "d", 100.0, "failures")
+    assert store.get_block("login", "d") is not None
+    assert store.dropped == 1
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    keys = st.integers(min_value=0, max_value=15).map(lambda i: f"k{i}")
+    op = st.one_of(
+        st.tuples(st.just("hit"), st.sampled_from(["dos", "device"]), keys, st.booleans()),
+        st.tuples(
+            st.just("block"),
+            st.sampled_from(["login", "device"]),
+            keys,
+            st.sampled_from([1.0, 5.0, 30.0]),
+        ),
+        st.tuples(st.just("attempt"), keys),
+        st.tuples(st.just("settle"), keys, st.booleans()),
+        st.tuples(st.just("swap"), keys),
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.5, 2.0, 10.0])),
+        st.tuples(st.just("expire")),
+    )
+    return draw(st.lists(op, max_size=120))
+
+
+@settings(max_examples=150, deadline=None)
+@given(max_keys=st.integers(min_value=1, max_value=8), ops=operations())
+def test_bounds_hold_under_random_interleavings(max_keys: int, ops: list[tuple[Any, ...]]) -> None:
+    store, clock = make(max_keys=max_keys)
+    live: dict[tuple[str, str], float] = {}  # blocks we know were recorded
+    for op in ops:
+        kind = op[0]
+        touched: tuple[str, str] | None = None
+        if kind == "hit":
+            _, ns, key, jail = op
+            code, _, _ = store.hit(ns, key, 2, 3.0, 5.0 if jail else 0.0)
+            if code == JAILED:
+                touched = (ns, key)
+        elif kind == "block":
+            _, ns, key, seconds = op
+            dropped = store.dropped
+            store.block(ns, key, seconds, "test")
+            touched = (ns, key)
+            if store.get_block(ns, key) is None:
+                assert store.dropped == dropped + 1
+                assert len(store.blocks()) == max_keys  # only when all are live blocks
+        elif kind == "attempt":
+            store.attempt("login", op[1], 3, 10.0, 5.0)
+        elif kind == "settle":
+            code, _, _ = store.settle(
+                "login", op[1], op[2], 3, 10.0, 4.0, factor=2.0, memory=60.0, max_block=20.0
+            )
+            if code == JAILED:
+                touched = ("login", op[1])
+        elif kind == "swap":
+            store.swap("seen", op[1], "v", 4.0)
+        elif kind == "advance":
+            clock.advance(op[1])
+        else:
+            store.expire()
+        if touched is not None:
+            found = store.get_block(*touched)
+            if found is not None:
+                live[touched] = found.until
+            else:
+                live.pop(touched, None)
+        assert len(store) <= max_keys
+        assert counters_consistent(store)
+        now = clock()
+        for (ns, key), until in list(live.items()):
+            if now < until:
+                found = store.get_block(ns, key)
+                assert found is not None, "a live block was evicted"
+                assert found.until == until
+            else:
+                assert store.get_block(ns, key) is None
+                del live[(ns, key)]
+        assert len(store.blocks()) == len(live)
+
+
+def test_idle_keys_expire() -> None:
+    store, clock = make()
+    for i in range(5):
+        store.hit("dos", f"ip{i}", 3, 1.0)
+    store.swap("seen", "dev", "v", 2.0)
+    store.block("login", "alice", 3.0, "failures")
+    assert len(store) == 7
+    assert store.expire() == 0
+    clock.advance(1.0)
+    assert store.expire() == 5  # the windows are over
+    assert len(store) == 2
+    clock.advance(1.0)
+    assert store.expire() == 1  # the swap's ttl
+    assert len(store) == 1
+    assert [b.key for b in store.blocks()] == ["alice"]
+    clock.advance(1.0)
+    assert store.blocks() == []
+    assert len(store) == 0
+    assert store.expire() == 0
+
+
+def test_expire_counts_ended_blocks() -> None:
+    store, clock = make()
+    store.block("login", "a", 1.0, "r")
+    store.block("login", "b", 2.0, "r")
+    clock.advance(1.5)
+    assert store.expire() == 1
+    assert len(store) == 1
+
+
+def test_expired_counter_is_fresh_again() -> None:
+    store, clock = make(max_keys=2)
+    store.hit("dos", "a", 1, 1.0)
+    clock.advance(1.0)
+    assert store.hit("dos", "a", 1, 1.0) == (OK, 0, 1.0)
+
+
+def test_clear() -> None:
+    store, _ = make()
+    store.hit("dos", "a", 1, 10.0)
+    store.block("login", "b", 10.0, "r")
+    store.clear()
+    assert len(store) == 0
+    assert store.blocks() == []
+    assert store.hit("dos", "a", 1, 10.0)[0] == OK
+
+
+# ---------------------------------------------------------------- admin
+
+
+def test_admin_blocks_sorted_and_filtered() -> None:
+    store, clock = make()
+    store.block("login", "alice", 300, "failures")
+    store.block("device", "phone", 100, "rate")
+    store.block("login", "bob", 200, "failures")
+    store.block("dos", "alice", 50, "rate")
+    assert [(b.kind, b.key) for b in store.blocks()] == [
+        ("dos", "alice"),
+        ("device", "phone"),
+        ("login", "bob"),
+        ("login", "alice"),
+    ]
+    assert [b.key for b in store.blocks("login")] == ["bob", "alice"]
+    assert store.blocks("nothing") == []
+    clock.advance(100)
+    assert [(b.kind, b.key) for b in store.blocks()] == [("login", "bob"), ("login", "alice")]
+
+
+def test_admin_get_block() -> None:
+    store, clock = make()
+    made = store.block("login", "alice", 60, "failures")
+    assert made == Block("login", "alice", "failures", T0, T0 + 60)
+    assert store.get_block("login", "alice") == made
+    assert store.get_block("device", "alice") is None
+    assert store.get_block("login", "bob") is None
+    clock.advance(60)
+    assert store.get_block("login", "alice") is None
+
+
+def test_admin_block_replaces() -> None:
+    store, _ = make()
+    store.block("login", "alice", 600, "failures")
+    store.block("login", "alice", 60, "manual")
+    block = store.get_block("login", "alice")
+    assert block is not None
+    assert (block.reason, block.until) == ("manual", T0 + 60)
+    assert len(store.blocks()) == 1
+
+
+def test_admin_unblock() -> None:
+    store, clock = make()
+    store.block("login", "alice", 60, "failures")
+    store.block("dos", "alice", 60, "rate")
+    store.block("device", "alice", 60, "rate")
+    store.block("login", "bob", 60, "failures")
+    assert store.unblock("alice", "device") == 1
+    assert store.get_block("device", "alice") is None
+    assert store.get_block("login", "alice") is not None
+    assert store.unblock("alice") == 2  # every remaining namespace
+    assert store.unblock("alice") == 0
+    assert [b.key for b in store.blocks()] == ["bob"]
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    clock.advance(60)
+    assert store.unblock("bob") == 0  # already ended
+
+
+def test_admin_unblock_all() -> None:
+    store, clock = make()
+    for key in ("a", "b", "c"):
+        store.block("login", key, 60, "failures")
+    for key in ("a", "d"):
+        store.block("device", key, 60, "rate")
+    store.block("dos", "e", 1, "rate")
+    assert store.unblock_all("device") == 2
+    assert {b.kind for b in store.blocks()} == {"login", "dos"}
+    clock.advance(1)
+    assert store.unblock_all() == 3  # the ended dos block is not counted
+    assert store.blocks() == []
+    assert store.unblock_all() == 0
+
+
+def test_unblocked_jail_starts_counting_from_zero() -> None:
+    store, _ = make()
+    for _ in range(2):
+        store.hit("device", "phone", 2, 10.0, jail=60.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0)[0] == JAILED
+    assert store.unblock("phone") == 1
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, 1)
+
+
+# ----------------------------------------------------------------- swap
+
+
+def test_swap() -> None:
+    store, clock = make()
+    assert store.swap("seen", "dev", "a", 10.0) is None
+    clock.advance(5)
+    assert store.swap("seen", "dev", "b", 10.0) == "a"
+    assert store.swap("other", "dev", "x", 10.0) is None  # namespaces isolated
+    clock.advance(9.9)
+    assert store.swap("seen", "dev", "c", 10.0) == "b"
+    clock.advance(10.0)  # exactly the ttl: gone
+    assert store.swap("seen", "dev", "d", 10.0) is None
+    assert store.swap("seen", "dev", "d", 10.0) == "d"
+
+
+# ---------------------------------------------------------------- async
+
+
+def test_async_methods_answer_like_sync() -> None:
+    sync_store, sync_clock = make(max_keys=50)
+    async_store, async_clock = make(max_keys=50)
+
+    def script_sync() -> list[Any]:
+        s, c = sync_store, sync_clock
+        out: list[Any] = []
+        for _ in range(4):
+            out.append(s.hit("dev", "p", 2, 10.0, 30.0))
+            out.append(s.peek("dev", "p", 10.0))
+        for _ in range(3):
+            out.append(s.attempt("login", "u", 2, 60.0, 30.0))
+            out.append(s.settle("login", "u", True, 2, 60.0, 100.0, factor=2.0, memory=600.0))
+        out.append(s.swap("seen", "k", "v", 5.0))
+        out.append(s.swap("seen", "k", "w", 5.0))
+        out.append(s.block("dos", "ip", 20.0, "manual"))
+        out.append(s.get_block("dos", "ip"))
+        c.advance(1)
+        out.append(s.blocks())
+        out.append(s.blocks("login"))
+        out.append(s.unblock("u"))
+        out.append(s.unblock_all())
+        return out
+
+    async def script_async() -> list[Any]:
+        s, c = async_store, async_clock
+        out: list[Any] = []
+        for _ in range(4):
+            out.append(await s.ahit("dev", "p", 2, 10.0, 30.0))
+            out.append(await s.apeek("dev", "p", 10.0))
+        for _ in range(3):
+            out.append(await s.aattempt("login", "u", 2, 60.0, 30.0))
+            out.append(
+                await s.asettle("login", "u", True, 2, 60.0, 100.0, factor=2.0, memory=600.0)
+            )
+        out.append(await s.aswap("seen", "k", "v", 5.0))
+        out.append(await s.aswap("seen", "k", "w", 5.0))
+        out.append(await s.ablock("dos", "ip", 20.0, "manual"))
+        out.append(await s.aget_block("dos", "ip"))
+        c.advance(1)
+        out.append(await s.ablocks())
+        out.append(await s.ablocks("login"))
+        out.append(await s.aunblock("u"))
+        out.append(await s.aunblock_all())
+        await s.aclose()
+        return out
+
+    expected = script_sync()
+    assert asyncio.run(script_async()) == expected
+    assert (JAILED, 0, 30.0) in expected  # the script does exercise jails
+    assert len(async_store) == len(sync_store)
+
+
+# ------------------------------------------------------- constructor
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, False, "10", 1.5, None])
+def test_max_keys_validation(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_keys"):
+        MemoryStore(bad)
+
+
+def test_clock_validation() -> None:
+    with pytest.raises(ValueError, match="clock"):
+        MemoryStore(clock=42)  # type: ignore[arg-type]
+    store = MemoryStore(1)
+    assert store.max_keys == 1
+    assert abs(store.now() - time.time()) < 5
+
+
+def test_integer_clock() -> None:
+    store = MemoryStore(clock=lambda: 1000)
+    assert store.hit("dos", "k", 5, 10.0)[0] == OK
+    assert store.hit("dos", "k", 5, 10.0)[:2] == (OK, 3)
+
+
+# ------------------------------------------ a clock that moves between calls
+
+
+class TickingClock:
+    """Moves forward a little on every read, like a real clock between two reads."""
+
+    def __init__(self, start: float = T0, tick: float = 1e-3) -> None:
+        self.now = start
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("operation", ["get_block", "hit", "attempt", "blocks", "unblock"])
+def test_blocks_ending_between_two_clock_reads_do_not_raise(operation: str) -> None:
+    """A block may end while the store is looking at it: no KeyError may escape.
+
+    With a real clock, time moves between the reads a single call makes; a
+    block ending in between must read as ended, not crash the request.
+    """
+    rng = random.Random(1)
+    clock = TickingClock(tick=1e-3)
+    store = MemoryStore(100, clock=clock)
+    lifted = 0
+    for _ in range(300):
+        store.block("login", "k", rng.uniform(0.5, 6) * 1e-3, "failures")
+        for _ in range(10):
+            if operation == "get_block":
+                store.get_block("login", "k")
+            elif operation == "hit":
+                store.hit("login", "k", 5, 1.0, jail=1e-4)
+            elif operation == "attempt":
+                store.attempt("login", "k", 5, 60.0, 30.0)
+            elif operation == "blocks":
+                store.blocks()
+            else:
+                lifted += store.unblock("k") + store.unblock_all("login")
+    assert lifted <= 300
+    clock.now += 10
+    assert store.blocks() == []
