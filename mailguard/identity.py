@@ -1,0 +1,802 @@
+"""Work out who is asking: the client address of an HTTP request.
+
+Every limit mailguard enforces (requests per address, failed logins per
+address, ``safe_ips`` exemptions) is keyed by the address of the client.
+Getting that address wrong is worse than not limiting at all: if a client
+can choose the address it is counted under, it can dodge every limit, and
+it can lock other people out by failing logins in their name.
+
+Trust model
+===========
+
+The TCP peer (``scope["client"]`` in ASGI, ``REMOTE_ADDR`` in WSGI) is the
+only address the server has seen for itself.  It cannot be forged beyond
+what a TCP handshake allows.
+
+When the application sits behind a reverse proxy or load balancer, the peer
+is that proxy, and the real client can only be learnt from a header the
+proxy adds: ``X-Forwarded-For``, ``Forwarded`` (RFC 7239) or ``X-Real-IP``.
+Headers, however, are just text sent by whoever opened the connection.  A
+client can send ``X-Forwarded-For: 127.0.0.1`` itself, and a proxy that
+appends to the header keeps the client's text in front of its own entry.
+So the rules are:
+
+* **Headers are read only when the peer is a trusted proxy.**  When nobody
+  is configured as trusted, or the peer is not one of them, the headers are
+  ignored altogether and the peer is the client.  This is also the cheap
+  path: its result is cached per peer string, so it costs one dict lookup.
+  Only IP peers can be trusted; a peer that is a unix socket path, or no
+  peer at all, never is.
+
+* **Only the header your proxy writes may be believed.**  If the proxy sets
+  ``X-Real-IP`` but we read ``X-Forwarded-For``, that header reaches us
+  exactly as the client wrote it.  ``forwarded_header`` must name the one
+  header the proxies in front of the application actually write (and they
+  should be configured to overwrite or append to it, never to pass it
+  through untouched).
+
+* **The header is walked from the right.**  Each proxy appends the address
+  it received the connection from, so the rightmost entry was written by
+  the nearest proxy, the one before it by the next proxy out, and so on.
+  Everything to the left of what the outermost trusted proxy wrote came
+  from the client and may be invented.  We step leftwards past entries
+  that are themselves trusted proxies and stop at the first entry that is
+  not: that is the address the outermost trusted proxy saw, the client.
+
+* **The leftmost entry is never trusted for being leftmost.**  It is the
+  one most likely to have been supplied by the client.  It is used only
+  when every entry in the header is a trusted proxy, in which case it is
+  an address one of our own proxies vouched for.
+
+* **Garbage stops the walk.**  If, while stepping left, we meet an entry
+  that is not an IP address (``unknown``, an RFC 7239 obfuscated
+  identifier such as ``_hidden``, a Forwarded element without ``for=``,
+  or any other rubbish), we do not guess past it.  The client becomes the
+  last trusted hop we saw (the peer itself if the rightmost entry is
+  rubbish).  That address is certainly true, and failing towards a proxy
+  address is safer than failing towards text the client chose; the cost
+  is that a misconfigured proxy makes every request look as if it came
+  from that proxy, which shows up quickly instead of silently.
+
+* **Work on hostile headers is bounded.**  Only the rightmost
+  :data:`MAX_HEADER_LENGTH` characters of the combined header and at most
+  :data:`MAX_HOPS` entries are looked at.  Walking past either limit counts
+  as meeting garbage.  Empty list elements (``a,,b``) are skipped, as
+  the HTTP list syntax asks, but count towards :data:`MAX_HOPS`.  No
+  input, however malformed, makes the resolver raise.
+
+Clients and keys
+================
+
+The result is a :class:`Client`.  Its ``key`` is what limits count by.  An
+IPv4 client is keyed by its address.  An IPv6 client is keyed by the network
+of ``ipv6_prefix`` bits that contains it, because a single subscriber is
+usually handed a whole ``/64`` (or more) and can hop between its addresses
+at will.  IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``) are treated as
+the IPv4 address they carry.  A peer that is not an IP address at all (a
+unix socket path, the ``"testclient"`` name of a test client) is keyed by
+its own string, and a request without any peer by ``"unknown"``.
+
+Classes
+=======
+
+:class:`AddressSet`
+    A set of addresses and CIDR networks, used for ``safe_ips`` and for
+    ``trusted_proxies``.  Membership tests are cached.
+
+:class:`ClientResolver`
+    Resolves the :class:`Client` of an ASGI scope
+    (:meth:`~ClientResolver.from_asgi`), a WSGI environ
+    (:meth:`~ClientResolver.from_wsgi`), or a peer string plus header
+    values (:meth:`~ClientResolver.resolve`).
+
+:func:`canonical_ip`
+    Parses one address as it appears in a peer name or header entry.
+
+All caches are bounded: a cache is emptied when it reaches
+:data:`CACHE_SIZE` entries (fewer for the cache of header walks), so a
+flood of distinct addresses or headers costs some parsing but never
+unbounded memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, NamedTuple
+
+import netaddr
+
+__all__ = [
+    "CACHE_SIZE",
+    "MAX_ADDRESS_LENGTH",
+    "MAX_HEADER_LENGTH",
+    "MAX_HOPS",
+    "AddressSet",
+    "Client",
+    "ClientResolver",
+    "canonical_ip",
+]
+
+#: Number of entries after which a cache is emptied and starts over.
+CACHE_SIZE: Final = 65536
+
+#: Only this many characters (from the right) of a forwarding header are read.
+MAX_HEADER_LENGTH: Final = 8192
+
+#: At most this many header entries are walked before giving up.
+MAX_HOPS: Final = 32
+
+#: Strings longer than this are never taken for an IP address.  The longest
+#: legitimate form, a quoted, bracketed IPv6 address with an embedded IPv4
+#: part, a zone id and a port, is well below it.
+MAX_ADDRESS_LENGTH: Final = 100
+
+#: Peer strings longer than this are resolved every time instead of cached,
+#: so that the cache's memory stays bounded by entry count times this.
+_MAX_CACHED_PEER_LENGTH: Final = 256
+
+#: Header values up to this long have the result of their walk cached, in a
+#: cache of at most _WALK_CACHE_SIZE entries (a few megabytes at worst).
+_MAX_CACHED_HEADER_LENGTH: Final = 256
+_WALK_CACHE_SIZE: Final = 8192
+
+_UNKNOWN: Final = "unknown"
+
+# Stands in for a header entry that was cut off by a limit; never an address.
+_GARBAGE: Final = "\x00"
+
+# A port after an address: decimal digits, or an RFC 7239 obfuscated port.
+_PORT_RE: Final = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]+")
+
+# IPv4-mapped IPv6 range ::ffff:0:0/96, as integers.
+_MAPPED_FIRST: Final = 0xFFFF_0000_0000
+_MAPPED_LAST: Final = 0xFFFF_FFFF_FFFF
+
+_HEADERS: Final = {
+    # name -> (ASGI header name, WSGI environ key)
+    "x-forwarded-for": (b"x-forwarded-for", "HTTP_X_FORWARDED_FOR"),
+    "forwarded": (b"forwarded", "HTTP_FORWARDED"),
+    "x-real-ip": (b"x-real-ip", "HTTP_X_REAL_IP"),
+}
+
+_canonical_cache: dict[str, str | None] = {}
+
+
+def canonical_ip(text: str) -> str | None:
+    """Return the canonical form of one IP address, or ``None``.
+
+    *text* is an address as it appears as a connection's peer or as one
+    entry of a forwarding header.  Surrounding whitespace and double quotes
+    (``Forwarded: for="..."``) are removed, then any of these is accepted:
+
+    * ``192.0.2.1`` and ``192.0.2.1:8080`` (the port is dropped);
+    * ``2001:db8::1``, ``[2001:db8::1]`` and ``[2001:db8::1]:443``;
+    * an IPv6 zone id, ``fe80::1%eth0``, which is dropped;
+    * an RFC 7239 obfuscated port, ``192.0.2.1:_abc``, which is dropped.
+
+    IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``) come back as the IPv4
+    address.  IPv6 addresses come back in compressed lower-case form.
+
+    ``None`` is returned for anything that is not an IP address: ``unknown``,
+    RFC 7239 obfuscated identifiers (``_hidden``), host names, empty strings,
+    strings longer than :data:`MAX_ADDRESS_LENGTH` (without parsing them),
+    and non-strings.  This function never raises.  Results are cached.
+    """
+    if not isinstance(text, str) or len(text) > MAX_ADDRESS_LENGTH:
+        return None
+    cache = _canonical_cache
+    try:
+        return cache[text]
+    except KeyError:
+        pass
+    result = _parse_ip(text)
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[text] = result
+    return result
+
+
+def _parse_ip(text: str) -> str | None:
+    """Uncached body of :func:`canonical_ip`."""
+    s = text.strip()
+    if len(s) >= 2 and s[0] == '"' and s[-1] == '"':
+        s = s[1:-1]
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            return None
+        host, rest = s[1:end], s[end + 1 :]
+        if rest and not (rest[0] == ":" and _PORT_RE.fullmatch(rest, 1)):
+            return None
+        if ":" not in host:  # brackets are for IPv6 only
+            return None
+    elif s.count(":") == 1:
+        host, _, port = s.partition(":")
+        if not _PORT_RE.fullmatch(port):
+            return None
+    else:
+        host = s
+    zone = host.find("%")
+    if zone >= 0:
+        if ":" not in host or zone == len(host) - 1:
+            return None
+        host = host[:zone]
+    # The C library's parser is several times quicker than ipaddress, which
+    # only gets the cases it leaves in doubt.
+    if ":" in host:
+        try:
+            return _ipv6_text(socket.inet_pton(socket.AF_INET6, host))
+        except (OSError, ValueError):
+            pass
+    else:
+        # A dotted quad is taken only on an exact round trip (no leading
+        # zeros, whatever this platform's inet_pton tolerates).
+        try:
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, host)) == host:
+                return host
+        except (OSError, ValueError):
+            pass
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return _ipv6_text(ip.packed)
+    return str(ip)
+
+
+_MAPPED_PREFIX: Final = b"\x00" * 10 + b"\xff\xff"
+
+
+def _ipv6_text(packed: bytes) -> str:
+    """Canonical text of a packed IPv6 address (IPv4 if it is mapped)."""
+    if packed[:12] == _MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    if "." in text:  # some C libraries write a dotted tail; ipaddress never does
+        text = str(ipaddress.IPv6Address(packed))
+    return text
+
+
+def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
+    """Parse one configuration entry into a network, or raise ValueError."""
+    if not isinstance(entry, str):
+        raise ValueError(
+            f"{name}: {entry!r} is not an IP address or CIDR network "
+            f"(expected a string, got {type(entry).__name__})"
+        )
+    text = entry.strip()
+    address, slash, prefix = text.partition("/")
+    try:
+        if "%" in address:  # ipaddress accepts zone ids; a set cannot use them
+            raise ValueError(address)
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{name}: {entry!r} is not an IP address or CIDR network") from None
+    if not slash:
+        return netaddr.IPNetwork(f"{ip}/{ip.max_prefixlen}")
+    if (
+        not (prefix.isascii() and prefix.isdigit())
+        or len(prefix) > 3
+        or int(prefix) > ip.max_prefixlen
+    ):
+        raise ValueError(
+            f"{name}: {entry!r} is not an IP address or CIDR network "
+            f"(the prefix length must be a number from 0 to {ip.max_prefixlen})"
+        )
+    network = netaddr.IPNetwork(f"{ip}/{int(prefix)}")
+    if network.ip != network.network:
+        raise ValueError(
+            f"{name}: {entry!r} has bits set after the /{network.prefixlen} prefix;"
+            f" did you mean '{network.cidr}'?"
+        )
+    return network
+
+
+def _describe(network: netaddr.IPNetwork) -> str:
+    """The form an entry is shown in: a bare address for /32 and /128."""
+    if network.prefixlen == (32 if network.version == 4 else 128):
+        return str(network.ip)
+    return str(network.cidr)
+
+
+def _with_ipv4_view(network: netaddr.IPNetwork) -> list[netaddr.IPNetwork]:
+    """*network*, plus its IPv4 equivalent if it is written in mapped form.
+
+    Addresses are canonicalised before membership tests, so a client at
+    ``::ffff:192.0.2.1`` is looked up as ``192.0.2.1``.  An entry written in
+    mapped form (inside ``::ffff:0:0/96``) therefore also has to match the
+    plain IPv4 addresses.  A wider IPv6 network that merely contains the
+    mapped range, such as ``::/0``, is taken to mean IPv6 only: these sets
+    grant privileges, and granting IPv4-wide trust by accident is worse
+    than having to list ``0.0.0.0/0`` explicitly.
+    """
+    result = [network]
+    if network.version == 6:
+        first, last = network.first, network.last
+        if first >= _MAPPED_FIRST and last <= _MAPPED_LAST:
+            v4 = netaddr.IPAddress(first - _MAPPED_FIRST, 4)
+            result.append(netaddr.IPNetwork(f"{v4}/{network.prefixlen - 96}"))
+    return result
+
+
+class AddressSet:
+    """A set of IP addresses and CIDR networks (``safe_ips``, ``trusted_proxies``).
+
+    :param entries: An iterable of strings, each an address (``"192.0.2.7"``,
+        ``"::1"``) or a CIDR network (``"10.0.0.0/8"``, ``"2001:db8::/32"``).
+        Surrounding whitespace is ignored.  Networks must be written with
+        their host bits clear: ``"192.168.1.5/24"`` is rejected (the message
+        suggests ``'192.168.1.0/24'``) because it is as likely a typo for
+        ``/32`` as for the network, and guessing wrong in a list of trusted
+        addresses is a security hole.  Entries in IPv4-mapped IPv6 form
+        (``"::ffff:192.0.2.0/120"``) also match the plain IPv4 addresses;
+        wider IPv6 networks such as ``"::/0"`` match IPv6 addresses only.
+        A single string, rather than a list of strings, is rejected: iterating
+        ``"10.0.0.0/8"`` would yield its characters, and a comma-separated
+        string is not a supported format either.  Write ``["10.0.0.0/8"]``.
+        An empty iterable gives an empty set, which contains nothing.
+    :param name: The configuration key the entries came from, used in error
+        messages and in :func:`repr`.
+
+    Any mistake raises :class:`ValueError` naming *name* and the bad value,
+    for example ``safe_ips: '10.0.0.300' is not an IP address or CIDR
+    network``.
+
+    Membership (``address in addresses``) takes an address string, ideally
+    in the canonical form :func:`canonical_ip` returns; other forms (ports,
+    brackets) are canonicalised first.  Anything that is not an IP address,
+    including non-strings, is simply not a member; membership never raises.
+    Results are cached, so repeating a lookup costs one dict access.
+
+    ``len()`` is the number of distinct entries and iterating yields them in
+    normalised form (``"192.0.2.7"``, ``"10.0.0.0/8"``).
+    """
+
+    __slots__ = ("_cache", "_ends", "_entries", "_starts", "name")
+
+    def __init__(self, entries: Iterable[str] = (), *, name: str = "safe_ips") -> None:
+        self.name = name
+        if isinstance(entries, (str, bytes, bytearray)):
+            raise ValueError(
+                f"{name}: expected a list of IP addresses or CIDR networks, got the"
+                f" single string {entries!r}; write [{entries!r}] instead"
+            )
+        try:
+            items = list(entries)
+        except TypeError:
+            raise ValueError(
+                f"{name}: expected a list of IP addresses or CIDR networks,"
+                f" got {type(entries).__name__}"
+            ) from None
+        shown: dict[str, None] = {}
+        networks: list[netaddr.IPNetwork] = []
+        for entry in items:
+            network = _parse_network(entry, name)
+            shown[_describe(network)] = None
+            networks.extend(_with_ipv4_view(network))
+        self._entries: tuple[str, ...] = tuple(shown)
+        # netaddr merges the networks into disjoint ranges; a miss then
+        # costs a binary search over their bounds, not an IPSet lookup.
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
+        self._ends: dict[int, list[int]] = {4: [], 6: []}
+        for span in sorted(
+            netaddr.IPSet(networks).iter_ipranges(), key=lambda r: (r.version, r.first)
+        ):
+            self._starts[span.version].append(span.first)
+            self._ends[span.version].append(span.last)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, address: object) -> bool:
+        cache = self._cache
+        try:
+            return cache[address]  # type: ignore[index]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable
+            return False
+        if not isinstance(address, str) or len(address) > MAX_ADDRESS_LENGTH:
+            return False
+        canon = canonical_ip(address)
+        found = canon is not None and self._lookup(canon)
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()
+        cache[address] = found
+        return found
+
+    def _lookup(self, canon: str) -> bool:
+        """Uncached membership of a canonical address."""
+        version, family = (6, socket.AF_INET6) if ":" in canon else (4, socket.AF_INET)
+        try:
+            number = int.from_bytes(socket.inet_pton(family, canon), "big")
+        except (OSError, ValueError):  # not expected for canonical input
+            return False
+        index = bisect_right(self._starts[version], number) - 1
+        return index >= 0 and number <= self._ends[version][index]
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __repr__(self) -> str:
+        return f"AddressSet({list(self._entries)!r}, name={self.name!r})"
+
+
+class Client(NamedTuple):
+    """Who a request came from, as resolved by :class:`ClientResolver`."""
+
+    #: What limits count by: an IPv4 address (``"192.0.2.1"``); for IPv6,
+    #: the containing network in CIDR form (``"2001:db8:1:2::/64"``), or the
+    #: bare address when the grouping prefix is 128; for a peer that is not
+    #: an IP address, the peer string itself; ``"unknown"`` when there is no
+    #: peer at all.
+    key: str
+    #: The single resolved address in canonical form; for a peer that is not
+    #: an IP address, the peer string; ``"unknown"`` when there is no peer.
+    address: str
+    #: Whether :attr:`address` is an IP address.
+    is_ip: bool
+
+
+_UNKNOWN_CLIENT: Final = Client(_UNKNOWN, _UNKNOWN, False)
+
+
+class ClientResolver:
+    """Resolve the client of a request, believing trusted proxies only.
+
+    See the module documentation for the trust model.
+
+    :param trusted_proxies: Addresses and CIDR networks of the reverse
+        proxies in front of the application, in the form :class:`AddressSet`
+        accepts (a list of strings; errors name ``trusted_proxies``).  Only
+        when the connection's peer is one of them is the forwarding header
+        read at all.  Leave empty (the default) when clients connect
+        directly; the header is then never read.  Only IP peers can be
+        trusted: a unix-socket peer never is.
+    :param ipv6_prefix: How many leading bits of an IPv6 address identify
+        one client, from 32 to 128; default 64, the usual size of a single
+        subscriber's network.  IPv6 clients are keyed by this network, so
+        a client cannot escape its limits by rotating through its
+        addresses.  128 keys each address separately.  IPv4 is never
+        grouped.  Anything else raises :class:`ValueError` naming
+        ``ipv6_prefix``.
+    :param forwarded_header: The header the trusted proxies write, compared
+        case-insensitively:
+
+        * ``"x-forwarded-for"`` (default): a comma-separated list of
+          addresses, to which each proxy appends the address it received
+          the request from;
+        * ``"forwarded"``: the RFC 7239 header; the ``for=`` parameter of
+          each comma-separated element is used (names are
+          case-insensitive, values may be quoted and carry a port), and an
+          element without exactly one ``for=`` counts as garbage;
+        * ``"x-real-ip"``: a single address set by the proxy.  More than
+          one non-empty entry (a comma-separated list, or several header
+          lines) means the proxy did not overwrite what the client sent,
+          so nothing in it is believed and the client is the peer.  A
+          single entry that is itself a trusted proxy is the client, as
+          for a list made only of trusted proxies.
+
+        Anything else raises :class:`ValueError` naming ``forwarded_header``.
+        Choose the header your proxy actually writes: a header it does not
+        write reaches the application exactly as the client sent it, and
+        the client then decides what address it is counted under.
+
+    Header values are split at every comma, without regard to quoting.
+    Legitimate ``for=`` values never contain commas, and a quote-aware
+    split would let an unterminated quote from the client swallow the
+    elements our proxies appended after it.  Empty list elements are
+    ignored (RFC 9110 list syntax), though they count towards
+    :data:`MAX_HOPS`.
+
+    Results are cached per peer string, per address and per (short)
+    header value, in bounded caches, so that a repeated request does no
+    address parsing.  An instance is safe to share between threads and
+    tasks.
+    """
+
+    __slots__ = (
+        "_asgi_name",
+        "_by_address",
+        "_direct",
+        "_ipv6_mask",
+        "_trusted_peers",
+        "_walked",
+        "_wsgi_key",
+        "forwarded_header",
+        "ipv6_prefix",
+        "trusted_proxies",
+    )
+
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str] = (),
+        *,
+        ipv6_prefix: int = 64,
+        forwarded_header: str = "x-forwarded-for",
+    ) -> None:
+        if (
+            isinstance(ipv6_prefix, bool)
+            or not isinstance(ipv6_prefix, int)
+            or not 32 <= ipv6_prefix <= 128
+        ):
+            raise ValueError(f"ipv6_prefix: {ipv6_prefix!r} is not a prefix length from 32 to 128")
+        header = forwarded_header.lower() if isinstance(forwarded_header, str) else None
+        if header not in _HEADERS:
+            raise ValueError(
+                f"forwarded_header: {forwarded_header!r} is not one of"
+                f" {', '.join(repr(h) for h in _HEADERS)}"
+            )
+        self.trusted_proxies = AddressSet(trusted_proxies, name="trusted_proxies")
+        self.ipv6_prefix = ipv6_prefix
+        self.forwarded_header = header
+        self._asgi_name, self._wsgi_key = _HEADERS[header]
+        self._ipv6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
+        # Raw peer -> Client, for peers whose headers are never read.  The
+        # peer None (no peer) is kept here for good.
+        self._direct: dict[str | None, Client] = {None: _UNKNOWN_CLIENT}
+        # Raw peer -> Client of the peer itself, for trusted proxies.
+        self._trusted_peers: dict[str, Client] = {}
+        # Canonical address -> Client.
+        self._by_address: dict[str, Client] = {}
+        # Short header value -> the client it names (None: the peer itself).
+        self._walked: dict[str, Client | None] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientResolver({list(self.trusted_proxies)!r},"
+            f" ipv6_prefix={self.ipv6_prefix!r},"
+            f" forwarded_header={self.forwarded_header!r})"
+        )
+
+    # -- entry points --------------------------------------------------------
+
+    def from_asgi(self, scope: Mapping[str, Any]) -> Client:
+        """Resolve the client of an ASGI HTTP or WebSocket *scope*.
+
+        The peer is ``scope["client"][0]`` (``scope["client"]`` may be
+        ``None``).  The header values are those of the configured header in
+        ``scope["headers"]``, whose names the ASGI specification requires to
+        be lower-case; values are decoded as latin-1, and several lines are
+        taken in order.  Headers are looked at only when the peer is a
+        trusted proxy.  This method does not raise on malformed scopes: a
+        missing or unreadable peer resolves to the ``"unknown"`` client, and
+        unreadable headers to the peer itself.
+        """
+        try:
+            client = scope.get("client")
+            hit = _UNKNOWN_CLIENT if client is None else self._direct.get(client[0])
+        except Exception:
+            hit = None
+        if hit is not None:
+            return hit
+        peer = _asgi_peer(scope)
+        hit = self._trusted_peers.get(peer) if peer is not None else None
+        if hit is None:
+            hit, trusted = self._peer(peer)
+            if not trusted:
+                return hit
+        values: list[str] = []
+        name = self._asgi_name
+        try:
+            for key, value in scope.get("headers") or ():
+                if key == name:
+                    values.append(value.decode("latin-1"))
+        except Exception:
+            # Headers that cannot be read count as garbage: the proxy itself.
+            return hit
+        return self._walk(hit, values)
+
+    def from_wsgi(self, environ: Mapping[str, Any]) -> Client:
+        """Resolve the client of a WSGI *environ*.
+
+        The peer is ``environ["REMOTE_ADDR"]``.  The header is the matching
+        ``HTTP_*`` key (``HTTP_X_FORWARDED_FOR``, ``HTTP_FORWARDED`` or
+        ``HTTP_X_REAL_IP``), in which the server has already joined several
+        header lines with commas; it is looked at only when the peer is a
+        trusted proxy.  This method does not raise on malformed environs.
+        """
+        try:
+            hit = self._direct.get(environ.get("REMOTE_ADDR"))
+        except Exception:
+            hit = None
+        if hit is not None:
+            return hit
+        try:
+            peer: object = environ.get("REMOTE_ADDR")
+            value: object = environ.get(self._wsgi_key)
+        except Exception:
+            return _UNKNOWN_CLIENT
+        client, trusted = self._peer(_as_text(peer))
+        if not trusted:
+            return client
+        text = _as_text(value)
+        return self._walk(client, [text] if text is not None else [])
+
+    def resolve(self, peer: str | None, header_values: Sequence[str]) -> Client:
+        """Resolve the client from a *peer* string and forwarding header values.
+
+        This is the logic :meth:`from_asgi` and :meth:`from_wsgi` share, for
+        servers and frameworks that expose the request differently.
+
+        :param peer: The connection's peer address as the server reports it,
+            or ``None`` when there is none.  An empty string counts as
+            ``None``.  A peer that is not an IP address is returned as a
+            client keyed by its own string.
+        :param header_values: Every value of the configured header, in the
+            order the lines arrived; they are combined as if joined by
+            commas.  A single string is taken as one value.  Read only when
+            *peer* is a trusted proxy.
+        """
+        try:
+            hit = self._direct.get(peer)
+        except Exception:
+            hit = None
+        if hit is not None:
+            return hit
+        client, trusted = self._peer(_as_text(peer))
+        if not trusted:
+            return client
+        if isinstance(header_values, (str, bytes, bytearray)):
+            header_values = [header_values]
+        try:
+            values = [t for t in map(_as_text, header_values) if t is not None]
+        except Exception:
+            return client
+        return self._walk(client, values)
+
+    # -- internals -----------------------------------------------------------
+
+    def _peer(self, peer: str | None) -> tuple[Client, bool]:
+        """The peer's own Client, and whether the peer is a trusted proxy."""
+        if not peer:
+            return _UNKNOWN_CLIENT, False
+        client = self._trusted_peers.get(peer)
+        if client is not None:
+            return client, True
+        canon = canonical_ip(peer)
+        if canon is None:
+            client = Client(peer, peer, False)
+            trusted = False
+        else:
+            client = self._client_for(canon)
+            trusted = canon in self.trusted_proxies
+        if len(peer) <= _MAX_CACHED_PEER_LENGTH:
+            cache: dict[Any, Client] = self._trusted_peers if trusted else self._direct
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+                if cache is self._direct:
+                    cache[None] = _UNKNOWN_CLIENT
+            cache[peer] = client
+        return client, trusted
+
+    def _client_for(self, canon: str) -> Client:
+        """The Client of a canonical IP address."""
+        cache = self._by_address
+        client = cache.get(canon)
+        if client is None:
+            key = canon
+            if ":" in canon and self.ipv6_prefix < 128:
+                number = int.from_bytes(socket.inet_pton(socket.AF_INET6, canon), "big")
+                network = (number & self._ipv6_mask).to_bytes(16, "big")
+                key = f"{_ipv6_text(network)}/{self.ipv6_prefix}"
+            client = Client(key, canon, True)
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            cache[canon] = client
+        return client
+
+    def _walk(self, peer: Client, values: list[str]) -> Client:
+        """Walk the header from the right, starting at the trusted *peer*."""
+        if not values:
+            return peer
+        joined = values[0] if len(values) == 1 else ",".join(values)
+        walked = self._walked
+        try:
+            found = walked[joined]
+        except KeyError:
+            entries = _split_header(joined)
+            if self.forwarded_header == "x-real-ip":
+                # One address, or nothing to believe: a list (or several
+                # header lines) means something other than our proxy wrote it.
+                entries = [e for e in entries if e and not e.isspace()]
+                found = self._walk_entries(entries) if len(entries) == 1 else None
+            else:
+                found = self._walk_entries(entries)
+            if len(joined) <= _MAX_CACHED_HEADER_LENGTH:
+                if len(walked) >= _WALK_CACHE_SIZE:
+                    walked.clear()
+                walked[joined] = found
+        return peer if found is None else found
+
+    def _walk_entries(self, entries: list[str]) -> Client | None:
+        """The client named by *entries*, or None for the trusted peer itself.
+
+        The answer depends on the header alone (when the rightmost entry is
+        garbage it is "the peer", whichever that is), so it can be cached by
+        header value.
+        """
+        forwarded = self.forwarded_header == "forwarded"
+        canonical = _canonical_cache
+        trusted = self.trusted_proxies
+        known = trusted._cache
+        last: str | None = None
+        for entry in reversed(entries):
+            if not entry or entry.isspace():
+                continue  # empty list element
+            if forwarded:
+                entry = _forwarded_for(entry)
+            try:
+                canon = canonical[entry]
+            except KeyError:
+                canon = canonical_ip(entry)
+            if canon is None:
+                break  # garbage: fall back to the last trusted hop
+            last = canon
+            try:
+                is_trusted = known[canon]
+            except KeyError:
+                is_trusted = canon in trusted
+            if not is_trusted:
+                break
+        return None if last is None else self._client_for(last)
+
+
+def _split_header(joined: str) -> list[str]:
+    """Split a list header into entries, within the length and hop limits.
+
+    An entry that the limits cut short or leave unread is replaced by a
+    marker that is never an address, so the walk stops there as it does at
+    garbage.
+    """
+    if len(joined) > MAX_HEADER_LENGTH:
+        entries = joined[-MAX_HEADER_LENGTH:].rsplit(",", MAX_HOPS)
+        entries[0] = _GARBAGE
+    else:
+        entries = joined.rsplit(",", MAX_HOPS)
+        if len(entries) > MAX_HOPS:
+            entries[0] = _GARBAGE
+    return entries
+
+
+def _forwarded_for(element: str) -> str:
+    """The ``for=`` value of one RFC 7239 element, or ``""`` (garbage)."""
+    found = ""
+    seen = False
+    for pair in element.split(";"):
+        name, eq, value = pair.partition("=")
+        if eq and name.strip().lower() == "for":
+            if seen:  # a repeated parameter makes the element invalid
+                return ""
+            seen = True
+            found = value
+    return found
+
+
+def _as_text(value: object) -> str | None:
+    """A peer or header value as text; None when it is neither str nor bytes."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1")
+    return None
+
+
+def _asgi_peer(scope: Mapping[str, Any]) -> str | None:
+    """``scope["client"][0]`` as text, or None when it is missing or malformed."""
+    try:
+        client = scope.get("client")
+        if isinstance(client, (tuple, list)) and client:
+            return _as_text(client[0])
+    except Exception:
+        pass
+    return None
