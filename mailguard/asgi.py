@@ -56,6 +56,7 @@ class GuardMiddleware:
         self.app = app
         self.policy = policy
         self._resolve = policy.resolver.from_asgi
+        self._local = policy.store.local
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -68,7 +69,10 @@ class GuardMiddleware:
             wanted = policy.wants_body(request)
             if wanted:
                 receive = await _buffer(request, receive, wanted)
-            verdict = await policy.acheck(request)
+            if self._local:  # memory: no I/O to wait for, skip the coroutine hops
+                verdict = policy.check(request)
+            else:
+                verdict = await policy.acheck(request)
         except StoreDown as down:
             verdict = policy.degraded(down)
         except Exception:
@@ -102,7 +106,10 @@ class GuardMiddleware:
             nonlocal reported
             reported = True
             try:
-                await policy.afinish(request, verdict, status, seen)
+                if self._local:
+                    policy.finish(request, verdict, status, seen)
+                else:
+                    await policy.afinish(request, verdict, status, seen)
             except Exception:
                 _log.exception("mailguard: %s could not record a response", policy.kind)
 
@@ -127,13 +134,13 @@ async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) ->
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1013, "reason": "Try Again Later"})
         return
-    status, headers, body = policy.refusal(verdict)
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    raw.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+    refusal = policy.refusal_for(verdict)
     await send(
-        {"type": "http.response.body", "body": body if scope.get("method") != "HEAD" else b""}
-    )
+        {"type": "http.response.start", "status": refusal.status,
+         "headers": list(refusal.asgi_headers)}
+    )  # fmt: skip
+    body = b"" if scope.get("method") == "HEAD" else refusal.body
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -46,14 +46,29 @@ class Request:
 
 
 class AsgiRequest(Request):
+    """A :class:`Request` over an ASGI scope; fields are read when first used."""
+
     __slots__ = ("_headers", "_scope")
 
     def __init__(self, scope: Mapping[str, Any], client: Client) -> None:
-        raw = scope.get("query_string", b"")
-        method = "WEBSOCKET" if scope["type"] == "websocket" else scope.get("method", "GET")
-        super().__init__(client, method, scope.get("path", "/"), raw.decode("latin-1"))
+        # Built on every request: keep it to two stores, read the rest lazily.
+        self.client = client
         self._scope = scope
         self._headers: dict[str, str] | None = None
+        self.body = None
+
+    @property  # type: ignore[override]
+    def method(self) -> str:
+        scope = self._scope
+        return "WEBSOCKET" if scope["type"] == "websocket" else str(scope.get("method", "GET"))
+
+    @property  # type: ignore[override]
+    def path(self) -> str:
+        return str(self._scope.get("path", "/"))
+
+    @property  # type: ignore[override]
+    def query(self) -> str:
+        return bytes(self._scope.get("query_string", b"")).decode("latin-1")
 
     def header(self, name: str) -> str | None:
         headers = self._headers

@@ -19,7 +19,6 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from http import HTTPStatus
 from typing import Any, ClassVar
 
 from .core import ALLOW, Verdict
@@ -81,10 +80,9 @@ class GuardMiddleware:
             finally:
                 policy.release(verdict)
         if not verdict.allowed:
-            status, headers, body = policy.refusal(verdict)
-            headers.append(("content-length", str(len(body))))
-            start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+            refusal = policy.refusal_for(verdict)
+            start_response(refusal.status_line, list(refusal.headers))
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [refusal.body]
         extra = policy.allowed_headers(verdict)
         if not extra and not verdict.watch:
             return self.app(environ, start_response)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from ..core import ALLOW, Verdict
+from ..core import ALLOW, Verdict, retry_after
 from ..events import Event, EventHook, Reporter
 from ..identity import AddressSet, Client, ClientResolver
 from ..options import status_code as check_status
@@ -32,9 +32,23 @@ from ..stores.base import Store
 from ..stores.guard import STORE_ERROR_MODES, GuardedStore, StoreDown
 from ..stores.memory import MemoryStore
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "Refusal"]
 
 _log = logging.getLogger("mailguard")
+
+
+class Refusal:
+    """A ready refusal: status, headers (with Content-Length) and body, in
+    the shapes both adapters send."""
+
+    __slots__ = ("asgi_headers", "body", "headers", "status", "status_line")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.body = body
+        self.headers = [*headers, ("content-length", str(len(body)))]
+        self.status_line = f"{status} {HTTPStatus(status).phrase}"
+        self.asgi_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
 
 
 class Policy:
@@ -99,6 +113,7 @@ class Policy:
             primary if isinstance(primary, MemoryStore) else GuardedStore(primary, mode)
         )
         self.report = Reporter(self.kind, on_event)
+        self._refusals: dict[tuple[object, ...], Refusal] = {}
 
     # --------------------------------------------------------------- steps
     def is_safe(self, client: Client) -> bool:
@@ -139,6 +154,22 @@ class Policy:
         if down.mode == "closed":
             return Verdict(False, "store-error", retry_after=5)
         return ALLOW
+
+    def refusal_for(self, verdict: Verdict) -> Refusal:
+        """The refusal for ``verdict``, built once per distinct shape and reused.
+
+        A flood is answered with the same few refusals over and over, so they
+        are cached (bounded), already encoded for both interfaces.
+        """
+        shape = (verdict.reason, verdict.retry_after, verdict.remaining, verdict.limit,
+                 retry_after(verdict.reset))  # fmt: skip
+        made = self._refusals.get(shape)
+        if made is None:
+            if len(self._refusals) >= 512:
+                self._refusals.clear()
+            status, headers, body = self.refusal(verdict)
+            made = self._refusals[shape] = Refusal(status, headers, body)
+        return made
 
     def refusal(self, verdict: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         """Status, headers and body of a refusal."""

@@ -45,6 +45,11 @@ class StoreError(Exception):
 class Store(ABC):
     """What every store offers.  Times are seconds on the store's clock."""
 
+    local: bool = False
+    """True when every call answers from this process's memory without waiting
+    on I/O: the ASGI adapter may then call the synchronous methods directly,
+    which saves two coroutine hops per request."""
+
     # ----------------------------------------------------------- counting
     @abstractmethod
     def hit(

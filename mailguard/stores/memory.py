@@ -75,6 +75,8 @@ class MemoryStore(Store):
         :class:`~mailguard.FakeClock` in tests.
     """
 
+    local = True
+
     def __init__(self, max_keys: int = 100_000, *, clock: Clock | None = None) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise ValueError(f"max_keys: must be a whole number >= 1, got {max_keys!r}")
@@ -173,17 +175,15 @@ class MemoryStore(Store):
     ) -> tuple[int, int, float]:
         now = self._clock()
         with self._lock:
-            if jail > 0.0:
+            if jail > 0.0 and self._blocks:
                 found = self._live_block(ns, key, now)
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
             space = self._spaces.get(ns)
-            if space is None:
-                space = self._space(ns, window)
-            log: Log = space.pop(key, None)
-            if log is None:
-                if window > self._ttl[ns]:
-                    self._ttl[ns] = window
+            log: Log = None if space is None else space.pop(key, None)
+            if log is None:  # a new key: make room first
+                if space is None or window > self._ttl[ns]:
+                    space = self._space(ns, window)
                 if not self._room(space, ns, now):
                     return OK, limit - 1, window
                 self._counters += 1
