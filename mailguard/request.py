@@ -22,20 +22,29 @@ class Request:
     """What a policy may know about a request.
 
     :ivar client: who is asking (see :mod:`mailguard.identity`).
-    :ivar method: upper-case method (``"GET"``; ``"WEBSOCKET"`` for a handshake).
-    :ivar path: the URL path, decoded.
-    :ivar query: the raw query string, undecoded (``+`` still a plus).
     :ivar body: the buffered body, or ``None`` when it was not read.
     """
 
-    __slots__ = ("body", "client", "method", "path", "query")
+    __slots__ = ("body", "client")
 
-    def __init__(self, client: Client, method: str, path: str, query: str) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
-        self.method = method
-        self.path = path
-        self.query = query
         self.body: bytes | None = None
+
+    @property
+    def method(self) -> str:
+        """Upper-case method (``"GET"``; ``"WEBSOCKET"`` for a handshake)."""
+        raise NotImplementedError
+
+    @property
+    def path(self) -> str:
+        """The URL path, decoded."""
+        raise NotImplementedError
+
+    @property
+    def query(self) -> str:
+        """The raw query string, undecoded (``+`` still a plus)."""
+        raise NotImplementedError
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (lower-case), lines joined by ``", "``."""
@@ -51,28 +60,32 @@ class AsgiRequest(Request):
     __slots__ = ("_headers", "_scope")
 
     def __init__(self, scope: Mapping[str, Any], client: Client) -> None:
-        # Built on every request: keep it to two stores, read the rest lazily.
+        # Built on every request: keep it to a few stores, read the rest lazily.
         self.client = client
+        self.body = None
         self._scope = scope
         self._headers: dict[str, str] | None = None
-        self.body = None
 
-    @property  # type: ignore[override]
+    @property
     def method(self) -> str:
         scope = self._scope
         return "WEBSOCKET" if scope["type"] == "websocket" else str(scope.get("method", "GET"))
 
-    @property  # type: ignore[override]
+    @property
     def path(self) -> str:
         return str(self._scope.get("path", "/"))
 
-    @property  # type: ignore[override]
+    @property
     def query(self) -> str:
         return bytes(self._scope.get("query_string", b"")).decode("latin-1")
 
     def header(self, name: str) -> str | None:
         headers = self._headers
         if headers is None:
+            raw = name.encode("latin-1")
+            found = [v for k, v in self._scope.get("headers", ()) if k == raw or k.lower() == raw]
+            if len(found) <= 1:  # the common case: one scan, no dict built
+                return found[0].decode("latin-1") if found else None
             headers = {}
             for key, value in self._scope.get("headers", ()):
                 k = key.decode("latin-1").lower()
@@ -83,20 +96,32 @@ class AsgiRequest(Request):
 
 
 class WsgiRequest(Request):
-    __slots__ = ("_environ",)
+    """A :class:`Request` over a WSGI environ."""
+
+    __slots__ = ("_environ", "_method", "_path", "_query")
 
     def __init__(self, environ: Mapping[str, Any], client: Client) -> None:
+        super().__init__(client)
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         with suppress(UnicodeEncodeError, UnicodeDecodeError):
             # WSGI carries the path's bytes as latin-1 text; undo that
             path = path.encode("latin-1").decode("utf-8")
-        super().__init__(
-            client,
-            environ.get("REQUEST_METHOD", "GET"),
-            path or "/",
-            environ.get("QUERY_STRING", ""),
-        )
+        self._path = path or "/"
+        self._method = str(environ.get("REQUEST_METHOD", "GET"))
+        self._query = str(environ.get("QUERY_STRING", ""))
         self._environ = environ
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def query(self) -> str:
+        return self._query
 
     def header(self, name: str) -> str | None:
         if name == "content-type":

@@ -27,6 +27,7 @@ from mailguard.policies import DosPolicy
 
 STACKS: dict[str, tuple[type[Stack], Any]] = {
     "asgi": (AsgiStack, mg_asgi.DosFilter),
+    "asgi-io": (AsgiStack, mg_asgi.DosFilter),  # the awaited path a network store takes
     "wsgi": (WsgiStack, mg_wsgi.DosFilter),
 }
 
@@ -48,6 +49,8 @@ def store(clock: FakeClock) -> MemoryStore:
 
 def build(kind: str, calls: list[str] | None = None, **options: Any) -> Stack:
     stack_type, middleware = STACKS[kind]
+    if kind == "asgi-io" and isinstance(options.get("store"), MemoryStore):
+        options["store"].local = False  # make the adapter await acheck, as for Redis
     return stack_type(lambda app: middleware(app, **options), calls)
 
 

@@ -179,14 +179,15 @@ class MemoryStore(Store):
                 found = self._live_block(ns, key, now)
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
-            space = self._spaces.get(ns)
-            log: Log = None if space is None else space.pop(key, None)
-            if log is None:  # a new key: make room first
-                if space is None or window > self._ttl[ns]:
-                    space = self._space(ns, window)
+            found_space = self._spaces.get(ns)
+            log: Log = None if found_space is None else found_space.pop(key, None)
+            if log is None or found_space is None:  # a new key: make room first
+                space = self._space(ns, window)
                 if not self._room(space, ns, now):
                     return OK, limit - 1, window
                 self._counters += 1
+            else:
+                space = found_space
             log, allowed, remaining, wait = slide(log, now, limit, window)
             if allowed:
                 space[key] = log
