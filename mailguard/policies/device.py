@@ -1,16 +1,540 @@
-"""DeviceJailPolicy: jail runaway ActiveSync devices.
+"""DeviceJailPolicy: jail a runaway ActiveSync device, not the office it sits in.
 
-(Being built: see the DeviceJail issue.)
+The admin's model is Carbonio's mobile anti-DoS filter: a device that sends
+more than ``max_requests`` requests within ``time_window`` seconds is jailed
+for ``jail_duration`` seconds (Carbonio's defaults, kept here: 150 requests,
+30 s, 600 s).  Counting is an exact sliding window
+(:func:`mailguard.core.slide`) per *device*, not per address, so one phone
+stuck in a sync loop is refused on its own while every other device behind
+the same office NAT keeps working.  Requests that carry no device id pass
+untouched: :class:`~mailguard.policies.DosPolicy` covers them by address.
+
+A jailed device gets ``status_code`` (503, the status ActiveSync clients back
+off on) with ``Retry-After`` set to the whole seconds of jail left (at least
+1), and the app is not called.  Requests during the jail neither count nor
+extend it; once it ends the device starts again from zero.  One line is
+logged per jailing, none per refused request (account and device type are
+request text, so they are quoted)::
+
+    mailguard device jailed client=198.51.100.2 device=abc123 account="jdoe"
+        command=Sync count=151 seconds=600 reason=rate device_type="iPhone"
+
+(on one line; ``reason`` is ``rate`` or ``identity``, ``command`` ``-`` when
+unknown).  When the store cannot answer, the default ``on_store_error="open"``
+serves the request: a store outage must not take mail down.
+
+Knowing the device
+    In this order, the first that gives a device id wins:
+
+    1. ``device_func(request)``, when given;
+    2. on ``paths``: the ``DeviceId`` of the ActiveSync query, in its plain or
+       base64 form (:func:`mailguard.activesync.parse_query`; a base64 id is
+       keyed as the lowercase hex of its bytes);
+    3. on ``header_paths``: the ``X-Device-Id`` header that Carbonio's web and
+       mobile clients send, normalised like a plain ``DeviceId`` (ASCII letters
+       lowercased, everything but letters and digits dropped, 1 to 32
+       characters left; several header lines must agree).
+
+    Paths match case-insensitively (clients vary in case) and by whole
+    segments: ``/Microsoft-Server-ActiveSync`` matches itself and anything
+    below ``/Microsoft-Server-ActiveSync/``, not
+    ``/Microsoft-Server-ActiveSyncX``.  The query is parsed at most once per
+    request and only on ``paths``; any other request costs a path compare and,
+    unless ``header_paths=[]``, one header lookup: no parsing, no store call.
+
+Knowing the account
+    The Basic-auth user of the ``Authorization`` header (broken base64 or
+    non-UTF-8 text gives none), else the ActiveSync ``User`` parameter.  Both
+    are lowercased and lose a ``DOMAIN\\`` prefix, so ``CORP\\JDoe`` and
+    ``jdoe`` are one account.  Neither is verified here (the filter runs before
+    the login), which is why the account only ever splits one device's jail
+    and never joins two devices into one.
+
+Key format
+    With ``per_account=True`` (default) a device is jailed per account:
+    ``"<device>/<account>"``, e.g. ``"abc123/jdoe"``, so two accounts on one
+    phone, or one ``DeviceId`` claimed by two accounts, never share a jail.  The
+    device part is ``[a-z0-9]`` only; the account part is percent-encoded
+    (UTF-8, everything but letters, digits and ``@ . _ - ~ +`` escaped, ``/``
+    and ``%`` included), so the first ``/`` always ends the device id and no
+    account can pose as another.  An encoded account longer than 128
+    characters is replaced by ``#`` and a 32-digit BLAKE2b hex digest (``#`` is
+    never left unescaped, so a digest cannot pass for an account).  A device
+    with no known account, and every device under ``per_account=False``, is
+    keyed by its device id alone.
+
+Changing identity (optional)
+    [MS-ASHTTP] recommends distrusting a device whose ``User-Agent`` or
+    ``DeviceType`` keeps changing.  With ``identity_changes=True`` a device
+    whose pair changes more than ``max_identity_changes`` times (2) within
+    ``identity_window`` seconds (24 h) is jailed for ``identity_jail`` seconds
+    (14 h), in the same jail as the rate rule.  Only ActiveSync requests (on
+    ``paths``) are watched: requests known by ``X-Device-Id`` alone carry no
+    ``DeviceType``.  The pair is remembered as a short digest, never as text.
+
+Admin
+    :meth:`~DeviceJailPolicy.jailed_devices` lists the live jails (as
+    :class:`~mailguard.core.Block` values, soonest end first),
+    :meth:`~DeviceJailPolicy.release_device` lifts one (by key, or by bare
+    device id for every account on that device) and
+    :meth:`~DeviceJailPolicy.release_all` lifts them all; each has an ``a``
+    twin for async code.
+
+A warning: device ids and account names are text the client chose.  Anyone
+who learns a device id (and its account name, with ``per_account``) can get
+that device jailed by sending requests in its name, exactly as with
+Carbonio's own filter; the jail ends by itself and an admin can lift it.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from ..activesync import NO_DEVICE, ActiveSyncRequest, parse_query
+from ..core import ALLOW, Block, Verdict, retry_after
+from ..options import duration, positive_int
+from ..options import paths as check_paths
+from ..request import Request
+from ..stores.base import JAILED, OK
 from .base import Policy
 
-__all__ = ["DeviceJailPolicy"]
+__all__ = [
+    "DEFAULT_PATHS",
+    "Device",
+    "DeviceJailPolicy",
+    "account_key",
+    "basic_auth_user",
+    "device_key",
+    "header_device_id",
+    "normalise_account",
+]
+
+DeviceFunc = Callable[[Request], "str | None"]
+
+DEFAULT_PATHS: tuple[str, ...] = ("/Microsoft-Server-ActiveSync",)
+"""Where ActiveSync requests arrive."""
+
+_MAX_HEADER_CHARS = 1024  # longer X-Device-Id / Authorization values are ignored
+_MAX_HEADER_ID = 32  # like a plain DeviceId
+_MAX_FUNC_ID = 64  # device_func may return a hex digest
+_MAX_ACCOUNT_KEY = 128  # longer encoded accounts are hashed
+_ACCOUNT_SAFE = "@+"  # kept as-is besides letters, digits and "_.-~"
+_PLAIN_ACCOUNT = re.compile(rf"[A-Za-z0-9@+_.~-]{{1,{_MAX_ACCOUNT_KEY}}}", re.ASCII)
+_QUOTED = frozenset({"account", "device_type"})
+
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ALNUM = frozenset(_UPPER + _UPPER.lower() + b"0123456789")
+_NOT_ALNUM = bytes(b for b in range(256) if b not in _ALNUM)
+_TO_LOWER = bytes.maketrans(_UPPER, _UPPER.lower())
+
+_log = logging.getLogger("mailguard.device")
 
 
+# ------------------------------------------------------------------ identity
+def _normalise_id(text: str, longest: int) -> str | None:
+    """ASCII letters lowercased, all but letters and digits dropped, 1..longest left."""
+    key = text.encode("latin-1", "ignore").translate(_TO_LOWER, _NOT_ALNUM)
+    if 0 < len(key) <= longest:
+        return key.decode("ascii")
+    return None
+
+
+def header_device_id(value: str | None) -> str | None:
+    """The device id of an ``X-Device-Id`` header value, or None.
+
+    Normalised like a plain ``DeviceId``.  Several header lines (joined by
+    commas) must all give the same id, or there is none: back ends may
+    disagree on which line they read.
+    """
+    if not value or len(value) > _MAX_HEADER_CHARS:
+        return None
+    if "," not in value:
+        return _normalise_id(value, _MAX_HEADER_ID)
+    found = {_normalise_id(part, _MAX_HEADER_ID) for part in value.split(",") if part.strip()}
+    if len(found) != 1:
+        return None
+    return found.pop()
+
+
+def normalise_account(name: str | None) -> str | None:
+    """``CORP\\JDoe`` -> ``jdoe``: lowercased, without a ``DOMAIN\\``; None if empty."""
+    if not name:
+        return None
+    account = name.rpartition("\\")[2].strip().lower()
+    return account or None
+
+
+def basic_auth_user(value: str | None) -> str | None:
+    """The normalised user of an ``Authorization: Basic`` header, or None.
+
+    Anything broken (another scheme, bad base64, text that is not UTF-8, no
+    ``:``, an over-long header) gives None; this never raises.
+    """
+    if not value or len(value) > _MAX_HEADER_CHARS:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(token.strip().encode("ascii"), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error, UnicodeEncodeError and UnicodeDecodeError
+        return None
+    user, colon, _ = text.partition(":")
+    if not colon:
+        return None
+    return normalise_account(user)
+
+
+def account_key(account: str) -> str:
+    """The account part of a device key: percent-encoded, or hashed when long."""
+    if _PLAIN_ACCOUNT.fullmatch(account):
+        return account  # nothing to escape: the common case
+    encoded = quote(account, safe=_ACCOUNT_SAFE, errors="surrogatepass")
+    if len(encoded) <= _MAX_ACCOUNT_KEY:
+        return encoded
+    digest = hashlib.blake2b(account.encode("utf-8", "surrogatepass"), digest_size=16)
+    return "#" + digest.hexdigest()
+
+
+def device_key(device_id: str, account: str | None) -> str:
+    """``"<device>"`` or ``"<device>/<encoded account>"`` (see the module docs)."""
+    if account is None:
+        return device_id
+    return f"{device_id}/{account_key(account)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """The device a request came from, as :meth:`DeviceJailPolicy.identify` found it.
+
+    :ivar key: what the jail counts by (see the module docs).
+    :ivar device_id: the normalised device id, ``[a-z0-9]``.
+    :ivar account: the normalised account, or None (not looked up when
+        ``per_account`` is off).
+    :ivar source: ``"func"``, ``"query"`` or ``"header"``.
+    :ivar activesync: what the query said (:data:`~mailguard.activesync.NO_DEVICE`
+        off ``paths``).
+    :ivar on_paths: the request came on one of ``paths``.
+    """
+
+    key: str
+    device_id: str
+    account: str | None
+    source: str
+    activesync: ActiveSyncRequest
+    on_paths: bool
+
+
+class _Paths:
+    """Case-insensitive, segment-aware path prefixes."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        bases = [entry.lower().rstrip("/") for entry in entries]
+        self.exact = frozenset(base for base in bases if base)
+        self.prefixes = tuple(base + "/" for base in bases)
+
+    def match(self, path: str) -> bool:
+        if not self.prefixes:
+            return False
+        low = path.lower()
+        return low in self.exact or low.startswith(self.prefixes)
+
+
+# -------------------------------------------------------------------- policy
 class DeviceJailPolicy(Policy):
-    """Jails an ActiveSync device that sends too many requests."""
+    """Per-device request cap with a jail.  Options as in :class:`Policy`, plus:
+
+    :param max_requests: requests one device may send within ``time_window``
+        (default 150); the next one jails it.
+    :param time_window: the sliding window, in seconds (default 30).
+    :param jail_duration: how long a jail lasts, in seconds (default 600).
+    :param paths: where ActiveSync requests arrive and their query is read
+        (default ``["/Microsoft-Server-ActiveSync"]``); case-insensitive,
+        whole-segment prefixes.
+    :param header_paths: where an ``X-Device-Id`` header identifies a device:
+        None (default) for every path, a list of prefixes to narrow it, ``[]``
+        to ignore the header.  On ``paths`` the query's ``DeviceId`` wins.
+    :param per_account: jail a device per account (default True); the key
+        is then ``"<device>/<account>"``.
+    :param device_func: a callable taking the
+        :class:`~mailguard.request.Request` and returning a device id or None;
+        asked first, on every request.  Its answer is normalised like a plain
+        ``DeviceId`` but may be up to 64 characters; None, or nothing left
+        after normalising, falls back to the query and the header.  If it
+        raises, the error is logged and the fallbacks are used.
+    :param identity_changes: turn on the identity rule (default False).
+    :param max_identity_changes: changes of ``User-Agent`` or ``DeviceType``
+        allowed within ``identity_window`` (default 2); the next one jails.
+    :param identity_window: seconds the changes are counted over (default
+        86400, 24 h).
+    :param identity_jail: seconds an identity jail lasts (default 50400, 14 h).
+
+    Durations also accept strings such as ``"30s"``, ``"10m"`` or ``"14h"``.
+    """
 
     kind = "device"
+
+    def __init__(
+        self,
+        *,
+        max_requests: int = 150,
+        time_window: float | str = 30.0,
+        jail_duration: float | str = 600.0,
+        paths: Iterable[str] = DEFAULT_PATHS,
+        header_paths: Iterable[str] | None = None,
+        per_account: bool = True,
+        device_func: DeviceFunc | None = None,
+        identity_changes: bool = False,
+        max_identity_changes: int = 2,
+        identity_window: float | str = 86400.0,
+        identity_jail: float | str = 50400.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.max_requests = positive_int("max_requests", max_requests)
+        self.time_window = duration("time_window", time_window)
+        self.jail_duration = duration("jail_duration", jail_duration)
+        self.paths = check_paths("paths", paths)
+        self.header_paths = (
+            None if header_paths is None else check_paths("header_paths", header_paths)
+        )
+        if not isinstance(per_account, bool):
+            raise ValueError(f"per_account: must be True or False, got {per_account!r}")
+        self.per_account = per_account
+        if device_func is not None and not callable(device_func):
+            raise ValueError(f"device_func: must be callable, got {device_func!r}")
+        self.device_func = device_func
+        if not isinstance(identity_changes, bool):
+            raise ValueError(f"identity_changes: must be True or False, got {identity_changes!r}")
+        self.identity_changes = identity_changes
+        self.max_identity_changes = positive_int("max_identity_changes", max_identity_changes)
+        self.identity_window = duration("identity_window", identity_window)
+        self.identity_jail = duration("identity_jail", identity_jail)
+        if not self.paths and self.header_paths == () and device_func is None:
+            raise ValueError(
+                "paths: is empty while header_paths is [] and there is no device_func,"
+                " so no request could ever name a device"
+            )
+        self._paths = _Paths(self.paths)
+        self._header_anywhere = self.header_paths is None
+        self._header_paths = _Paths(self.header_paths or ())
+        self._ident_ns = self.namespace + "_ident"
+        self._changes_ns = self.namespace + "_changes"
+
+    # ---------------------------------------------------------------- rules
+    def identify(self, request: Request) -> Device | None:
+        """The device this request counts against, or None to let it pass untouched."""
+        path = request.path
+        on_paths = self._paths.match(path)
+        by_header = self._header_anywhere or self._header_paths.match(path)
+        if not (on_paths or by_header or self.device_func is not None):
+            return None  # the cheap path: not ActiveSync, no header to read
+        if self.safe_ips and self.is_safe(request.client):
+            return None
+        parsed = parse_query(request.query) if on_paths else NO_DEVICE
+        device_id: str | None = None
+        source = "func"
+        if self.device_func is not None:
+            device_id = self._custom(request)
+        if device_id is None and parsed.device_id is not None:
+            device_id, source = parsed.device_id, "query"
+        if device_id is None and by_header:
+            device_id, source = header_device_id(request.header("x-device-id")), "header"
+        if device_id is None:
+            return None
+        account = self.account_of(request, parsed) if self.per_account else None
+        return Device(device_key(device_id, account), device_id, account, source, parsed, on_paths)
+
+    def _custom(self, request: Request) -> str | None:
+        assert self.device_func is not None
+        try:
+            found = self.device_func(request)
+        except Exception:
+            _log.exception("mailguard device device_func failed")
+            return None
+        if not isinstance(found, str) or len(found) > _MAX_HEADER_CHARS:
+            return None
+        return _normalise_id(found, _MAX_FUNC_ID)
+
+    @staticmethod
+    def account_of(request: Request, parsed: ActiveSyncRequest) -> str | None:
+        """The Basic-auth user, else the ActiveSync ``User``, normalised."""
+        return basic_auth_user(request.header("authorization")) or normalise_account(parsed.user)
+
+    def watches_identity(self, device: Device) -> bool:
+        return self.identity_changes and device.on_paths
+
+    @staticmethod
+    def identity_of(request: Request, device: Device) -> str:
+        """A short digest of the device's (DeviceType, User-Agent) pair."""
+        pair = f"{device.activesync.device_type or ''}\n{request.header('user-agent') or ''}"
+        return hashlib.blake2b(pair.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+    def judge(self, request: Request, device: Device, code: int, wait: float) -> Verdict:
+        """Turn the answer of the rate rule into a verdict."""
+        if code == OK:
+            return ALLOW
+        if code == JAILED:
+            self.report_jail(request, device, "rate", self.max_requests + 1, self.jail_duration)
+            return Verdict(False, "rate", device.key, retry_after=retry_after(self.jail_duration))
+        return Verdict(False, "jailed", device.key, retry_after=retry_after(wait))
+
+    def identity_jailed(self, request: Request, device: Device) -> Verdict:
+        """The verdict (and the log line) when the identity rule jails a device."""
+        self.report_jail(
+            request, device, "identity", self.max_identity_changes + 1, self.identity_jail
+        )
+        return Verdict(False, "identity", device.key, retry_after=retry_after(self.identity_jail))
+
+    def report_jail(
+        self, request: Request, device: Device, reason: str, count: int, seconds: float
+    ) -> None:
+        account = device.account
+        if account is None and not self.per_account:
+            account = self.account_of(request, device.activesync)
+        self.emit(
+            "jailed",
+            request.client.key,
+            quoted=_QUOTED,
+            device=device.device_id,
+            account=account or "",
+            command=device.activesync.command or "-",
+            count=count,
+            seconds=seconds,
+            reason=reason,
+            device_type=device.activesync.device_type or "",
+        )
+
+    # ---------------------------------------------------------------- faces
+    def check(self, request: Request) -> Verdict:
+        device = self.identify(request)
+        if device is None:
+            return ALLOW
+        store = self.store
+        code, _, wait = store.hit(
+            self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
+        )
+        if code != OK or not self.watches_identity(device):
+            return self.judge(request, device, code, wait)
+        value = self.identity_of(request, device)
+        previous = store.swap(self._ident_ns, device.key, value, self.identity_window)
+        if previous is None or previous == value:
+            return ALLOW
+        code, _, _ = store.hit(
+            self._changes_ns,
+            device.key,
+            self.max_identity_changes,
+            self.identity_window,
+            self.identity_jail,
+        )
+        if code != JAILED:
+            return ALLOW
+        store.block(self.namespace, device.key, self.identity_jail, "identity")
+        return self.identity_jailed(request, device)
+
+    async def acheck(self, request: Request) -> Verdict:
+        device = self.identify(request)
+        if device is None:
+            return ALLOW
+        store = self.store
+        code, _, wait = await store.ahit(
+            self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
+        )
+        if code != OK or not self.watches_identity(device):
+            return self.judge(request, device, code, wait)
+        value = self.identity_of(request, device)
+        previous = await store.aswap(self._ident_ns, device.key, value, self.identity_window)
+        if previous is None or previous == value:
+            return ALLOW
+        code, _, _ = await store.ahit(
+            self._changes_ns,
+            device.key,
+            self.max_identity_changes,
+            self.identity_window,
+            self.identity_jail,
+        )
+        if code != JAILED:
+            return ALLOW
+        await store.ablock(self.namespace, device.key, self.identity_jail, "identity")
+        return self.identity_jailed(request, device)
+
+    # ---------------------------------------------------------------- admin
+    def jailed_devices(self) -> list[Block]:
+        """Every live jail of this filter, soonest end first."""
+        return self.store.blocks(self.namespace)
+
+    def release_device(self, device: str) -> int:
+        """Lift the jail of ``device``; return how many jails were lifted.
+
+        ``device`` is a key as :meth:`jailed_devices` lists it
+        (``"abc123/jdoe"``), or a bare device id (``"ABC123"``, normalised)
+        to release that device under every account.
+        """
+        keys = _exact_key(device)
+        if keys is None:
+            found = self.store.blocks(self.namespace) + self.store.blocks(self._changes_ns)
+            keys = _keys_of(device, found)
+        lifted = 0
+        for key in keys:
+            lifted += self.store.unblock(key, self.namespace)
+            self.store.unblock(key, self._changes_ns)
+        return lifted
+
+    def release_all(self) -> int:
+        """Lift every jail of this filter; return how many were lifted."""
+        self.store.unblock_all(self._changes_ns)
+        return self.store.unblock_all(self.namespace)
+
+    async def ajailed_devices(self) -> list[Block]:
+        return await self.store.ablocks(self.namespace)
+
+    async def arelease_device(self, device: str) -> int:
+        keys = _exact_key(device)
+        if keys is None:
+            found = await self.store.ablocks(self.namespace)
+            found += await self.store.ablocks(self._changes_ns)
+            keys = _keys_of(device, found)
+        lifted = 0
+        for key in keys:
+            lifted += await self.store.aunblock(key, self.namespace)
+            await self.store.aunblock(key, self._changes_ns)
+        return lifted
+
+    async def arelease_all(self) -> int:
+        await self.store.aunblock_all(self._changes_ns)
+        return await self.store.aunblock_all(self.namespace)
+
+    # ------------------------------------------------------------ responses
+    def explain(self, verdict: Verdict) -> str:
+        if verdict.reason == "identity":
+            return "this device changed its identity too often and is jailed."
+        if verdict.reason == "rate":
+            return "this device sent too many requests and is jailed."
+        if verdict.reason == "jailed":
+            return "this device is jailed for a while."
+        return super().explain(verdict)
+
+
+def _exact_key(device: object) -> list[str] | None:
+    """``[device]`` for a full key, None for a bare device id (checked)."""
+    if not isinstance(device, str) or not device.strip():
+        raise ValueError(f"device: must be a device id or a key, got {device!r}")
+    return [device] if "/" in device else None
+
+
+def _keys_of(device: str, blocks: list[Block]) -> list[str]:
+    """The keys of ``blocks`` that belong to the bare device id ``device``."""
+    wanted = _normalise_id(device, _MAX_FUNC_ID)
+    if wanted is None:
+        return []
+    below = wanted + "/"
+    return sorted({b.key for b in blocks if b.key == wanted or b.key.startswith(below)})
