@@ -1,17 +1,917 @@
 """InvalidLoginPolicy: block the guessing address, never the account.
 
-(Being built: see the InvalidLoginFilter issue.)
+The admin's model is Zimbra/Carbonio's invalid-login filter
+(``zimbraInvalidLoginFilterMaxFailedLogin``,
+``zimbraInvalidLoginFilterDelayInMinBetwnReqBeforeReinstating``,
+``zimbraInvalidLoginFilterReinstateIpTaskIntervalInMin``): an address that
+fails ``max_failed_logins`` logins in a row, each failure within
+``failure_interval`` seconds of the previous one, is blocked for
+``block_duration`` seconds and then let back in.  A longer pause starts the
+count over (:func:`mailguard.core.streak`).  The address is blocked, not the
+account, so the real user keeps access from everywhere else.  Unlike Zimbra,
+the block starts *at* the ``max_failed_logins``-th failure (Zimbra waits for
+one more) and ends exactly ``block_duration`` seconds later (Zimbra's sweep
+adds up to five minutes).
+
+The application is not changed: the filter learns the outcome of each login
+from the response.
+
+Login attempts
+    A request whose method is in ``login_methods`` to a path in
+    ``login_paths`` whose parameters match ``login_fields`` (each named field
+    has the given value in the query string *or* the form body: both are
+    looked at, because applications disagree on which one wins).  With
+    ``count_basic_auth=True``, also any request under ``auth_paths`` that
+    carries HTTP ``Basic`` or ``Bearer`` credentials (ActiveSync, DAV).
+
+    Paths are matched without regard to case, with runs of ``/`` collapsed,
+    one trailing ``/`` ignored and ``;`` path parameters dropped, so
+    ``/Login/``, ``//login`` and ``/login;jsessionid=1`` are all ``/login``.
+    An entry ending in ``*`` is a prefix (``"/dav/*"``; ``"*"`` alone is
+    every path); every other entry is an exact path, including ``"/"``.
+
+    When ``login_fields`` cannot be decided because the body was longer than
+    ``max_body_bytes`` (or its multipart form never closed), the request is
+    counted as an attempt: padding a login past the limit must not dodge the
+    filter.
+
+Failures
+    The response to an attempt is a failure when
+
+    1. it carries the ``result_header`` (default ``X-Login-Result``) saying
+       ``fail`` (or ``ok``, which makes it a success whatever the status);
+       the header is removed before the response leaves;
+    2. otherwise, its status is in ``failure_statuses``, or
+       ``is_failure(status, headers)`` returns true (``headers`` maps
+       lower-case names to values).
+
+    A 401 that carries ``WWW-Authenticate`` in answer to a request with no
+    ``Authorization`` header and no account field is the normal challenge
+    handshake, never a failure.  Any other status below 400 is a success; 5xx
+    and the like are neither.
+
+Concurrency
+    Attempts are counted when they start (:meth:`~mailguard.stores.Store.
+    attempt`): the current streak plus the attempts under way must stay below
+    ``max_failed_logins``, so a burst of parallel guesses cannot slip past the
+    limit.  A refused attempt gets ``status_code`` (503) with ``Retry-After``.
+    The outcome releases the slot (:meth:`~mailguard.stores.Store.settle`),
+    as does ``attempt_timeout`` for a response that never starts.
+    Long-polling protocols (ActiveSync ``Ping``) hold their slot until the
+    response starts or ``attempt_timeout`` passes; many devices behind one
+    NAT address can therefore be told to retry: list such addresses in
+    ``safe_ips`` or raise ``max_failed_logins`` for those presets.
+
+Blocks
+    A blocked address gets ``status_code`` (default 503) with
+    ``Retry-After`` = the seconds left, and the app is not called.  Refused
+    attempts do not extend the block.  ``block_scope="login"`` (default)
+    refuses only login attempts, so other people behind the same NAT can
+    still read their mail; ``"all"`` refuses every request of a blocked
+    address, as Zimbra does (one extra store lookup per request).
+    ``repeat_factor`` > 1 multiplies each new block of an address that was
+    blocked within the last ``offender_memory`` seconds, up to
+    ``max_block_duration``.
+
+Password spraying
+    The account is read from ``Basic`` credentials (lower-cased, a
+    ``DOMAIN\\`` prefix removed) or from the first of ``account_fields``
+    present in the urlencoded, multipart or JSON body (at most
+    ``max_body_bytes`` are buffered, and the app still receives every byte
+    unchanged).  With ``account_tarpit=(M, D)``, once one account has seen
+    ``M`` failures from any addresses within ``failure_interval``, each
+    further attempt for that account is held ``D`` seconds before it reaches
+    the app: slowed, never locked out.  An attempt whose account cannot be
+    told (two different account values, or a body cut short before any
+    account field) is held too.  At most ``max_delayed`` attempts are held
+    at once; beyond that they are refused with ``Retry-After`` = ``D``, so
+    the tarpit cannot tie up every worker.
+
+Logs (logger ``mailguard.login``, WARNING; format in :mod:`mailguard.events`)::
+
+    mailguard login failure client=203.0.113.7 account="jdoe" streak=3/5
+    mailguard login blocked client=203.0.113.7 account="jdoe" seconds=1500 failures=5
+    mailguard login refused client=203.0.113.7 seconds=1423
+    mailguard login tarpit client=198.51.100.9 account="jdoe" failures=20 delay=2
+
+``refused`` is logged for the first refusal of a blocked address, not for
+every one; ``tarpit`` when an account reaches ``M`` failures.
+
+The store: ``on_store_error`` keeps the base default ``"open"``: while the
+store is down logins are served unguarded, because the application still
+checks every password, while ``"closed"`` would lock every user out of mail
+for the length of the outage.  Choose ``"closed"`` or ``"memory"`` when
+guessing during an outage worries you more.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl
+
+from ..core import ALLOW, Block, Verdict, retry_after
+from ..options import duration, positive_int, strings, whole
+from ..presets import preset_options
+from ..request import Request
+from ..stores.base import BLOCKED, JAILED, OK
+from ..stores.guard import StoreDown
 from .base import Policy
 
-__all__ = ["InvalidLoginPolicy"]
+__all__ = ["InvalidLoginPolicy", "LoginVerdict", "basic_account", "normalize_account"]
+
+_log = logging.getLogger("mailguard.login")
+
+IsFailure = Callable[[int, Mapping[str, str]], bool]
+"""``is_failure(status, headers)``: headers map lower-case names to values."""
+
+_EPISODES_MAX = 10_000  # blocked addresses remembered as "refusal already logged"
+_MAX_ACCOUNT = 256  # longer "account names" are not account names
+_MAX_CREDENTIALS = 4096  # longer Basic tokens are not decoded
+_MAX_PARTS = 200  # multipart parts looked at
+_MAX_TARPIT_DELAY = 60.0
+_FAIL_WORDS = frozenset({"fail", "failed", "failure"})
+_OK_WORDS = frozenset({"ok", "success", "succeeded"})
+_SLASHES = re.compile(r"/{2,}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_METHOD = re.compile(r"[A-Z]+")
+_DISPOSITION_NAME = re.compile(r';\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.IGNORECASE)
+_DISPOSITION_FILE = re.compile(r";\s*filename\*?\s*=", re.IGNORECASE)
+_DEFAULT_ACCOUNT_FIELDS = ("_user", "username", "user", "userName")
 
 
+@dataclass(frozen=True, slots=True)
+class LoginVerdict(Verdict):
+    """An admitted login attempt: what :meth:`InvalidLoginPolicy.finish` needs.
+
+    ``account`` is the account name read from the request ("" when none),
+    ``credentials`` whether the request carried any (so that a bare 401
+    challenge is not taken for a failure).
+    """
+
+    account: str = ""
+    credentials: bool = False
+
+
+class _Attempt(NamedTuple):
+    account: str | None
+    credentials: bool
+    suspect: bool  # the account could not be told: treat as a tarpitted one
+
+
+# ------------------------------------------------------------------ parsing
+def normalize_account(text: str) -> str | None:
+    """An account name as counted: trimmed, ``DOMAIN\\`` removed, lower-case.
+
+    None for an empty name or one longer than 256 characters.
+    """
+    name = text.strip()
+    if "\\" in name:
+        name = name.rpartition("\\")[2].strip()
+    name = name.lower()
+    if not name or len(name) > _MAX_ACCOUNT:
+        return None
+    return name
+
+
+def basic_account(token: str) -> str | None:
+    """The account of HTTP Basic credentials (the base64 part), or None.
+
+    Broken base64, a missing ``:`` or an oversized token give None; user
+    names that are not UTF-8 are read as Latin-1.  Never raises.
+    """
+    token = token.strip()
+    if not token or len(token) > _MAX_CREDENTIALS:
+        return None
+    try:
+        raw = base64.b64decode(token, validate=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        return None
+    user, colon, _ = raw.partition(b":")
+    if not colon:
+        return None
+    try:
+        text = user.decode("utf-8")
+    except UnicodeDecodeError:
+        text = user.decode("latin-1")
+    return normalize_account(text)
+
+
+def _media_type(request: Request) -> tuple[str, str]:
+    full = request.header("content-type") or ""
+    media = full.partition(";")[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        return "form", full
+    if media == "multipart/form-data":
+        return "multipart", full
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return "json", full
+    return "", full
+
+
+def _declared_length(request: Request) -> int | None:
+    text = request.header("content-length")
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _urlencoded(text: str) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        fields.setdefault(name, []).append(value)
+    return fields
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object kept as its list of pairs (repeated keys stay visible)."""
+
+
+def _json_fields(raw: bytes) -> dict[str, list[str]]:
+    try:
+        doc = json.loads(raw, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return {}
+    fields: dict[str, list[str]] = {}
+    if isinstance(doc, _Pairs):
+        for name, value in doc:
+            if isinstance(value, str):
+                fields.setdefault(name, []).append(value)
+    return fields
+
+
+def _boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        name, eq, value = param.partition("=")
+        if eq and name.strip().lower() == "boundary":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            if 1 <= len(value) <= 200:
+                return value.encode("latin-1", "replace")
+    return None
+
+
+def _multipart_fields(raw: bytes, content_type: str) -> tuple[dict[str, list[str]], bool]:
+    """Text fields of a multipart body, and whether its closing boundary was seen."""
+    boundary = _boundary(content_type)
+    if boundary is None:
+        return {}, True
+    delimiter = b"--" + boundary
+    pieces = raw.split(delimiter)
+    fields: dict[str, list[str]] = {}
+    closed = False
+    last = len(pieces) - 1
+    # pieces[0] is the preamble; a piece counts only when a delimiter follows it
+    for index in range(1, min(last, _MAX_PARTS) + 1):
+        piece = pieces[index]
+        if piece.startswith(b"--"):
+            closed = True
+            break
+        if index == last:
+            break  # cut short: the part never ended
+        head, sep, value = piece.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        if value.endswith(b"\r\n"):
+            value = value[:-2]
+        name = None
+        for line in head.decode("latin-1").split("\r\n"):
+            key, colon, rest = line.partition(":")
+            if colon and key.strip().lower() == "content-disposition":
+                if _DISPOSITION_FILE.search(rest):
+                    break
+                found = _DISPOSITION_NAME.search(rest)
+                if found is not None:
+                    name = found.group(1) if found.group(1) is not None else found.group(2)
+                break
+        if name is not None:
+            fields.setdefault(name, []).append(value.decode("utf-8", "replace"))
+    return fields, closed
+
+
+def _body_fields(request: Request, limit: int) -> tuple[dict[str, list[str]], bool]:
+    """The form fields of the buffered body, and whether the whole body was seen."""
+    kind, content_type = _media_type(request)
+    if not kind:
+        return {}, True  # the application will not read fields from it either
+    raw = request.body
+    declared = _declared_length(request)
+    if raw is None:  # not buffered
+        return {}, not declared and request.header("transfer-encoding") is None
+    cut = (
+        len(raw) > limit
+        or (declared is not None and declared > len(raw))
+        or (declared is None and len(raw) >= limit)
+    )
+    raw = raw[:limit]
+    if kind == "form":
+        text = raw.decode("utf-8", "replace")
+        if cut:  # the last pair may end mid-value
+            text = text[: max(0, text.rfind("&"))]
+        return _urlencoded(text), not cut
+    if kind == "json":
+        return ({}, False) if cut else (_json_fields(raw), True)
+    fields, closed = _multipart_fields(raw, content_type)
+    return fields, closed and not cut
+
+
+class _Params:
+    """The parameters of one request, parsed on first use."""
+
+    __slots__ = ("_body", "_complete", "_query", "limit", "request")
+
+    def __init__(self, request: Request, limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self._query: dict[str, list[str]] | None = None
+        self._body: dict[str, list[str]] | None = None
+        self._complete = True
+
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = _urlencoded(self.request.query) if self.request.query else {}
+        return self._query
+
+    def body(self) -> dict[str, list[str]]:
+        if self._body is None:
+            self._body, self._complete = _body_fields(self.request, self.limit)
+        return self._body
+
+    @property
+    def complete(self) -> bool:
+        """Whether every body field could be seen."""
+        self.body()
+        return self._complete
+
+
+class _Paths:
+    """Exact paths and ``*`` prefixes, matched as the module docstring says."""
+
+    __slots__ = ("any", "exact", "prefixes")
+
+    def __init__(self, name: str, entries: object) -> None:
+        items = strings(name, entries)
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        self.any = False
+        for item in items:
+            if item == "*":
+                self.any = True
+            elif not item.startswith("/"):
+                raise ValueError(f"{name}: {item!r} must start with '/' (or be '*')")
+            elif item.endswith("*"):
+                prefixes.append(_SLASHES.sub("/", item[:-1].lower()))
+            else:
+                path = _SLASHES.sub("/", item.lower())
+                exact.add(path.rstrip("/") or "/")
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(prefixes)
+
+    def __bool__(self) -> bool:
+        return self.any or bool(self.exact) or bool(self.prefixes)
+
+    def match(self, path: str) -> bool:
+        if self.any:
+            return True
+        p = path.lower()
+        if ";" in p:
+            p = p.partition(";")[0]
+        if "//" in p:
+            p = _SLASHES.sub("/", p)
+        if self.prefixes and p.startswith(self.prefixes):
+            return True
+        if len(p) > 1 and p.endswith("/"):
+            p = p.rstrip("/") or "/"
+        return p in self.exact
+
+
+# ------------------------------------------------------------------- policy
 class InvalidLoginPolicy(Policy):
-    """Blocks an address after repeated failed logins."""
+    """Blocks an address after repeated failed logins.  Options as in :class:`Policy`, plus:
+
+    :param max_failed_logins: failures in a row that block an address
+        (default 10, Zimbra's).
+    :param failure_interval: seconds within which each failure must follow
+        the previous one to continue the streak (default 300).
+    :param block_duration: seconds an address stays blocked (default 900).
+    :param preset: a login shape from :mod:`mailguard.presets`
+        (``"roundcube"``, ``"sogo"``, ``"nextcloud"``, ``"zimbra"``,
+        ``"carbonio"``, ``"activesync"``, ``"dav"``); the keywords below
+        marked *shape* default to the preset's values, and explicit ones win.
+    :param login_paths: *shape*; where logins happen (default ``["/login"]``):
+        exact paths, or prefixes ending in ``*``.
+    :param login_methods: *shape*; methods of a login (default ``["POST"]``).
+    :param login_fields: *shape*; ``{field: value}`` a login must carry in its
+        query or form body, e.g. ``{"loginOp": "login"}`` (default none).
+        Values are compared without regard to case.
+    :param failure_statuses: *shape*; response statuses that mean the login
+        failed (default ``(401, 403)``).
+    :param is_failure: *shape*; ``is_failure(status, headers) -> bool``, a
+        further failure test (default none).
+    :param count_basic_auth: *shape*; also count every request under
+        ``auth_paths`` that carries Basic or Bearer credentials (default False).
+    :param auth_paths: *shape*; where ``count_basic_auth`` looks (default
+        ``["*"]``, everywhere).
+    :param account_fields: *shape*; form fields holding the account name
+        (default ``_user``, ``username``, ``user``, ``userName``); empty to
+        never read bodies for it.
+    :param result_header: a response header the application may set to
+        ``fail`` or ``ok`` to say how a login went; removed from the response
+        (default ``"x-login-result"``; None to ignore it).
+    :param max_body_bytes: body bytes of a login buffered to read form
+        fields (default 16384; 0 never reads bodies).
+    :param reset_on_success: a successful login ends the address's streak
+        (default False: a success does not wipe earlier failures).
+    :param block_scope: ``"login"`` (default) refuses only login attempts of
+        a blocked address; ``"all"`` refuses all of its requests.
+    :param repeat_factor: each new block of an address blocked within
+        ``offender_memory`` lasts this many times longer (default 1.0, off).
+    :param max_block_duration: cap on a repeated block (default 86400).
+    :param offender_memory: seconds an address's blocks are remembered for
+        ``repeat_factor`` (default 86400).
+    :param account_tarpit: ``(M, D)``: after ``M`` failures for one account
+        within ``failure_interval``, hold each further attempt for it ``D``
+        seconds (at most 60).  Default None: off.
+    :param max_delayed: tarpitted attempts held at once (default 50).
+    :param attempt_timeout: seconds an attempt keeps its slot when its
+        response never starts (default 30).
+    """
 
     kind = "login"
     default_on_store_error = "open"
+
+    def __init__(
+        self,
+        *,
+        max_failed_logins: int = 10,
+        failure_interval: float | str = 300.0,
+        block_duration: float | str = 900.0,
+        preset: str | None = None,
+        login_paths: Iterable[str] | None = None,
+        login_methods: Iterable[str] | None = None,
+        login_fields: Mapping[str, str] | None = None,
+        failure_statuses: Iterable[int] | None = None,
+        is_failure: IsFailure | None = None,
+        count_basic_auth: bool | None = None,
+        auth_paths: Iterable[str] | None = None,
+        account_fields: Iterable[str] | None = None,
+        result_header: str | None = "x-login-result",
+        max_body_bytes: int = 16384,
+        reset_on_success: bool = False,
+        block_scope: str = "login",
+        repeat_factor: float = 1.0,
+        max_block_duration: float | str = 86400.0,
+        offender_memory: float | str = 86400.0,
+        account_tarpit: tuple[int, float | str] | None = None,
+        max_delayed: int = 50,
+        attempt_timeout: float | str = 30.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        shape = preset_options(preset) if preset is not None else {}
+        self.preset = preset
+
+        def pick(name: str, given: Any, default: Any) -> Any:
+            return given if given is not None else shape.get(name, default)
+
+        self.limit = positive_int("max_failed_logins", max_failed_logins)
+        self.interval = duration("failure_interval", failure_interval)
+        self.block_duration = duration("block_duration", block_duration)
+        self.login_paths = _Paths("login_paths", pick("login_paths", login_paths, ("/login",)))
+        methods = strings("login_methods", pick("login_methods", login_methods, ("POST",)))
+        for method in methods:
+            if not _METHOD.fullmatch(method.upper()):
+                raise ValueError(f"login_methods: {method!r} is not an HTTP method")
+        self.login_methods = frozenset(m.upper() for m in methods)
+        fields = pick("login_fields", login_fields, {})
+        if not isinstance(fields, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
+        ):
+            raise ValueError(f"login_fields: must map field names to strings, got {fields!r}")
+        self.login_fields = {k: v.strip().lower() for k, v in fields.items()}
+        statuses = pick("failure_statuses", failure_statuses, (401, 403))
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise ValueError(f"failure_statuses: must be a list of statuses, got {statuses!r}")
+        self.failure_statuses = frozenset(
+            whole("failure_statuses", s, low=100, high=599) for s in statuses
+        )
+        check_failure = pick("is_failure", is_failure, None)
+        if check_failure is not None and not callable(check_failure):
+            raise ValueError(f"is_failure: must be callable, got {check_failure!r}")
+        self.is_failure: IsFailure | None = check_failure
+        basic = pick("count_basic_auth", count_basic_auth, False)
+        if not isinstance(basic, bool):
+            raise ValueError(f"count_basic_auth: must be True or False, got {basic!r}")
+        self.count_basic_auth = basic
+        self.auth_paths = _Paths("auth_paths", pick("auth_paths", auth_paths, ("*",)))
+        self.account_fields = strings(
+            "account_fields", pick("account_fields", account_fields, _DEFAULT_ACCOUNT_FIELDS)
+        )
+        if result_header is not None and (
+            not isinstance(result_header, str) or not _HEADER_NAME.fullmatch(result_header)
+        ):
+            raise ValueError(f"result_header: must be a header name or None, got {result_header!r}")
+        self.result_header = result_header.lower() if result_header is not None else None
+        self.strip_headers = (
+            frozenset({self.result_header}) if self.result_header is not None else frozenset()
+        )
+        self.max_body_bytes = whole("max_body_bytes", max_body_bytes, low=0, high=1 << 20)
+        self._body_wanted = self.max_body_bytes if (self.login_fields or self.account_fields) else 0
+        if not isinstance(reset_on_success, bool):
+            raise ValueError(f"reset_on_success: must be True or False, got {reset_on_success!r}")
+        self.reset_on_success = reset_on_success
+        if block_scope not in ("login", "all"):
+            raise ValueError(f"block_scope: must be 'login' or 'all', got {block_scope!r}")
+        self.block_scope = block_scope
+        self._block_all = block_scope == "all"
+        if (
+            isinstance(repeat_factor, bool)
+            or not isinstance(repeat_factor, (int, float))
+            or not 1.0 <= repeat_factor <= 100.0
+        ):
+            raise ValueError(
+                f"repeat_factor: must be a number from 1 to 100, got {repeat_factor!r}"
+            )
+        self.repeat_factor = float(repeat_factor)
+        self.max_block_duration = duration("max_block_duration", max_block_duration)
+        if self.max_block_duration < self.block_duration:
+            raise ValueError(
+                f"max_block_duration: must be at least block_duration ({self.block_duration:g}),"
+                f" got {max_block_duration!r}"
+            )
+        self.offender_memory = duration("offender_memory", offender_memory)
+        if self.repeat_factor > 1.0 and self.offender_memory <= self.block_duration:
+            raise ValueError(
+                f"offender_memory: must be longer than block_duration ({self.block_duration:g})"
+                f" for repeat_factor to matter, got {offender_memory!r}"
+            )
+        self.tarpit_after = 0
+        self.tarpit_delay = 0.0
+        if account_tarpit is not None:
+            if (
+                isinstance(account_tarpit, (str, bytes))
+                or not isinstance(account_tarpit, (tuple, list))
+                or len(account_tarpit) != 2
+            ):
+                raise ValueError(
+                    f"account_tarpit: must be (failures, delay_seconds) or None,"
+                    f" got {account_tarpit!r}"
+                )
+            self.tarpit_after = positive_int("account_tarpit", account_tarpit[0])
+            self.tarpit_delay = duration("account_tarpit", account_tarpit[1])
+            if self.tarpit_delay > _MAX_TARPIT_DELAY:
+                raise ValueError(
+                    f"account_tarpit: the delay must be at most {_MAX_TARPIT_DELAY:g} seconds,"
+                    f" got {account_tarpit[1]!r}"
+                )
+        self.account_namespace = f"{self.namespace}_account"
+        self.max_delayed = positive_int("max_delayed", max_delayed)
+        self.attempt_timeout = duration("attempt_timeout", attempt_timeout)
+        self.pending_ttl = self.attempt_timeout + self.tarpit_delay
+        self._refused: dict[str, None] = {}
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- rules
+    def attempt_of(self, request: Request) -> _Attempt | None:
+        """Whether ``request`` is a login attempt, and whose; None when it is not."""
+        if request.method in self.login_methods and self.login_paths.match(request.path):
+            found = self._form_attempt(request)
+            if found is not None:
+                return found
+        if self.count_basic_auth and self.auth_paths.match(request.path):
+            return self._credential_attempt(request)
+        return None
+
+    def _form_attempt(self, request: Request) -> _Attempt | None:
+        params = _Params(request, self.max_body_bytes)
+        for name, want in self.login_fields.items():
+            if any(v.strip().lower() == want for v in params.query().get(name, ())):
+                continue
+            if any(v.strip().lower() == want for v in params.body().get(name, ())):
+                continue
+            if params.complete:
+                return None
+            # the body was cut short: count it rather than let padding dodge us
+        account: str | None = None
+        suspect = False
+        if self.account_fields:
+            names: set[str] = set()
+            for field in self.account_fields:
+                for value in (*params.body().get(field, ()), *params.query().get(field, ())):
+                    name = normalize_account(value)
+                    if name is not None:
+                        names.add(name)
+            if len(names) == 1:
+                account = names.pop()
+            elif names:
+                suspect = True  # which one does the application read?
+            elif not params.complete:
+                suspect = True  # the field may lie past what we read
+        auth = request.header("authorization")
+        if account is None and not suspect and auth:
+            scheme, _, token = auth.strip().partition(" ")
+            if scheme.lower() == "basic":
+                account = basic_account(token)
+        return _Attempt(account, bool(auth) or account is not None or suspect, suspect)
+
+    def _credential_attempt(self, request: Request) -> _Attempt | None:
+        auth = request.header("authorization")
+        if not auth:
+            return None
+        scheme, _, token = auth.strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            return _Attempt(basic_account(token), True, False)
+        if scheme == "bearer":
+            return _Attempt(None, True, False)
+        return None
+
+    def judge_block(self, request: Request, block: Block | None, now: float) -> Verdict:
+        """A request that is not a login, under ``block_scope="all"``.
+
+        ``block`` is what the store returned, so it was live on the store's
+        clock; ``now`` only sizes ``Retry-After`` (the block's whole length
+        when ``now`` falls outside it).
+        """
+        if block is None:
+            if self._refused:
+                self._refused.pop(request.client.key, None)
+            return ALLOW
+        if not block.since <= now < block.until:  # our clock disagrees with the store's
+            now = block.since
+        return self._blocked(request.client.key, block.until - now)
+
+    def judge_attempt(self, key: str, code: int, wait: float) -> Verdict | None:
+        """Turn the store's answer to an attempt into a refusal, or None to go on."""
+        if code == OK:
+            if self._refused:
+                self._refused.pop(key, None)
+            return None
+        if code == BLOCKED:
+            return self._blocked(key, wait)
+        return Verdict(False, "busy", key, retry_after=retry_after(wait))
+
+    def _blocked(self, key: str, left: float) -> Verdict:
+        wait = retry_after(left)
+        if key not in self._refused:
+            if len(self._refused) >= _EPISODES_MAX:
+                self._refused.clear()
+            self._refused[key] = None
+            self.emit("refused", key, seconds=wait)
+        return Verdict(False, "blocked", key, retry_after=wait)
+
+    def admit(self, key: str, found: _Attempt, seen: int) -> Verdict:
+        """The verdict of an attempt that got a slot; ``seen``: its account's failures."""
+        delay = 0.0
+        if self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
+            if not self._reserve():
+                return Verdict(False, "tarpit", key, retry_after=retry_after(self.tarpit_delay))
+            delay = self.tarpit_delay
+        return LoginVerdict(
+            True,
+            "tarpit" if delay else "attempt",
+            key,
+            delay=delay,
+            watch=True,
+            account=found.account or "",
+            credentials=found.credentials,
+        )
+
+    def outcome(
+        self, verdict: LoginVerdict, status: int | None, headers: Mapping[str, str]
+    ) -> tuple[bool, bool]:
+        """``(failed, succeeded)`` for the response to an attempt."""
+        if status is None:
+            return False, False
+        if self.result_header is not None:
+            said = headers.get(self.result_header)
+            if said is not None:
+                words = {w.strip().lower() for w in said.split(",")}
+                if words & _FAIL_WORDS:
+                    return True, False
+                if words & _OK_WORDS:
+                    return False, True
+        if status == 401 and not verdict.credentials and "www-authenticate" in headers:
+            return False, False  # the challenge that starts an HTTP auth handshake
+        if status in self.failure_statuses:
+            return True, False
+        if self.is_failure is not None:
+            try:
+                if self.is_failure(status, headers):
+                    return True, False
+            except Exception:
+                _log.exception("mailguard login is_failure raised; not counting a failure")
+        return False, status < 400
+
+    def _settle_args(self, succeeded: bool) -> dict[str, Any]:
+        return {
+            "reset": succeeded and self.reset_on_success,
+            "factor": self.repeat_factor,
+            "max_block": self.max_block_duration,
+            "memory": self.offender_memory if self.repeat_factor > 1.0 else 0.0,
+        }
+
+    def settled(
+        self,
+        verdict: LoginVerdict,
+        answer: tuple[int, int, float],
+        account_answer: tuple[int, int, float] | None,
+    ) -> None:
+        """Report a failure (and a block, and an account entering the tarpit)."""
+        code, streak, blocked_for = answer
+        key = verdict.key
+        quoted = frozenset({"account"})
+        if code == JAILED:
+            self.emit(
+                "failure", key, quoted=quoted, account=verdict.account, streak=self._of(self.limit)
+            )
+            self.emit(
+                "blocked",
+                key,
+                quoted=quoted,
+                account=verdict.account,
+                seconds=math.ceil(blocked_for),
+                failures=self.limit,
+            )
+        else:
+            self.emit(
+                "failure", key, quoted=quoted, account=verdict.account, streak=self._of(streak)
+            )
+        if account_answer is not None:
+            code, remaining, _ = account_answer
+            # the hit limit is 2M, so exactly M failures leave M remaining
+            if code == OK and remaining == self.tarpit_after:
+                self.emit(
+                    "tarpit",
+                    key,
+                    quoted=quoted,
+                    account=verdict.account,
+                    failures=self.tarpit_after,
+                    delay=self.tarpit_delay,
+                )
+
+    def _of(self, count: int) -> str:
+        return f"{count}/{self.limit}"
+
+    def _reserve(self) -> bool:
+        with self._waiting_lock:
+            if self._waiting >= self.max_delayed:
+                return False
+            self._waiting += 1
+            return True
+
+    def release(self, verdict: Verdict) -> None:
+        if verdict.reason == "tarpit" and verdict.allowed:
+            with self._waiting_lock:
+                self._waiting = max(0, self._waiting - 1)
+
+    @property
+    def waiting(self) -> int:
+        """Attempts held in the tarpit right now."""
+        return self._waiting
+
+    # ------------------------------------------------------------- requests
+    def wants_body(self, request: Request) -> int:
+        if (
+            not self._body_wanted
+            or request.method not in self.login_methods
+            or not self.login_paths.match(request.path)
+            or not _media_type(request)[0]
+            or (self.safe_ips and self.is_safe(request.client))
+        ):
+            return 0
+        return self._body_wanted
+
+    def check(self, request: Request) -> Verdict:
+        found = self.attempt_of(request)
+        if found is None and not self._block_all:
+            return ALLOW
+        client = request.client
+        if self.safe_ips and self.is_safe(client):
+            return ALLOW
+        store, key = self.store, client.key
+        if found is None:
+            block = store.get_block(self.namespace, key)
+            return self.judge_block(request, block, store.now() if block else 0.0)
+        code, _, wait = store.attempt(
+            self.namespace, key, self.limit, self.interval, self.pending_ttl
+        )
+        refused = self.judge_attempt(key, code, wait)
+        if refused is not None:
+            return refused
+        seen = 0
+        if self.tarpit_after and found.account:
+            seen = store.peek(self.account_namespace, found.account, self.interval)
+        verdict = self.admit(key, found, seen)
+        if not verdict.allowed:  # the tarpit is full: give the slot back
+            store.settle(self.namespace, key, False, self.limit, self.interval, self.block_duration)
+        return verdict
+
+    async def acheck(self, request: Request) -> Verdict:
+        found = self.attempt_of(request)
+        if found is None and not self._block_all:
+            return ALLOW
+        client = request.client
+        if self.safe_ips and self.is_safe(client):
+            return ALLOW
+        store, key = self.store, client.key
+        if found is None:
+            block = await store.aget_block(self.namespace, key)
+            if block is None:
+                return self.judge_block(request, None, 0.0)
+            # a remote store's now() is a blocking round trip: size Retry-After by local time
+            return self.judge_block(request, block, store.now() if store.local else time.time())
+        code, _, wait = await store.aattempt(
+            self.namespace, key, self.limit, self.interval, self.pending_ttl
+        )
+        refused = self.judge_attempt(key, code, wait)
+        if refused is not None:
+            return refused
+        seen = 0
+        if self.tarpit_after and found.account:
+            seen = await store.apeek(self.account_namespace, found.account, self.interval)
+        verdict = self.admit(key, found, seen)
+        if not verdict.allowed:
+            await store.asettle(
+                self.namespace, key, False, self.limit, self.interval, self.block_duration
+            )
+        return verdict
+
+    # ------------------------------------------------------------ responses
+    def finish(
+        self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        if not isinstance(verdict, LoginVerdict):
+            return
+        failed, succeeded = self.outcome(verdict, status, headers)
+        store = self.store
+        try:
+            answer = store.settle(
+                self.namespace,
+                verdict.key,
+                failed,
+                self.limit,
+                self.interval,
+                self.block_duration,
+                **self._settle_args(succeeded),
+            )
+            account_answer = None
+            if failed and self.tarpit_after and verdict.account:
+                account_answer = store.hit(
+                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
+                )
+        except StoreDown:
+            return  # the outage is logged once by the store guard
+        if failed:
+            self.settled(verdict, answer, account_answer)
+
+    async def afinish(
+        self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        if not isinstance(verdict, LoginVerdict):
+            return
+        failed, succeeded = self.outcome(verdict, status, headers)
+        store = self.store
+        try:
+            answer = await store.asettle(
+                self.namespace,
+                verdict.key,
+                failed,
+                self.limit,
+                self.interval,
+                self.block_duration,
+                **self._settle_args(succeeded),
+            )
+            account_answer = None
+            if failed and self.tarpit_after and verdict.account:
+                account_answer = await store.ahit(
+                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
+                )
+        except StoreDown:
+            return
+        if failed:
+            self.settled(verdict, answer, account_answer)
+
+    def explain(self, verdict: Verdict) -> str:
+        if verdict.reason == "blocked":
+            return "too many failed logins from your address."
+        if verdict.reason == "busy":
+            return "too many logins from your address at once."
+        if verdict.reason == "tarpit":
+            return "too many logins are waiting; try again shortly."
+        return super().explain(verdict)
