@@ -32,7 +32,7 @@ from .policies import DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
 from .request import AsgiRequest
 from .stores.guard import StoreDown
 
-__all__ = ["DeviceJail", "DosFilter", "GuardMiddleware", "InvalidLoginFilter"]
+__all__ = ["DeviceJail", "DosFilter", "GuardMiddleware", "InvalidLoginFilter", "protect"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,7 +48,7 @@ class GuardMiddleware:
 
     policy_type: ClassVar[type[Policy]] = Policy
 
-    def __init__(self, app: ASGIApp, *, policy: Policy | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, *, policy: Policy | None = None, **options: Any) -> None:
         if policy is None:
             policy = self.policy_type(**options)
         elif options:
@@ -190,3 +190,10 @@ class DeviceJail(GuardMiddleware):
     """Jails runaway ActiveSync devices; options: :class:`~mailguard.policies.DeviceJailPolicy`."""
 
     policy_type = DeviceJailPolicy
+
+
+def protect(app: ASGIApp, config: Any, **options: Any) -> ASGIApp:
+    """Wrap ``app`` in the filters a mailguard.toml enables: :func:`mailguard.config.wrap`."""
+    from .config import wrap
+
+    return wrap(app, config, "asgi", **options)

@@ -26,7 +26,7 @@ from .policies import DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
 from .request import WsgiRequest
 from .stores.guard import StoreDown
 
-__all__ = ["DeviceJail", "DosFilter", "GuardMiddleware", "InvalidLoginFilter"]
+__all__ = ["DeviceJail", "DosFilter", "GuardMiddleware", "InvalidLoginFilter", "protect"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -40,7 +40,7 @@ class GuardMiddleware:
 
     policy_type: ClassVar[type[Policy]] = Policy
 
-    def __init__(self, app: WSGIApp, *, policy: Policy | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, /, *, policy: Policy | None = None, **options: Any) -> None:
         if policy is None:
             policy = self.policy_type(**options)
         elif options:
@@ -211,3 +211,10 @@ class DeviceJail(GuardMiddleware):
     """Jails runaway ActiveSync devices; options: :class:`~mailguard.policies.DeviceJailPolicy`."""
 
     policy_type = DeviceJailPolicy
+
+
+def protect(app: WSGIApp, config: Any, **options: Any) -> WSGIApp:
+    """Wrap ``app`` in the filters a mailguard.toml enables: :func:`mailguard.config.wrap`."""
+    from .config import wrap
+
+    return wrap(app, config, "wsgi", **options)
