@@ -1,0 +1,183 @@
+"""Prometheus metrics (the ``prometheus`` extra: ``pip install 'mailguard[prometheus]'``).
+
+::
+
+    from prometheus_client import CollectorRegistry
+    from mailguard import metrics
+
+    store = MemoryStore()
+    hook = metrics.instrument(store)                  # default registry
+    app = mailguard.asgi.protect(app, "mailguard.toml", store=store, on_event=hook)
+    app.mount("/metrics", metrics.asgi_app())        # or metrics.wsgi_app()
+
+Metrics
+=======
+
+``mailguard_events_total{filter, action}`` (counter)
+    every :class:`~mailguard.events.Event` the filters report, by filter
+    (``dos``, ``login``, ``device``) and action (``refused``, ``over``,
+    ``calm``, ``failure``, ``blocked``, ``jailed``, ...).  These are the
+    same events as the log lines.  Note that DosFilter reports one
+    ``refused`` event per *episode* (the first refused request of a flood),
+    not one per refused request: see the next counter.
+``mailguard_refused_requests_total{filter}`` (counter)
+    requests refused, added up from the ``refused=N`` field of the event
+    that ends an episode (DosFilter's ``calm``), so it grows when a flood
+    ends, not while it lasts.
+``mailguard_blocks{kind}`` (gauge)
+    live blocks in the store per kind, read from ``store.blocks()`` at each
+    scrape (for Redis that is one scan of the blocks: fine for thousands of
+    blocks, think twice at millions).
+``mailguard_store_up`` (gauge)
+    1 when the store answered that scrape, 0 when it failed.
+``mailguard_store_keys`` (gauge, memory store only)
+    keys held by the in-memory store (its bound is ``max_keys``).
+
+Allowed requests are not counted: the filters report events, not verdicts,
+and counting every request belongs to the HTTP server's own metrics.
+Labels never carry an address, account or device, so the number of series
+stays fixed whatever the traffic.
+
+Alerting on blocks needs no metrics at all: any ``on_event`` hook can filter
+``event.action`` (``"blocked"``, ``"jailed"``, ``"refused"``), e.g.::
+
+    def alert(event):
+        if event.action in ("blocked", "jailed"):
+            notify(event.line())
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .events import Event, EventHook
+from .stores.base import Store, StoreError
+from .stores.memory import MemoryStore
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter
+    from prometheus_client import make_asgi_app as _make_asgi_app
+    from prometheus_client import make_wsgi_app as _make_wsgi_app
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "mailguard.metrics needs prometheus-client: pip install 'mailguard[prometheus]'"
+    ) from exc
+
+__all__ = ["MetricsCollector", "PrometheusHook", "asgi_app", "instrument", "wsgi_app"]
+
+KINDS = ("dos", "login", "device")
+
+
+class PrometheusHook:
+    """An ``on_event`` hook counting events by filter and action.
+
+    Create one per registry and give it to every filter (``protect(...,
+    on_event=hook)`` does).  To also send events elsewhere, wrap it::
+
+        def on_event(event):
+            hook(event)
+            my_alerting(event)
+
+    :param registry: where the counters live (default: prometheus_client's
+        global registry).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        where = REGISTRY if registry is None else registry
+        self.events = Counter(
+            "mailguard_events",
+            "Events reported by mailguard filters, by filter and action.",
+            ["filter", "action"],
+            registry=where,
+        )
+        self.refused = Counter(
+            "mailguard_refused_requests",
+            "Requests refused, counted when a refusal episode ends.",
+            ["filter"],
+            registry=where,
+        )
+
+    def __call__(self, event: Event) -> None:
+        self.events.labels(event.filter, event.action).inc()
+        refused = event.get("refused")
+        if isinstance(refused, int) and not isinstance(refused, bool) and refused > 0:
+            self.refused.labels(event.filter).inc(refused)
+
+    def chain(self, *others: EventHook) -> EventHook:
+        """A hook that counts, then calls ``others`` in turn."""
+
+        def both(event: Event) -> None:
+            self(event)
+            for other in others:
+                other(event)
+
+        return both
+
+
+class MetricsCollector:
+    """A collector computing ``mailguard_blocks{kind}`` (and store health) at scrape time.
+
+    Register it once: ``registry.register(MetricsCollector(store))``.
+
+    :param store: the store the filters use.
+    :param kinds: kinds always exported, with 0 when they have no block.
+    """
+
+    def __init__(self, store: Store, kinds: Iterable[str] = KINDS) -> None:
+        self.store = store
+        self.kinds = tuple(kinds)
+
+    def _families(self) -> tuple[Any, Any, Any]:
+        blocks = GaugeMetricFamily(
+            "mailguard_blocks", "Live blocks in the store, by kind.", labels=["kind"]
+        )
+        up = GaugeMetricFamily("mailguard_store_up", "1 if the store answered this scrape.")
+        keys = GaugeMetricFamily("mailguard_store_keys", "Keys held by the in-memory store.")
+        return blocks, up, keys
+
+    def describe(self) -> Iterator[Any]:
+        """The metric names, without asking the store (used at registration)."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[Any]:
+        blocks, up, keys = self._families()
+        try:
+            found = self.store.blocks()
+        except (StoreError, OSError):
+            up.add_metric([], 0.0)
+            yield up
+            return
+        per_kind = Tally(block.kind for block in found)
+        for kind in sorted(set(self.kinds) | set(per_kind)):
+            blocks.add_metric([kind], float(per_kind.get(kind, 0)))
+        up.add_metric([], 1.0)
+        yield blocks
+        yield up
+        if isinstance(self.store, MemoryStore):
+            keys.add_metric([], float(len(self.store)))
+            yield keys
+
+
+def instrument(store: Store, registry: CollectorRegistry | None = None) -> PrometheusHook:
+    """Register a :class:`MetricsCollector` for ``store`` and return a :class:`PrometheusHook`.
+
+    Pass the hook as ``on_event`` to the filters (or to ``protect``).
+    """
+    where = REGISTRY if registry is None else registry
+    where.register(MetricsCollector(store))
+    return PrometheusHook(where)
+
+
+def asgi_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
+    """An ASGI app serving the registry in Prometheus' text format (mount it at /metrics)."""
+    app: Callable[..., Any] = _make_asgi_app(REGISTRY if registry is None else registry)
+    return app
+
+
+def wsgi_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
+    """A WSGI app serving the registry in Prometheus' text format (mount it at /metrics)."""
+    app: Callable[..., Any] = _make_wsgi_app(REGISTRY if registry is None else registry)
+    return app
