@@ -458,3 +458,23 @@ def test_unknown_option_is_refused() -> None:
 def test_policy_and_options_are_exclusive() -> None:
     with pytest.raises(ValueError, match="either policy"):
         mg_wsgi.DosFilter(flask_app().wsgi_app, policy=DosPolicy(), max_requests_per_sec=3)
+
+
+def test_steady_flood_is_one_episode(
+    kind: str, store: MemoryStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood that gets its few requests through every second still logs once."""
+    stack = build(kind, max_requests_per_sec=4, store=store)
+    with caplog.at_level(logging.INFO, logger="mailguard"):
+        statuses = []
+        for _ in range(30):  # 3 s at 10 requests/s against a limit of 4/s
+            statuses.append(stack.request()[0])
+            clock.advance(0.1)
+        clock.advance(5)
+        statuses.append(stack.request()[0])
+    assert statuses.count(200) == 4 * 3 + 1 and statuses.count(503) == 30 - 12
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "mailguard dos refused client=203.0.113.7 key=203.0.113.7 limit=4/1s mode=reject",
+        "mailguard dos calm client=203.0.113.7 key=203.0.113.7 refused=18",
+    ]

@@ -20,8 +20,9 @@ request of its client within the last second (an exact sliding window,
 
 Refusals are logged at WARNING once per client per episode: the first
 refusal logs ``mailguard dos refused client=...``, the rest of the flood is
-counted silently, and the first request served again logs ``calm`` at INFO
-with how many were refused.
+counted silently, and the episode ends (``calm`` at INFO, with how many were
+refused) once the client is served with at least half its budget left, so a
+steady flood that gets a few requests through each second is one episode.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class DosPolicy(Policy):
             raise ValueError(f"key_func: must be callable, got {key_func!r}")
         self.key_func = key_func
         self._episodes: dict[str, int] = {}
+        self._calm_at = self.limit // 2
         self._waiting: dict[str, int] = {}
         self._waiting_total = 0
         self._waiting_lock = threading.Lock()
@@ -115,7 +117,9 @@ class DosPolicy(Policy):
     def judge(self, request: Request, key: str, code: int, remaining: int, wait: float) -> Verdict:
         """Turn one sliding-window answer into a verdict."""
         if code == 0:
-            if self._episodes and key in self._episodes:
+            # An episode ends when the client has calmed down to half its
+            # budget, not at the first request a steady flood gets through.
+            if self._episodes and remaining >= self._calm_at and key in self._episodes:
                 refused = self._episodes.pop(key)
                 self.emit("calm", request.client.key, logging.INFO, key=key, refused=refused)
             if not self.headers:
