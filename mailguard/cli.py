@@ -1,0 +1,429 @@
+"""The ``mailguard`` command (also ``python -m mailguard``).
+
+Admin verbs work on a shared store (Redis), which is where blocks live when
+several processes serve the same users::
+
+    mailguard blocks --redis redis://127.0.0.1:6379/0 [--prefix mailguard:] [--json]
+    mailguard unblock 203.0.113.7 --redis URL            # every kind of block on it
+    mailguard unblock 3B7F0E2A --kind device --redis URL # one ActiveSync device
+    mailguard unblock --all [--kind login] --redis URL
+    mailguard stats --redis URL
+    mailguard blocks --config mailguard.toml             # store taken from [store]
+
+and the configuration verbs need no store::
+
+    mailguard check-config mailguard.toml
+    mailguard import-zimbra zmprov-gacf.txt > mailguard.toml   # "-" reads stdin
+    mailguard demo [ARGS...]
+
+Blocks lifted here take effect in every process sharing the store without a
+restart (within the RedisStore's ``block_cache_ttl``, 2 s by default).  A
+device is named by its id as the phone sends it (``Appl-F17X`` lifts every
+account's jail of that device) or by a full key (``applf17x/jdoe``); an IPv6
+address lifts the block on its /64.
+The in-memory store lives inside the app's process and cannot be reached from
+here: mount the admin app of :mod:`mailguard.admin` in the app instead.
+
+Exit codes: 0 done; 1 nothing to do (no block on that address or device);
+2 usage or configuration error; 3 the store could not be reached or failed.
+Expected failures print one line on standard error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from . import __version__
+from .admin import block_record, keys_to_lift
+from .config import ConfigError, load, redact
+from .events import quote
+from .stores.base import Store, StoreError
+from .stores.memory import MemoryStore
+from .zimbra import ImportFailed, import_text
+
+__all__ = ["EXIT_NOT_FOUND", "EXIT_OK", "EXIT_STORE", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+
+KINDS = ("dos", "login", "device")
+
+_EPILOG = """\
+exit codes:
+  0  done
+  1  nothing to do: no block on that address or device
+  2  usage or configuration error
+  3  the store could not be reached or failed
+
+The store of blocks/unblock/stats: --redis URL [--prefix P], or --config FILE
+(its [store] table, with MAILGUARD_* environment overrides; default file:
+$MAILGUARD_CONFIG). The in-memory store lives inside the app's process: use
+the admin app (mailguard.admin.AdminApp) there instead.
+"""
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the configuration: exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, via UsageError
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mailguard",
+        description="Keep mail servers' HTTP front doors standing: list and lift blocks, "
+        "check and translate configuration.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mailguard {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    store = _Parser(add_help=False)
+    where = store.add_argument_group("store")
+    where.add_argument("--redis", metavar="URL", help="the Redis store, redis://host:6379/0")
+    where.add_argument("--prefix", metavar="P", help="key prefix of the store (mailguard:)")
+    where.add_argument(
+        "--config", metavar="FILE", help="take the store from this mailguard.toml's [store]"
+    )
+
+    blocks = commands.add_parser(
+        "blocks",
+        parents=[store],
+        help="list live blocks",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    blocks.add_argument(
+        "--kind", metavar="KIND", help="only blocks of this filter: dos, login, device"
+    )
+    blocks.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    unblock = commands.add_parser(
+        "unblock",
+        parents=[store],
+        help="lift the blocks on an address or device",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    unblock.add_argument(
+        "key",
+        nargs="?",
+        metavar="ADDRESS|DEVICE",
+        help="an address (an IPv6 address also lifts a block on its /64) or a device id",
+    )
+    unblock.add_argument(
+        "--kind", metavar="KIND", help="only blocks of this filter: dos, login, device"
+    )
+    unblock.add_argument("--all", action="store_true", help="lift every block (of --kind)")
+
+    stats = commands.add_parser(
+        "stats",
+        parents=[store],
+        help="count live blocks per kind, and keys in the store",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stats.add_argument("--json", action="store_true", help="print JSON")
+
+    check = commands.add_parser("check-config", help="validate a mailguard.toml")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--no-env", action="store_true", help="ignore MAILGUARD_* environment overrides"
+    )
+
+    zimbra = commands.add_parser(
+        "import-zimbra",
+        help="print the mailguard.toml equivalent of a zmprov gacf / carbonio dump",
+        description="Translate `zmprov gacf`, `carbonio prov getConfig` or `carbonio config "
+        "global get` output into a mailguard.toml, printed on standard output.",
+    )
+    zimbra.add_argument("file", metavar="FILE", help='the dump; "-" reads standard input')
+    zimbra.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead")
+    zimbra.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+
+    commands.add_parser("demo", help="run the demo (arguments go to the demo)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, store: Store | None = None) -> int:
+    """Run the command; return its exit code.
+
+    :param argv: the arguments (default ``sys.argv[1:]``).
+    :param store: use this store for blocks/unblock/stats instead of one
+        named on the command line (tests, or embedding the CLI).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["demo"]:
+        return _demo(args_list[1:])
+    try:
+        try:
+            args = _parser().parse_args(args_list)
+        except SystemExit as done:  # --help, --version
+            return int(done.code or 0)
+        if args.command is None:
+            _parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "import-zimbra":
+            return _import_zimbra(args)
+        return _store_command(args, store)
+    except UsageError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except ConfigError as exc:
+        _fail(f"mailguard: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> None:
+    print(message.replace("\n", " "), file=sys.stderr)
+
+
+# ------------------------------------------------------------ configuration
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load(args.file, env={} if args.no_env else None)
+    print(f"{args.file}: OK: {config.describe()}")
+    if not config.enabled:
+        _fail(f"mailguard: warning: {args.file} enables no filter")
+    return EXIT_OK
+
+
+def _import_zimbra(args: argparse.Namespace) -> int:
+    source = args.file
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+            source = "standard input"
+        else:
+            with open(source, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+    except OSError as exc:
+        raise UsageError(f"mailguard: {source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        output = import_text(text, os.path.basename(source))
+    except ImportFailed as exc:
+        raise UsageError(f"mailguard: {source}: {exc}") from None
+    if args.output is None:
+        sys.stdout.write(output)
+        return EXIT_OK
+    if os.path.exists(args.output) and not args.force:
+        raise UsageError(f"mailguard: {args.output} exists; add --force to overwrite it")
+    try:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(output)
+    except OSError as exc:
+        raise UsageError(f"mailguard: {args.output}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote {args.output}; check it with: mailguard check-config {args.output}")
+    return EXIT_OK
+
+
+def _demo(argv: list[str]) -> int:
+    try:
+        demo = importlib.import_module("mailguard.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "mailguard.demo":
+            raise
+        _fail("mailguard: the demo is not available in this installation (no mailguard.demo)")
+        return EXIT_USAGE
+    result = demo.main(argv)
+    return int(result or 0)
+
+
+# ------------------------------------------------------------------- stores
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (StoreError, OSError)
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        return errors
+    return (*errors, RedisError)
+
+
+def _open_store(args: argparse.Namespace) -> tuple[Store, str]:
+    """The store the arguments name, and a description of it for messages."""
+    if args.redis and args.config:
+        raise UsageError("mailguard: give --redis or --config, not both")
+    if args.redis:
+        url, prefix = args.redis, args.prefix or "mailguard:"
+        return _redis(url, prefix), f"{redact(url)} prefix {prefix!r}"
+    path = args.config or os.environ.get("MAILGUARD_CONFIG")
+    if path is None and not any(k.upper().startswith("MAILGUARD_STORE__") for k in os.environ):
+        raise UsageError("mailguard: no store: give --redis URL or --config FILE (see --help)")
+    config = load(path)
+    settings = config.store
+    if settings.type != "redis":
+        raise UsageError(
+            f"mailguard: {config.source} uses the in-memory store, which lives inside the"
+            " app's process; mount mailguard.admin.AdminApp in the app to list and lift its"
+            ' blocks, or use type = "redis"'
+        )
+    if args.prefix:
+        options = dict(settings.options, prefix=args.prefix)
+        settings = type(settings)(settings.type, options, settings.origins)
+    return settings.build(), f"{redact(settings.url or '')} prefix {settings.prefix!r}"
+
+
+def _redis(url: str, prefix: str) -> Store:
+    try:
+        from .stores.redis import RedisStore
+    except ImportError as exc:
+        if exc.name == "redis":
+            raise UsageError(
+                "mailguard: --redis needs the redis extra: pip install 'mailguard[redis]'"
+            ) from None
+        raise UsageError(f"mailguard: the Redis store is not available ({exc})") from None
+    try:
+        store: Store = RedisStore(url, prefix=prefix)
+    except ValueError as exc:
+        raise UsageError(f"mailguard: --redis {redact(url)}: {exc}") from None
+    return store
+
+
+def _store_command(args: argparse.Namespace, injected: Store | None) -> int:
+    if args.command == "unblock" and (args.all == (args.key is not None)):
+        raise UsageError("mailguard unblock: give an ADDRESS or DEVICE, or --all (see --help)")
+    if injected is not None:
+        store, where = injected, repr(injected)
+    else:
+        store, where = _open_store(args)
+    try:
+        if args.command == "blocks":
+            return _blocks(store, args.kind, args.json, sys.stdout)
+        if args.command == "unblock":
+            return _unblock(store, args, sys.stdout)
+        return _stats(store, args.json, sys.stdout)
+    except _store_errors() as exc:
+        _fail(f"mailguard: store {where}: {exc}")
+        return EXIT_STORE
+    finally:
+        if injected is None:
+            with contextlib.suppress(Exception):  # a broken connection must not hide the answer
+                store.close()
+
+
+def _shown(key: str) -> str:
+    """A key for a terminal: request-supplied text (device ids) is quoted if unusual."""
+    if key and all(ch.isalnum() or ch in ".:/-_@+" for ch in key) and key.isascii():
+        return key
+    return quote(key)
+
+
+def _left(seconds: float) -> str:
+    whole = int(seconds + 0.999)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _blocks(store: Store, kind: str | None, as_json: bool, out: TextIO) -> int:
+    now = store.now()
+    found = store.blocks(kind)
+    if as_json:
+        json.dump([block_record(b, now) for b in found], out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    if not found:
+        print("no live blocks" + (f" of kind {kind}" if kind else ""), file=out)
+        return EXIT_OK
+    rows = [("KIND", "KEY", "REASON", "SINCE", "LEFT")]
+    rows += [
+        (b.kind, _shown(b.key), _shown(b.reason), _when(b.since), _left(b.left(now))) for b in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[4]]), file=out)
+    return EXIT_OK
+
+
+def _unblock(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    kind = args.kind
+    if args.all:
+        lifted = store.unblock_all(kind)
+        print(f"lifted {lifted} block(s)" + (f" of kind {kind}" if kind else ""), file=out)
+        return EXIT_OK
+    keys = keys_to_lift(store.blocks(kind), args.key)
+    listed = [b for b in store.blocks(kind) if b.key in keys]
+    lifted = sum(store.unblock(k, kind) for k in keys)
+    if not lifted:
+        what = f"{kind} block" if kind else "block"
+        _fail(f"mailguard: no {what} on {_shown(args.key)}")
+        return EXIT_NOT_FOUND
+    for block in listed:
+        print(
+            f"lifted {block.kind} block on {_shown(block.key)} ({_shown(block.reason)})", file=out
+        )
+    if len(listed) < lifted:
+        print(f"lifted {lifted} block(s) on {_shown(keys[0])}", file=out)
+    return EXIT_OK
+
+
+def _key_count(store: Store) -> int | None:
+    """Keys held by the store: its size for memory, a SCAN count under the prefix for Redis."""
+    if isinstance(store, MemoryStore):
+        return len(store)
+    url, prefix = getattr(store, "url", None), getattr(store, "prefix", None)
+    if not isinstance(url, str) or not isinstance(prefix, str):
+        return None  # a store built on a client we cannot borrow
+    try:
+        import redis
+    except ImportError:
+        return None
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+    finally:
+        client.close()
+
+
+def _stats(store: Store, as_json: bool, out: TextIO) -> int:
+    per_kind = Counter(b.kind for b in store.blocks())
+    keys = _key_count(store)
+    if as_json:
+        report = {"blocks": dict(sorted(per_kind.items())), "total": sum(per_kind.values())}
+        report["keys"] = keys
+        json.dump(report, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    print(f"live blocks: {sum(per_kind.values())}", file=out)
+    for kind in sorted(set(KINDS) | set(per_kind)):
+        print(f"  {kind:<8}{per_kind.get(kind, 0)}", file=out)
+    if keys is not None:
+        print(f"keys in store: {keys}", file=out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
