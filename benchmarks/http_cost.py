@@ -95,8 +95,9 @@ def slowapi_app(per_second: int) -> Any:
     from slowapi.util import get_remote_address
 
     app = starlette_app()
-    app.state.limiter = Limiter(key_func=get_remote_address,
-                                default_limits=[f"{per_second}/second"])
+    app.state.limiter = Limiter(
+        key_func=get_remote_address, default_limits=[f"{per_second}/second"]
+    )
     app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
     app.add_middleware(SlowAPIASGIMiddleware)
     return app
@@ -110,8 +111,9 @@ def asgi_ratelimit_app(per_second: int) -> Any:
         # its own client_ip refuses documentation addresses; key by peer like the others
         return scope["client"][0], "default"
 
-    return RateLimitMiddleware(starlette_app(), by_peer, MemoryBackend(),
-                               {r"^/": [Rule(second=per_second)]})
+    return RateLimitMiddleware(
+        starlette_app(), by_peer, MemoryBackend(), {r"^/": [Rule(second=per_second)]}
+    )
 
 
 def asgi_rate(app: Any, seconds: float) -> float:
@@ -164,8 +166,12 @@ def flask_app(with_limiter: bool, per_second: int) -> Any:
         from flask_limiter import Limiter
         from flask_limiter.util import get_remote_address
 
-        Limiter(get_remote_address, app=app, default_limits=[f"{per_second} per second"],
-                storage_uri="memory://")
+        Limiter(
+            get_remote_address,
+            app=app,
+            default_limits=[f"{per_second} per second"],
+            storage_uri="memory://",
+        )
     return app.wsgi_app
 
 
@@ -281,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     for label, ok, value in checks:
         print(f"- [{'x' if ok else ' '}] {label}: {value}")
     return 0
-
 
 
 if __name__ == "__main__":
