@@ -189,10 +189,8 @@ def canonical_ip(text: str) -> str | None:
     if not isinstance(text, str) or len(text) > MAX_ADDRESS_LENGTH:
         return None
     cache = _canonical_cache
-    try:
+    if text in cache:  # not try/except: raising KeyError costs more than a lookup
         return cache[text]
-    except KeyError:
-        pass
     result = _parse_ip(text)
     if len(cache) >= CACHE_SIZE:
         cache.clear()
@@ -389,20 +387,20 @@ class AddressSet:
         ):
             self._starts[span.version].append(span.first)
             self._ends[span.version].append(span.last)
-        self._cache: dict[str, bool] = {}
+        self._cache: dict[object, bool] = {}
 
     def __contains__(self, address: object) -> bool:
-        cache = self._cache
         try:
-            return cache[address]  # type: ignore[index]
-        except KeyError:
-            pass
+            found = self._cache.get(address)
         except TypeError:  # unhashable
             return False
+        if found is not None:
+            return found
         if not isinstance(address, str) or len(address) > MAX_ADDRESS_LENGTH:
             return False
         canon = canonical_ip(address)
         found = canon is not None and self._lookup(canon)
+        cache = self._cache
         if len(cache) >= CACHE_SIZE:
             cache.clear()
         cache[address] = found
@@ -701,9 +699,9 @@ class ClientResolver:
             return peer
         joined = values[0] if len(values) == 1 else ",".join(values)
         walked = self._walked
-        try:
+        if joined in walked:
             found = walked[joined]
-        except KeyError:
+        else:
             entries = _split_header(joined)
             if self.forwarded_header == "x-real-ip":
                 # One address, or nothing to believe: a list (or several
@@ -735,16 +733,12 @@ class ClientResolver:
                 continue  # empty list element
             if forwarded:
                 entry = _forwarded_for(entry)
-            try:
-                canon = canonical[entry]
-            except KeyError:
-                canon = canonical_ip(entry)
+            canon = canonical[entry] if entry in canonical else canonical_ip(entry)
             if canon is None:
                 break  # garbage: fall back to the last trusted hop
             last = canon
-            try:
-                is_trusted = known[canon]
-            except KeyError:
+            is_trusted = known.get(canon)
+            if is_trusted is None:
                 is_trusted = canon in trusted
             if not is_trusted:
                 break

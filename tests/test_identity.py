@@ -134,6 +134,33 @@ def test_canonical_ip_never_raises_and_is_idempotent(text: str) -> None:
         ipaddress.ip_address(result)  # really an address
 
 
+def reference_ip(text: str) -> str | None:
+    """canonical_ip for bare addresses, done the slow way with ipaddress."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+octets = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "0x1", ""]))
+quads = st.lists(octets, min_size=3, max_size=5).map(".".join)
+hextets = st.one_of(
+    st.text(alphabet="0123456789abcdefABCDEF", max_size=5), st.sampled_from(["", "0", "ffff"])
+)
+near_ipv6 = st.lists(st.one_of(hextets, quads), min_size=3, max_size=10).map(":".join)
+
+
+@settings(max_examples=500)
+@given(st.one_of(near_ipv6, quads))
+def test_canonical_ip_agrees_with_ipaddress_on_near_misses(text: str) -> None:
+    # The C library's inet_pton does the fast parsing; it must neither
+    # accept nor spell anything differently from the ipaddress module.
+    assert canonical_ip(text) == reference_ip(text)
+
+
 def test_canonical_ip_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(identity, "CACHE_SIZE", 10)
     monkeypatch.setattr(identity, "_canonical_cache", {})
