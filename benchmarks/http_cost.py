@@ -6,8 +6,11 @@ Run:  .venv/bin/python benchmarks/http_cost.py
 library's http package.) [--seconds 0.4] [--rounds 3]
 
 Calls the ASGI and WSGI callables directly (no sockets, no server), so the
-numbers are the middleware's own cost.  Every row is measured in this run,
-best of ``--rounds`` rounds, and reported as a ratio to the bare app:
+numbers are the middleware's own cost.  Requests come from 1000 client
+addresses in turn (each well under its limit: the allowed path); the refused
+rows send everything from one client over a limit of 1 per second.  Every
+row is measured in this run, best of ``--rounds`` rounds, and reported as a
+ratio to the bare app:
 
 ASGI (a Starlette app with one route):
   bare app; an empty pass-through middleware; a ten-line middleware over
@@ -35,8 +38,9 @@ from mailguard import MemoryStore
 from mailguard import asgi as mg_asgi
 from mailguard import wsgi as mg_wsgi
 
-BIG = 1_000_000_000  # a limit never reached: the allowed path
+ALLOWED = 1_000  # per client per second: never reached by the rotating clients below
 PEER = ("203.0.113.7", 40000)
+CLIENTS = [f"198.51.{i >> 8}.{i & 255}" for i in range(1000)]  # requests rotate over these
 
 
 # ------------------------------------------------------------------ ASGI
@@ -116,9 +120,14 @@ def asgi_ratelimit_app(per_second: int) -> Any:
     )
 
 
-def asgi_rate(app: Any, seconds: float) -> float:
-    """Requests per second through ``app``."""
-    template = asgi_scope()
+def asgi_rate(app: Any, seconds: float, one_client: bool = False) -> float:
+    """Requests per second through ``app``, from 1000 clients in turn (or one)."""
+    scopes = []
+    for client in [PEER[0]] if one_client else CLIENTS:
+        scope = asgi_scope()
+        scope["client"] = (client, PEER[1])
+        scopes.append(scope)
+    count = len(scopes)
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -127,13 +136,13 @@ def asgi_rate(app: Any, seconds: float) -> float:
         return None
 
     async def run() -> float:
-        for _ in range(200):
-            await app(dict(template), receive, send)
+        for i in range(200):
+            await app(dict(scopes[i % count]), receive, send)
         done, start = 0, time.perf_counter()
         deadline = start + seconds
         while done < 2_000_000:
-            for _ in range(500):
-                await app(dict(template), receive, send)
+            for i in range(done, done + 500):
+                await app(dict(scopes[i % count]), receive, send)
             done += 500
             if time.perf_counter() >= deadline:
                 break
@@ -175,16 +184,24 @@ def flask_app(with_limiter: bool, per_second: int) -> Any:
     return app.wsgi_app
 
 
-def wsgi_rate(app: Callable[..., Any], seconds: float) -> float:
+def wsgi_rate(app: Callable[..., Any], seconds: float, one_client: bool = False) -> float:
+    """Requests per second through ``app``, from 1000 clients in turn (or one)."""
     from werkzeug.test import EnvironBuilder
 
-    template = EnvironBuilder("/", environ_base={"REMOTE_ADDR": PEER[0]}).get_environ()
+    environs = [
+        EnvironBuilder("/", environ_base={"REMOTE_ADDR": client}).get_environ()
+        for client in ([PEER[0]] if one_client else CLIENTS)
+    ]
+    count = len(environs)
+    turn = 0
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         return None
 
     def once() -> None:
-        result = app(dict(template), start_response)
+        nonlocal turn
+        turn += 1
+        result = app(dict(environs[turn % count]), start_response)
         for _ in result:
             pass
         close = getattr(result, "close", None)
@@ -219,29 +236,31 @@ def main(argv: list[str] | None = None) -> int:
     asgi_rows: dict[str, Callable[[], Any]] = {
         "bare Starlette app": starlette_app,
         "empty pass-through middleware": lambda: PassThrough(starlette_app()),
-        "ten-line middleware over limits": lambda: TenLineLimits(starlette_app(), BIG),
+        "ten-line middleware over limits": lambda: TenLineLimits(starlette_app(), ALLOWED),
         "mailguard DosFilter, allowed": lambda: mg_asgi.DosFilter(
-            starlette_app(), max_requests_per_sec=BIG, store=MemoryStore()),
+            starlette_app(), max_requests_per_sec=ALLOWED, store=MemoryStore()),
         "mailguard DosFilter, refused": lambda: mg_asgi.DosFilter(
             starlette_app(), max_requests_per_sec=1, store=MemoryStore()),
-        "slowapi ASGI middleware, allowed": lambda: slowapi_app(BIG),
-        "asgi-ratelimit, allowed": lambda: asgi_ratelimit_app(BIG),
+        "slowapi ASGI middleware, allowed": lambda: slowapi_app(ALLOWED),
+        "asgi-ratelimit, allowed": lambda: asgi_ratelimit_app(ALLOWED),
     }  # fmt: skip
     wsgi_rows: dict[str, Callable[[], Any]] = {
         "bare werkzeug app": werkzeug_app,
         "mailguard DosFilter, allowed": lambda: mg_wsgi.DosFilter(
-            werkzeug_app(), max_requests_per_sec=BIG, store=MemoryStore()),
+            werkzeug_app(), max_requests_per_sec=ALLOWED, store=MemoryStore()),
         "mailguard DosFilter, refused": lambda: mg_wsgi.DosFilter(
             werkzeug_app(), max_requests_per_sec=1, store=MemoryStore()),
-        "bare Flask app": lambda: flask_app(False, BIG),
+        "bare Flask app": lambda: flask_app(False, ALLOWED),
         "Flask + mailguard DosFilter, allowed": lambda: mg_wsgi.DosFilter(
-            flask_app(False, BIG), max_requests_per_sec=BIG, store=MemoryStore()),
-        "Flask + Flask-Limiter, allowed": lambda: flask_app(True, BIG),
+            flask_app(False, ALLOWED), max_requests_per_sec=ALLOWED, store=MemoryStore()),
+        "Flask + Flask-Limiter, allowed": lambda: flask_app(True, ALLOWED),
     }  # fmt: skip
 
-    asgi_us = {name: 1e6 / best(lambda m=make: asgi_rate(m(), seconds), rounds)
+    asgi_us = {name: 1e6 / best(lambda m=make, n=name: asgi_rate(m(), seconds, "refused" in n),
+                                rounds)
                for name, make in asgi_rows.items()}  # fmt: skip
-    wsgi_us = {name: 1e6 / best(lambda m=make: wsgi_rate(m(), seconds), rounds)
+    wsgi_us = {name: 1e6 / best(lambda m=make, n=name: wsgi_rate(m(), seconds, "refused" in n),
+                                rounds)
                for name, make in wsgi_rows.items()}  # fmt: skip
 
     print(f"# mailguard HTTP benchmark — Python {platform.python_version()}, "

@@ -56,6 +56,7 @@ class GuardMiddleware:
         self.app = app
         self.policy = policy
         self._resolve = policy.resolver.from_asgi
+        self._reads_body = type(policy).wants_body is not Policy.wants_body
         self._local = policy.store.local
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,7 +67,7 @@ class GuardMiddleware:
         policy = self.policy
         request = AsgiRequest(scope, self._resolve(scope))
         try:
-            wanted = policy.wants_body(request)
+            wanted = self._reads_body and policy.wants_body(request)
             if wanted:
                 receive = await _buffer(request, receive, wanted)
             if self._local:  # memory: no I/O to wait for, skip the coroutine hops

@@ -10,7 +10,6 @@ an adapter buffered it for a policy that asked (see
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import suppress
 from typing import Any
 
 from .identity import Client
@@ -96,32 +95,33 @@ class AsgiRequest(Request):
 
 
 class WsgiRequest(Request):
-    """A :class:`Request` over a WSGI environ."""
+    """A :class:`Request` over a WSGI environ; fields are read when first used."""
 
-    __slots__ = ("_environ", "_method", "_path", "_query")
+    __slots__ = ("_environ",)
 
     def __init__(self, environ: Mapping[str, Any], client: Client) -> None:
-        super().__init__(client)
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        with suppress(UnicodeEncodeError, UnicodeDecodeError):
-            # WSGI carries the path's bytes as latin-1 text; undo that
-            path = path.encode("latin-1").decode("utf-8")
-        self._path = path or "/"
-        self._method = str(environ.get("REQUEST_METHOD", "GET"))
-        self._query = str(environ.get("QUERY_STRING", ""))
+        self.client = client
+        self.body = None
         self._environ = environ
 
     @property
     def method(self) -> str:
-        return self._method
+        return str(self._environ.get("REQUEST_METHOD", "GET"))
 
     @property
     def path(self) -> str:
-        return self._path
+        environ = self._environ
+        path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+        if not path.isascii():  # WSGI carries the path's bytes as latin-1 text; undo that
+            try:
+                path = path.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                return path
+        return path or "/"
 
     @property
     def query(self) -> str:
-        return self._query
+        return str(self._environ.get("QUERY_STRING", ""))
 
     def header(self, name: str) -> str | None:
         if name == "content-type":

@@ -48,12 +48,13 @@ class GuardMiddleware:
         self.app = app
         self.policy = policy
         self._resolve = policy.resolver.from_wsgi
+        self._reads_body = type(policy).wants_body is not Policy.wants_body
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         policy = self.policy
         request = WsgiRequest(environ, self._resolve(environ))
         try:
-            wanted = policy.wants_body(request)
+            wanted = self._reads_body and policy.wants_body(request)
             if wanted:
                 _buffer(request, environ, wanted)
             verdict = policy.check(request)

@@ -90,6 +90,8 @@ class DosPolicy(Policy):
         if key_func is not None and not callable(key_func):
             raise ValueError(f"key_func: must be callable, got {key_func!r}")
         self.key_func = key_func
+        # No exemptions and no key_func: every request counts by its address.
+        self._plain = not (exempt or self.safe_ips or key_func)
         self._episodes: dict[str, int] = {}
         self._calm_at = self.limit // 2
         self._waiting: dict[str, int] = {}
@@ -187,13 +189,13 @@ class DosPolicy(Policy):
 
     # ---------------------------------------------------------------- faces
     def check(self, request: Request) -> Verdict:
-        key = self.key_of(request)
+        key = request.client.key if self._plain else self.key_of(request)
         if key is None:
             return ALLOW
         return self.judge(request, key, *self.store.hit(self.namespace, key, self.limit, 1.0))
 
     async def acheck(self, request: Request) -> Verdict:
-        key = self.key_of(request)
+        key = request.client.key if self._plain else self.key_of(request)
         if key is None:
             return ALLOW
         answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
