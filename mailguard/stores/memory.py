@@ -272,7 +272,7 @@ class MemoryStore(Store):
                 pending -= 1
             else:
                 pending = 0
-            if reset:
+            if reset or now - last > interval:  # a streak that has lapsed counts 0
                 count = 0
             code, blocked_for = OK, 0.0
             if failed:

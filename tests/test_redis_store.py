@@ -1,0 +1,1182 @@
+"""RedisStore against a real redis-server: the MemoryStore's answers, shared, bounded.
+
+A module-scoped ``redis-server`` runs on a free loopback port (see
+``tests/redis_server.py``); every test gets its own key prefix.  The outage
+tests start servers of their own, so stopping them disturbs nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from redis_server import RedisServer, free_port
+
+from mailguard import FakeClock, MemoryStore, RedisStore, StoreError
+from mailguard.core import Block
+from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
+
+T0 = 1_700_000_000.0
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer.for_tests() as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    made = redis.Redis.from_url(server.url)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{next(_prefixes)}:"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def store(server: RedisServer, prefix: str, clock: FakeClock) -> Iterator[RedisStore]:
+    made = RedisStore(server.url, prefix=prefix, clock=clock)
+    yield made
+    made.close()
+
+
+def keys_under(client: redis.Redis, prefix: str) -> list[bytes]:
+    return sorted(client.scan_iter(match=prefix + "*", count=1000))
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+# ------------------------------------------------------------ construction
+
+
+def test_constructors(server: RedisServer) -> None:
+    sync_client = redis.Redis.from_url(server.url)
+    async_client = redis.asyncio.Redis.from_url(server.url)
+    for made in (
+        RedisStore(server.url),
+        RedisStore(sync_client),
+        RedisStore(client=sync_client),
+        RedisStore(async_client),
+        RedisStore(client=sync_client, async_client=async_client),
+        RedisStore(server.url, client=sync_client),
+    ):
+        assert isinstance(made, Store)
+        assert made.prefix == "mailguard:"
+    assert (
+        repr(RedisStore("redis://u:secret@h:1/0"))
+        == "RedisStore('redis://u:***@h:1/0', prefix='mailguard:')"
+    )
+    bad: list[dict[str, Any]] = [
+        {},
+        {"url": "http://localhost"},
+        {"url": 6379},
+        {"url": server.url, "prefix": "{x}"},
+        {"url": server.url, "socket_timeout": 0},
+        {"url": server.url, "connect_timeout": -1},
+        {"url": server.url, "breaker_cooldown": -1},
+        {"url": server.url, "block_cache_ttl": float("nan")},
+        {"url": server.url, "block_cache_size": -1},
+        {"url": server.url, "clock": 5},
+        {"client": "redis://x"},
+        {"url": sync_client, "client": sync_client},
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            RedisStore(**kwargs)
+    store = RedisStore(server.url)
+    for ns in ("a:b", "", "{x}"):
+        with pytest.raises(ValueError, match="ns"):
+            store.hit(ns, "k", 1, 1.0)
+    sync_client.close()
+    asyncio.run(async_client.aclose())
+
+
+def test_nothing_connects_until_used() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    store.close()
+    with pytest.raises(StoreError):
+        store.hit("dos", "k", 1, 1.0)
+
+
+def test_lazy_import_from_package() -> None:
+    import mailguard
+    import mailguard.stores
+
+    assert mailguard.RedisStore is RedisStore
+    assert mailguard.stores.RedisStore is RedisStore
+
+
+# ------------------------------------------------------------------- hit
+
+
+def test_hit_limit_and_window_exact(store: RedisStore, clock: FakeClock) -> None:
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 2, 1.0)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 1, 0.75)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.5)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)  # not counted
+    assert store.peek("dos", "1.2.3.4", 1.0) == 3
+    clock.advance(0.125)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.125)
+    clock.advance(0.125)  # the first request leaves the window exactly now
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
+
+
+def test_hit_waiting_the_returned_wait_lets_the_next_request_in(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    for step in (0.1, 0.3, 1 / 3):
+        for window in (1.0, 0.3, 2.5):
+            key = f"k{step}-{window}"
+            for _ in range(12):
+                code, _, wait = store.hit("dos", key, 3, window)
+                if code == OVER:
+                    assert wait > 0
+                    clock.advance(wait)
+                    assert store.hit("dos", key, 3, window)[0] == OK
+                clock.advance(step)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    start=st.one_of(st.floats(min_value=0.0, max_value=10.0), st.just(T0)),
+    seconds=st.floats(min_value=1e-3, max_value=100.0),
+    part=st.floats(min_value=0.0, max_value=0.999),
+)
+@example(start=4.2339600018205665, seconds=26.497073880876023, part=0.0626179979453328)
+@example(start=2.0829235213559927, seconds=97.69813788970004, part=0.28839126852293)
+def test_waiting_out_a_block_exactly_ends_it(
+    server: RedisServer, start: float, seconds: float, part: float
+) -> None:
+    """The ``wait`` of BLOCKED is never one ulp short of the block's end (as in memory)."""
+    clock = FakeClock(start)
+    store = RedisStore(server.url, prefix=f"w{next(_prefixes)}:", clock=clock, block_cache_ttl=0)
+    store.block("login", "alice", seconds, "failures")
+    store.block("device", "phone", seconds, "rate")
+    clock.advance(seconds * part)
+    if store.get_block("login", "alice") is None:
+        return  # `part` rounded up to the end already
+    code, _, wait = store.attempt("login", "alice", 5, 60.0, 30.0)
+    assert code == BLOCKED
+    assert store.hit("device", "phone", 5, 10.0, jail=5.0) == (BLOCKED, 0, wait)
+    assert wait > 0
+    clock.advance(wait)
+    assert store.get_block("login", "alice") is None
+    assert store.attempt("login", "alice", 5, 60.0, 30.0)[0] == OK
+    assert store.hit("device", "phone", 5, 10.0, jail=5.0)[0] == OK
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(xs=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
+def test_lua_next_double_matches_python(client: redis.Redis, xs: list[float]) -> None:
+    from mailguard.stores.redis import _LIB
+
+    script = (
+        _LIB
+        + b"""
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = num(up(tonumber(ARGV[i]))) end
+return out
+"""
+    )
+    extremes = [
+        0.0,
+        -0.0,
+        5e-324,
+        -5e-324,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        2.0**-1022,
+        1.7976931348623157e308,
+    ]
+    values = xs + extremes
+    got = client.eval(script, 0, "", *[repr(x) for x in values])
+    assert [float(g) for g in got] == [math.nextafter(x, math.inf) for x in values]
+
+
+def test_hit_without_jail_ignores_blocks(store: RedisStore) -> None:
+    for _ in range(2):
+        assert store.hit("dos", "k", 2, 10.0)[0] == OK
+    assert store.hit("dos", "k", 2, 10.0)[0] == OVER
+    assert store.get_block("dos", "k") is None
+    store.block("dos", "other", 60, "manual")
+    assert store.hit("dos", "other", 2, 10.0)[0] == OK
+
+
+def test_hit_namespaces_are_isolated(store: RedisStore) -> None:
+    assert store.hit("dos", "dev1", 1, 60.0) == (OK, 0, 60.0)
+    assert store.hit("dos", "dev1", 1, 60.0)[0] == OVER
+    assert store.hit("device", "dev1", 1, 60.0) == (OK, 0, 60.0)
+    assert store.hit("device", "dev1", 1, 60.0, jail=30.0) == (JAILED, 0, 30.0)
+    assert store.get_block("device", "dev1") is not None
+    assert store.get_block("dos", "dev1") is None
+    assert store.peek("dos", "dev1", 60.0) == 1
+    assert store.peek("device", "dev1", 60.0) == 0  # window forgotten by the jail
+    assert store.peek("nothing", "dev1", 60.0) == 0
+
+
+def test_hit_jail(store: RedisStore, clock: FakeClock) -> None:
+    for left in (1, 0):
+        assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, left)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
+    assert store.get_block("device", "phone") == Block("device", "phone", "rate", T0, T0 + 60)
+    waits = []
+    for _ in range(5):
+        clock.advance(10)
+        code, remaining, wait = store.hit("device", "phone", 2, 10.0, jail=60.0)
+        assert (code, remaining) == (BLOCKED, 0)
+        waits.append(wait)
+    assert waits == [50.0, 40.0, 30.0, 20.0, 10.0]  # not extended
+    clock.advance(9.5)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (BLOCKED, 0, 0.5)
+    clock.advance(0.5)  # released exactly at the end, counting from zero
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 1, 10.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 0, 10.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
+    assert store.get_block("device", "phone").since == T0 + 60.0  # type: ignore[union-attr]
+
+
+def test_hit_refused_by_an_admin_block_when_jailing(store: RedisStore, clock: FakeClock) -> None:
+    store.block("device", "phone", 100, "manual")
+    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (BLOCKED, 0, 100.0)
+    clock.advance(100)
+    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (OK, 4, 10.0)
+
+
+def test_clock_stepping_back_is_clamped(store: RedisStore, clock: FakeClock) -> None:
+    memory = MemoryStore(clock=clock)
+    for s in (store, memory):
+        clock.set(T0)
+        assert s.hit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
+        clock.set(T0 - 5)  # NTP stepped the clock back
+        assert s.hit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
+        assert s.hit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
+
+
+def test_peek(store: RedisStore, clock: FakeClock) -> None:
+    assert store.peek("dos", "k", 10.0) == 0
+    for _ in range(3):
+        store.hit("dos", "k", 10, 10.0)
+        clock.advance(2)
+    assert store.peek("dos", "k", 10.0) == 3
+    assert store.peek("dos", "k", 3.0) == 1
+    clock.advance(6)
+    assert store.peek("dos", "k", 10.0) == 1
+    clock.advance(10)
+    assert store.peek("dos", "k", 10.0) == 0
+    store.attempt("login", "u", 5, 60, 30)
+    assert store.peek("login", "u", 10.0) == 0
+
+
+def test_window_holds_at_most_limit_entries(
+    store: RedisStore, client: redis.Redis, prefix: str
+) -> None:
+    for _ in range(50):
+        store.hit("dos", "k", 7, 60.0)
+    assert client.llen(f"{prefix}{{dos:k}}:w") == 7
+
+
+# ------------------------------------------------------- attempt / settle
+
+LIMIT, INTERVAL, TTL, BLOCK_FOR = 5, 60.0, 30.0, 900.0
+
+
+def fail(store: Store, key: str = "alice", **kw: Any) -> tuple[int, int, float]:
+    assert store.attempt("login", key, LIMIT, INTERVAL, TTL)[0] == OK
+    return store.settle("login", key, True, LIMIT, INTERVAL, BLOCK_FOR, **kw)
+
+
+def test_attempt_pending_slots_are_bounded(store: RedisStore) -> None:
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (BUSY, 0, 1.0)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    assert store.attempt("login", "bob", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+
+
+def test_settle_failures_jail_then_block(store: RedisStore, clock: FakeClock) -> None:
+    for _ in range(LIMIT):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    for n in range(1, LIMIT):
+        clock.advance(1)
+        assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, n, 0.0)
+    clock.advance(1)
+    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (
+        JAILED,
+        0,
+        BLOCK_FOR,
+    )
+    jailed_at = clock()
+    assert store.get_block("login", "alice") == Block(
+        "login", "alice", "failures", jailed_at, jailed_at + BLOCK_FOR
+    )
+    for _ in range(3):
+        clock.advance(60)
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (
+            BLOCKED,
+            0,
+            jailed_at + BLOCK_FOR - clock(),
+        )
+    clock.set(jailed_at + BLOCK_FOR)
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+
+
+def test_streaks(store: RedisStore, clock: FakeClock) -> None:
+    for _ in range(3):  # spread out: never blocked
+        assert fail(store, "spread") == (OK, 1, 0.0)
+        clock.advance(INTERVAL + 0.5)
+    for n in range(1, LIMIT):  # exactly `interval` apart still counts
+        assert fail(store, "exact") == (OK, n, 0.0)
+        clock.advance(INTERVAL)
+    assert fail(store, "exact")[0] == JAILED
+    for _ in range(3):
+        fail(store, "busy")
+    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL) == (OK, 1, 0.0)
+    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
+    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL)[0] == BUSY
+    clock.advance(INTERVAL + 1)  # the pause restarts the streak; pending slots lapsed
+    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+
+
+def test_reset_and_no_reset(store: RedisStore) -> None:
+    for _ in range(LIMIT - 1):
+        fail(store, "a")
+        fail(store, "b")
+    store.attempt("login", "a", LIMIT, INTERVAL, TTL)
+    assert store.settle("login", "a", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True) == (OK, 0, 0)
+    assert fail(store, "a") == (OK, 1, 0.0)
+    store.attempt("login", "b", LIMIT, INTERVAL, TTL)
+    assert store.settle("login", "b", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, LIMIT - 1, 0.0)
+    assert fail(store, "b") == (JAILED, 0, BLOCK_FOR)
+
+
+def test_pending_slots_expire(store: RedisStore, clock: FakeClock) -> None:
+    for _ in range(LIMIT):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    clock.advance(TTL - 0.5)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    clock.advance(0.5)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+    clock.advance(TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+
+
+def test_settle_without_attempt_counts_failure(store: RedisStore) -> None:
+    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (JAILED, 0, BLOCK_FOR)
+
+
+def test_idle_login_state_is_deleted(store: RedisStore, client: redis.Redis, prefix: str) -> None:
+    fail(store)
+    assert keys_under(client, prefix) == [f"{prefix}{{login:alice}}:a".encode()]
+    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True)
+    assert keys_under(client, prefix) == []  # nothing left to remember
+
+
+def test_repeat_offenders_escalate_and_are_forgiven(store: RedisStore, clock: FakeClock) -> None:
+    kw = {"factor": 2.0, "memory": 3600.0, "max_block": 2000.0}
+
+    def jail() -> float:
+        for _ in range(LIMIT - 1):
+            assert fail(store, **kw)[0] == OK
+        code, _, seconds = fail(store, **kw)
+        assert code == JAILED
+        block = store.get_block("login", "alice")
+        assert block is not None and block.until - block.since == seconds
+        clock.advance(seconds)
+        assert store.get_block("login", "alice") is None
+        return seconds
+
+    assert [jail() for _ in range(4)] == [900.0, 1800.0, 2000.0, 2000.0]
+    clock.advance(3600.0)
+    assert jail() == 900.0
+    assert fail(store, key="bob", **kw) == (OK, 1, 0.0)
+
+
+# ------------------------------------------------------------------ swap
+
+
+def test_swap(store: RedisStore, clock: FakeClock) -> None:
+    assert store.swap("seen", "dev", "v1", 5.0) is None
+    assert store.swap("seen", "dev", "v 2 with spaces", 5.0) == "v1"
+    clock.advance(4.9)
+    assert store.swap("seen", "dev", "", 5.0) == "v 2 with spaces"
+    assert store.swap("seen", "dev", "ünïcode", 5.0) == ""
+    clock.advance(5.0)  # expired
+    assert store.swap("seen", "dev", "v3", 5.0) is None
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def test_block_get_blocks_unblock(store: RedisStore, clock: FakeClock) -> None:
+    made = store.block("login", "203.0.113.7", 900, "failures")
+    assert made == Block("login", "203.0.113.7", "failures", T0, T0 + 900)
+    store.block("device", "203.0.113.7", 60, "rate")
+    store.block("device", "appl*[x]?/jdoe", 30, "rate with spaces")  # glob characters
+    assert store.get_block("login", "203.0.113.7") == made
+    assert [(b.kind, b.key) for b in store.blocks()] == [
+        ("device", "appl*[x]?/jdoe"),
+        ("device", "203.0.113.7"),
+        ("login", "203.0.113.7"),
+    ]
+    assert store.blocks("device")[0].reason == "rate with spaces"
+    assert [b.kind for b in store.blocks("login")] == ["login"]
+    assert store.unblock("appl*") == 0  # a glob is a key, not a pattern
+    assert store.unblock("appl*[x]?/jdoe") == 1
+    assert store.unblock("203.0.113.7", "device") == 1
+    assert store.unblock("203.0.113.7", "device") == 0
+    assert store.get_block("login", "203.0.113.7") is not None
+    store.block("device", "203.0.113.7", 60, "rate")
+    assert store.unblock("203.0.113.7") == 2  # every namespace
+    assert store.blocks() == []
+    # replace, end, zero
+    store.block("login", "a", 10, "first")
+    store.block("login", "a", 20, "second")
+    assert store.get_block("login", "a").reason == "second"  # type: ignore[union-attr]
+    store.block("login", "a", 0, "none")  # a block that has already ended lifts it
+    assert store.get_block("login", "a") is None
+    store.block("login", "b", 10, "r")
+    clock.advance(10)
+    assert store.get_block("login", "b") is None
+    assert store.blocks() == []
+    assert store.unblock("b") == 0  # an ended block is not counted
+
+
+@pytest.mark.parametrize(
+    "key", ["a}b", "x}:b", "{dos:y}", "sp ace", "ünï/кod", "*[?]\\", "bad\udcff", ""]
+)
+def test_odd_keys_stay_apart_and_round_trip(store: RedisStore, clock: FakeClock, key: str) -> None:
+    memory = MemoryStore(clock=clock)
+    for s in (store, memory):
+        assert s.hit("dos", key, 1, 10.0) == (OK, 0, 10.0)
+        assert s.hit("dos", key + "}", 1, 10.0) == (OK, 0, 10.0)
+        assert s.hit("dos", key, 1, 10.0)[0] == OVER
+        assert s.block("login", key, 30, "odd") == Block("login", key, "odd", T0, T0 + 30)
+        assert s.get_block("login", key) == Block("login", key, "odd", T0, T0 + 30)
+        assert s.swap("seen", key, key, 5.0) is None
+        assert s.swap("seen", key, "v", 5.0) == key
+    assert [b.key for b in store.blocks("login")] == [key]
+    assert store.unblock(key) == 1
+    assert store.blocks() == []
+
+
+def test_unblock_all(store: RedisStore) -> None:
+    for i in range(5):
+        store.block("login", f"ip{i}", 100 + i, "failures")
+        store.block("device", f"dev{i}", 100 + i, "rate")
+    assert store.unblock_all("device") == 5
+    assert {b.kind for b in store.blocks()} == {"login"}
+    assert store.unblock_all() == 5
+    assert store.blocks() == []
+
+
+def test_scan_listing_with_many_keys(
+    store: RedisStore, client: redis.Redis, clock: FakeClock
+) -> None:
+    for i in range(3000):
+        store.hit("dos", f"10.0.{i // 256}.{i % 256}", 10, 60.0)
+    for i in range(1200):
+        store.block("login" if i % 3 else "device", f"ip{i}", 100 + i % 50, "r")
+    client.config_resetstat()
+    listed = store.blocks()
+    assert len(listed) == 1200
+    assert listed == sorted(listed, key=lambda b: (b.until, b.kind, b.key))
+    assert len(store.blocks("device")) == 400
+    assert store.unblock_all("device") == 400
+    assert len(store.blocks()) == 800
+    stats = client.info("commandstats")
+    assert "cmdstat_scan" in stats
+    assert "cmdstat_keys" not in stats  # never KEYS
+
+
+# ------------------------------------------------------------------ TTLs
+
+
+def _exercise(store: RedisStore) -> None:
+    for i in range(20):
+        store.hit("dos", f"ip{i}", 3, 1.0)
+        store.hit("device", f"dev{i}", 1, 5.0, jail=3.0)
+        store.hit("device", f"dev{i}", 1, 5.0, jail=3.0)
+        store.attempt("login", f"u{i}", 3, 10.0, 5.0)
+        store.settle("login", f"u{i}", True, 1, 10.0, 4.0, factor=2.0, memory=30.0)
+        store.attempt("login", f"v{i}", 3, 10.0, 5.0)
+        store.swap("seen", f"dev{i}", "v", 2.0)
+        store.block("admin", f"x{i}", 7.0, "manual")
+
+
+@pytest.mark.parametrize("with_clock", [True, False])
+def test_every_key_has_a_ttl(
+    server: RedisServer, client: redis.Redis, prefix: str, with_clock: bool
+) -> None:
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0) if with_clock else None)
+    _exercise(store)
+    names = keys_under(client, prefix)
+    suffixes = Counter(name[-2:] for name in names)
+    assert suffixes == {b":w": 20, b":b": 60, b":a": 20, b":o": 20, b":s": 20}
+    for name in names:
+        assert client.pttl(name) > 0, name
+    # nothing outlives its state (the longest here: offences, 30 s; with a clock, +1 s grace)
+    assert max(client.pttl(name) for name in names) <= 31_000
+    store.close()
+
+
+def test_keys_expire_on_the_server_clock(
+    server: RedisServer, client: redis.Redis, prefix: str
+) -> None:
+    store = RedisStore(server.url, prefix=prefix)
+    store.hit("dos", "k", 3, 0.2)
+    store.hit("device", "d", 1, 0.2, jail=0.3)
+    store.hit("device", "d", 1, 0.2, jail=0.3)
+    store.swap("seen", "x", "v", 0.2)
+    store.attempt("login", "u", 3, 0.2, 0.2)
+    assert len(keys_under(client, prefix)) == 4
+    time.sleep(0.45)
+    assert keys_under(client, prefix) == []
+    store.close()
+
+
+# ------------------------------------------------------------ server time
+
+
+def test_server_time_mode(server: RedisServer, prefix: str) -> None:
+    store = RedisStore(server.url, prefix=prefix)
+    assert abs(store.now() - time.time()) < 1.0  # same machine, same clock
+    assert store.hit("dos", "k", 2, 0.3)[:2] == (OK, 1)
+    assert store.hit("dos", "k", 2, 0.3)[:2] == (OK, 0)
+    code, _, wait = store.hit("dos", "k", 2, 0.3)
+    assert code == OVER and 0 < wait <= 0.3
+    time.sleep(wait + 0.01)
+    assert store.hit("dos", "k", 2, 0.3)[0] == OK
+    before = store.now()
+    block = store.block("login", "a", 60, "manual")
+    assert before <= block.since <= store.now()
+    assert store.get_block("login", "a") == block
+    code, _, wait = store.attempt("login", "a", 3, 10, 5)
+    assert code == BLOCKED and 59 < wait <= 60
+    store.close()
+
+
+# ---------------------------------------------------------------- scripts
+
+
+def test_noscript_recovery(store: RedisStore, client: redis.Redis) -> None:
+    assert store.hit("dos", "k", 5, 1.0)[0] == OK
+    client.script_flush()
+    assert store.hit("dos", "k", 5, 1.0) == (OK, 3, 1.0)
+    client.script_flush()
+    assert store.unblock_all() == 0
+
+    async def main() -> None:
+        client.script_flush()
+        answers = await asyncio.gather(*(store.ahit("dos", "k", 5, 1.0) for _ in range(4)))
+        assert [a[:2] for a in answers] == [(OK, 2), (OK, 1), (OK, 0), (OVER, 0)]
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------- store equivalence
+
+
+NS_HIT = ("dos", "device")
+KEYS = [f"k{i}" for i in range(5)]
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    key = st.sampled_from(KEYS)
+    kinds = st.sampled_from(("login", "device", "dos"))
+    op = st.one_of(
+        st.tuples(
+            st.just("hit"),
+            st.sampled_from(NS_HIT),
+            key,
+            st.integers(1, 3),
+            st.sampled_from([1.0, 2.5]),
+            st.sampled_from([0.0, 0.0, 4.0]),
+        ),
+        st.tuples(st.just("peek"), st.sampled_from(NS_HIT), key, st.sampled_from([1.0, 2.5])),
+        st.tuples(st.just("attempt"), key, st.integers(1, 3), st.sampled_from([0.1, 2.0])),
+        st.tuples(
+            st.just("settle"),
+            key,
+            st.booleans(),
+            st.integers(1, 3),
+            st.booleans(),
+            st.sampled_from([1.0, 2.0]),
+            st.sampled_from([0.0, 7.0]),
+        ),
+        st.tuples(
+            st.just("swap"), key, st.sampled_from(["a", "b c", ""]), st.sampled_from([0.0, 2.0])
+        ),
+        st.tuples(st.just("block"), kinds, key, st.sampled_from([0.0, 1.0, 3.0])),
+        st.tuples(st.just("get_block"), kinds, key),
+        st.tuples(st.just("blocks"), st.sampled_from([None, "login", "device"])),
+        st.tuples(st.just("unblock"), key, st.sampled_from([None, "login", "device"])),
+        st.tuples(st.just("unblock_all"), st.sampled_from([None, "device"])),
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 2.5, 4.0])),
+    )
+    return draw(st.lists(op, min_size=1, max_size=60))
+
+
+def apply(store: Store, op: tuple[Any, ...]) -> Any:
+    name = op[0]
+    if name == "hit":
+        _, ns, key, limit, window, jail = op
+        return store.hit(ns, key, limit, window, jail)
+    if name == "peek":
+        return store.peek(op[1], op[2], op[3])
+    if name == "attempt":
+        _, key, limit, pending_ttl = op
+        return store.attempt("login", key, limit, 1.5, pending_ttl)
+    if name == "settle":
+        _, key, failed, limit, reset, factor, memory = op
+        return store.settle(
+            "login", key, failed, limit, 1.5, 3.0, reset=reset, factor=factor,
+            memory=memory, max_block=10.0,
+        )  # fmt: skip
+    if name == "swap":
+        return store.swap("seen", op[1], op[2], op[3])
+    if name == "block":
+        return store.block(op[1], op[2], op[3], "manual")
+    if name == "get_block":
+        return store.get_block(op[1], op[2])
+    if name == "blocks":
+        return store.blocks(op[1])
+    if name == "unblock":
+        return store.unblock(op[1], op[2])
+    if name == "unblock_all":
+        return store.unblock_all(op[1])
+    raise AssertionError(op)
+
+
+async def aapply(store: Store, op: tuple[Any, ...]) -> Any:
+    """``apply`` through the coroutine face."""
+    name = op[0]
+    if name == "hit":
+        _, ns, key, limit, window, jail = op
+        return await store.ahit(ns, key, limit, window, jail)
+    if name == "peek":
+        return await store.apeek(op[1], op[2], op[3])
+    if name == "attempt":
+        _, key, limit, pending_ttl = op
+        return await store.aattempt("login", key, limit, 1.5, pending_ttl)
+    if name == "settle":
+        _, key, failed, limit, reset, factor, memory = op
+        return await store.asettle(
+            "login", key, failed, limit, 1.5, 3.0, reset=reset, factor=factor,
+            memory=memory, max_block=10.0,
+        )  # fmt: skip
+    if name == "swap":
+        return await store.aswap("seen", op[1], op[2], op[3])
+    if name == "block":
+        return await store.ablock(op[1], op[2], op[3], "manual")
+    if name == "get_block":
+        return await store.aget_block(op[1], op[2])
+    if name == "blocks":
+        return await store.ablocks(op[1])
+    if name == "unblock":
+        return await store.aunblock(op[1], op[2])
+    if name == "unblock_all":
+        return await store.aunblock_all(op[1])
+    raise AssertionError(op)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, floats within 1e-6 (Blocks and tuples compared field by field)."""
+    if isinstance(a, Block) and isinstance(b, Block):
+        return (a.kind, a.key, a.reason) == (b.kind, b.key, b.reason) and same(
+            (a.since, a.until), (b.since, b.until)
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return (
+            isinstance(a, (int, float))
+            and isinstance(b, (int, float))
+            and math.isclose(a, b, rel_tol=0, abs_tol=1e-6)
+        )
+    return bool(a == b) and type(a) is type(b)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=operations())
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_redis_answers_exactly_like_memory(
+    server: RedisServer, face: str, ops: list[tuple[Any, ...]]
+) -> None:
+    """Random operations with one FakeClock: the same answers from both stores.
+
+    The clock only moves forward here.  Stepped back across the end of a
+    block or of a swap value, the stores need not agree: a MemoryStore may
+    already have purged the ended entry (it purges lazily, all keys at once)
+    where Redis still holds it until its expiry.  Windows are clamped in both
+    (``test_clock_stepping_back_is_clamped``).
+    """
+    clock = FakeClock(T0 + 0.123456789)
+    memory = MemoryStore(1_000_000, clock=clock)
+    shared = RedisStore(server.url, prefix=f"eq{next(_prefixes)}:", clock=clock)
+
+    async def run() -> None:
+        for step, op in enumerate(ops):
+            if op[0] == "advance":
+                clock.advance(op[1])
+                continue
+            expected = apply(memory, op)
+            got = apply(shared, op) if face == "sync" else await aapply(shared, op)
+            assert same(expected, got), f"step {step} {op}: memory {expected!r} redis {got!r}"
+        await shared.aclose()
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------- async
+
+
+def test_async_primitives_match_sync(server: RedisServer, prefix: str) -> None:
+    clock = FakeClock(T0)
+
+    async def main() -> None:
+        store = RedisStore(server.url, prefix=prefix, clock=clock)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
+        assert await store.apeek("dos", "k", 1.0) == 2
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (OK, 0, 1.0)
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (JAILED, 0, 5.0)
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (BLOCKED, 0, 5.0)
+        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (OK, 1, 0.0)
+        assert await store.asettle("login", "u", True, 1, 10.0, 30.0) == (JAILED, 0, 30.0)
+        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (BLOCKED, 0, 30.0)
+        assert await store.aswap("seen", "x", "v", 5.0) is None
+        assert await store.aswap("seen", "x", "w", 5.0) == "v"
+        made = await store.ablock("admin", "z", 9.0, "manual")
+        assert await store.aget_block("admin", "z") == made
+        assert [b.kind for b in await store.ablocks()] == ["dev", "admin", "login"]
+        assert [b.key for b in await store.ablocks("login")] == ["u"]
+        assert await store.aunblock("z", "admin") == 1
+        assert await store.aunblock("u") == 1
+        assert await store.aunblock_all() == 1
+        assert await store.ablocks() == []
+        assert store.hit("dos", "k", 2, 1.0)[0] == OVER  # the sync face sees the same state
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_async_concurrent_decisions_are_exact_and_batched(
+    server: RedisServer, prefix: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailguard.stores.redis import _AsyncLane
+
+    batches: list[int] = []
+    exchange = _AsyncLane.exchange
+
+    async def counted(self: _AsyncLane, commands: list[bytes]) -> list[Any]:
+        batches.append(len(commands))
+        return await exchange(self, commands)
+
+    monkeypatch.setattr(_AsyncLane, "exchange", counted)
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
+
+    async def main() -> list[tuple[int, int, float]]:
+        answers = await asyncio.gather(*(store.ahit("dos", "k", 50, 1.0) for _ in range(200)))
+        await store.aclose()
+        return answers
+
+    store.hit("dos", "warm-up", 1, 1.0)  # the scripts are loaded now
+    client.config_resetstat()
+    answers = asyncio.run(main())
+    assert Counter(a[0] for a in answers) == {OK: 50, OVER: 150}
+    assert sorted(a[1] for a in answers if a[0] == OK) == list(range(50))
+    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 200
+    assert batches == [200]  # asked for in one turn of the loop: one round trip
+
+
+def test_async_cancellation_is_harmless(server: RedisServer, prefix: str) -> None:
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
+
+    async def main() -> None:
+        # cancelled before the batch is written: not counted at all
+        doomed = [asyncio.ensure_future(store.ahit("dos", "a", 100, 1.0)) for _ in range(10)]
+        await asyncio.sleep(0)
+        for task in doomed:
+            task.cancel()
+        survivors = await asyncio.gather(*(store.ahit("dos", "a", 100, 1.0) for _ in range(5)))
+        assert [s[1] for s in survivors] == [99, 98, 97, 96, 95]
+        # cancelled while the batch is on the wire: the answer is dropped, nothing breaks
+        for _ in range(20):
+            tasks = [asyncio.ensure_future(store.ahit("dos", "b", 10_000, 1.0)) for _ in range(8)]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            for task in tasks[::2]:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(r, asyncio.CancelledError) or r[0] == OK for r in results), (
+                results
+            )
+        # wait_for timeouts around a store call (what an ASGI server does on disconnect)
+        for _ in range(10):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(store.ahit("dos", "c", 10_000, 1.0), timeout=0.0001)
+        assert await store.ahit("dos", "fresh", 5, 1.0) == (OK, 4, 1.0)
+        counted = await store.apeek("dos", "b", 1.0)
+        assert 80 <= counted <= 160
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_async_with_only_a_sync_client_runs_in_a_thread(server: RedisServer, prefix: str) -> None:
+    sync_client = redis.Redis.from_url(server.url)
+    store = RedisStore(sync_client, prefix=prefix, clock=FakeClock(T0))
+
+    async def main() -> None:
+        assert await store.ahit("dos", "k", 1, 1.0) == (OK, 0, 1.0)
+        assert await store.ahit("dos", "k", 1, 1.0) == (OVER, 0, 1.0)
+        assert (await store.ablock("login", "a", 5, "r")).reason == "r"
+        assert len(await store.ablocks()) == 1
+        assert await store.aunblock_all() == 1
+
+    asyncio.run(main())
+    store.close()
+    sync_client.ping()  # a client we were given is not closed for us
+    sync_client.close()
+
+
+def test_only_an_async_client(server: RedisServer, prefix: str) -> None:
+    async def main() -> None:
+        async_client = redis.asyncio.Redis.from_url(server.url)
+        store = RedisStore(async_client, prefix=prefix, clock=FakeClock(T0))
+        assert await store.ahit("dos", "k", 1, 1.0) == (OK, 0, 1.0)
+        with pytest.raises(RuntimeError, match="async_client"):
+            store.hit("dos", "k", 1, 1.0)
+        await store.aclose()
+        assert await async_client.ping()
+        await async_client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_store_serves_several_event_loops(server: RedisServer, prefix: str) -> None:
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
+    for left in (2, 1, 0):
+        assert asyncio.run(store.ahit("dos", "k", 3, 1.0)) == (OK, left, 1.0)
+    assert asyncio.run(store.ahit("dos", "k", 3, 1.0))[0] == OVER
+
+
+# --------------------------------------------------------------- sharing
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_gets_its_own_connections(server: RedisServer, prefix: str) -> None:
+    """gunicorn --preload forks after the app (and its store) exist: no shared sockets."""
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
+    assert store.hit("dos", "k", 1000, 60.0)[0] == OK  # the parent holds a connection now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        try:
+            answers = [store.hit("dos", "k", 1000, 60.0)[0] for _ in range(150)]
+            os._exit(0 if answers == [OK] * 150 else 1)
+        except BaseException:
+            os._exit(2)
+    mine = [store.hit("dos", "k", 1000, 60.0)[0] for _ in range(150)]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert mine == [OK] * 150
+    assert store.peek("dos", "k", 60.0) == 301
+    store.close()
+
+
+def test_two_stores_share_limits_and_blocks(server: RedisServer, prefix: str) -> None:
+    clock = FakeClock(T0)
+    one = RedisStore(redis.Redis.from_url(server.url), prefix=prefix, clock=clock)
+    two = RedisStore(server.url, prefix=prefix, clock=clock)
+    assert one.hit("dos", "k", 3, 1.0)[0] == OK
+    assert two.hit("dos", "k", 3, 1.0)[0] == OK
+    assert one.hit("dos", "k", 3, 1.0)[0] == OK
+    assert two.hit("dos", "k", 3, 1.0)[0] == OVER
+    assert one.hit("dev", "d", 1, 1.0, 30)[0] == OK
+    assert two.hit("dev", "d", 1, 1.0, 30)[0] == JAILED
+    assert one.hit("dev", "d", 1, 1.0, 30)[:2] == (BLOCKED, 0)
+    assert one.attempt("login", "u", 2, 10.0, 5.0)[0] == OK
+    assert two.attempt("login", "u", 2, 10.0, 5.0)[0] == OK
+    assert one.attempt("login", "u", 2, 10.0, 5.0)[0] == BUSY
+    other_prefix = RedisStore(server.url, prefix=prefix + "x:", clock=clock)
+    assert other_prefix.hit("dos", "k", 3, 1.0)[0] == OK
+    for made in (one, two, other_prefix):
+        made.close()
+
+
+def test_threads_hit_one_key_exactly_limit(server: RedisServer, prefix: str) -> None:
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = [store.hit("dos", "k", 60, 1.0)[0] for _ in range(40)]
+        with lock:
+            got.extend(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert Counter(got) == {OK: 60, OVER: 180}
+    store.close()
+
+
+# ------------------------------------------------------------ block cache
+
+
+def test_block_cache_answers_without_a_round_trip(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    clock = FakeClock(T0)
+    store = RedisStore(server.url, prefix=prefix, clock=clock)
+    store.block("device", "phone", 60, "rate")
+    client.config_resetstat()
+    for i in range(200):
+        code, _, wait = store.hit("device", "phone", 5, 1.0, jail=30)
+        assert code == BLOCKED and wait == pytest.approx(60.0 - i * 0.01)
+        assert store.attempt("device", "phone", 5, 1.0, 1.0)[0] == BLOCKED
+        assert store.get_block("device", "phone") is not None
+        clock.advance(0.01)
+    assert evalsha_calls(client) == 0
+    assert store.hit("device", "other", 5, 1.0, jail=30)[0] == OK
+    assert evalsha_calls(client) == 1
+
+    async def main() -> None:
+        assert (await store.ahit("device", "phone", 5, 1.0, 30))[0] == BLOCKED
+        assert (await store.aattempt("device", "phone", 5, 1.0, 1.0))[0] == BLOCKED
+        assert await store.aget_block("device", "phone") is not None
+        await store.aclose()
+
+    asyncio.run(main())
+    assert evalsha_calls(client) == 1
+    # the block ends on time, cached or not
+    clock.set(T0 + 60.0)
+    assert store.hit("device", "phone", 5, 1.0, jail=30) == (OK, 4, 1.0)
+
+
+def test_block_cache_bound_for_unblocks_made_elsewhere(server: RedisServer, prefix: str) -> None:
+    clock = FakeClock(T0)
+    worker = RedisStore(server.url, prefix=prefix, clock=clock, block_cache_ttl=0.3)
+    admin = RedisStore(server.url, prefix=prefix, clock=clock)
+    for _ in range(2):
+        worker.hit("device", "phone", 1, 10.0, jail=600)
+    assert worker.hit("device", "phone", 1, 10.0, jail=600)[0] == BLOCKED
+    lifted_at = time.monotonic()
+    assert admin.unblock("phone") == 1
+    while worker.hit("device", "phone", 1, 10.0, jail=600)[0] == BLOCKED:
+        time.sleep(0.01)
+    seen_after = time.monotonic() - lifted_at
+    assert seen_after <= 0.3 + 0.1
+    # a lift through the same store is seen at once
+    worker.block("login", "ip", 60, "failures")
+    assert worker.attempt("login", "ip", 3, 10, 5)[0] == BLOCKED
+    assert worker.unblock("ip", "login") == 1
+    assert worker.attempt("login", "ip", 3, 10, 5)[0] == OK
+    worker.block("login", "ip2", 60, "failures")
+    assert worker.get_block("login", "ip2") is not None
+    assert worker.unblock_all() == 1
+    assert worker.get_block("login", "ip2") is None
+
+
+def test_block_cache_is_bounded_and_can_be_off(server: RedisServer, prefix: str) -> None:
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0), block_cache_size=10)
+    for i in range(30):
+        store.block("device", f"d{i}", 60, "rate")
+    assert len(store._cache) == 10
+    off = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0), block_cache_ttl=0)
+    off.block("device", "x", 60, "rate")
+    assert off.get_block("device", "x") is not None
+    assert off._cache == {}
+
+
+# ---------------------------------------------------------------- outages
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    with RedisServer.for_tests() as running:
+        yield running
+
+
+def failing_call_seconds(call: Any) -> float:
+    start = time.perf_counter()
+    with pytest.raises(StoreError):
+        call()
+    return time.perf_counter() - start
+
+
+def test_outage_fails_fast_and_recovers_by_itself(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, clock=FakeClock(T0), breaker_cooldown=0.5)
+    assert store.hit("dos", "k", 100, 60.0)[0] == OK
+    store.block("device", "phone", 600, "rate")
+    own_server.stop()
+    failing_call_seconds(lambda: store.hit("dos", "k", 100, 60.0))  # discovers the outage
+    for _ in range(50):  # breaker open: no connection attempt at all
+        assert failing_call_seconds(lambda: store.hit("dos", "k", 100, 60.0)) < 0.02
+    with pytest.raises(StoreError):
+        store.blocks()
+    with pytest.raises(StoreError):
+        store.unblock_all()
+    # the local block cache still refuses a blocked device without Redis
+    assert store.hit("device", "phone", 5, 1.0, jail=30)[0] == BLOCKED
+    own_server.start()  # a fresh server: no data, no scripts
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert store.hit("dos", "k", 100, 60.0) == (OK, 99, 60.0)
+            break
+        except StoreError:
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.05)
+    assert store.peek("dos", "k", 60.0) == 1
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_hung_server_costs_one_timeout_then_fails_fast(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, clock=FakeClock(T0), socket_timeout=0.25)
+    other = RedisStore(own_server.url, clock=FakeClock(T0), socket_timeout=0.25)
+    assert store.hit("dos", "k", 100, 60.0)[0] == OK
+
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGSTOP)  # accepts, never answers
+    try:
+        first = failing_call_seconds(lambda: store.hit("dos", "k", 100, 60.0))
+        assert 0.2 <= first < 1.0  # one socket timeout
+        later = [failing_call_seconds(lambda: store.hit("dos", "k", 100, 60.0)) for _ in range(20)]
+        assert max(later) < 0.05  # well under the socket timeout: the breaker is open
+        assert asyncio.run(async_failing_seconds(store, 1))[0] < 0.05
+        # the asyncio path finds the outage by itself too: one timeout for the batch
+        first, second = asyncio.run(async_failing_seconds(other, 2))
+        assert 0.2 <= first < 1.0 and second < 0.05
+    finally:
+        os.kill(own_server.process.pid, signal.SIGCONT)
+    time.sleep(1.05)  # the cooldown passes; the next call is the trial
+    # the request that timed out was still run when the server woke up: a
+    # timeout says "no answer", not "not done"
+    assert store.hit("dos", "k", 100, 60.0) in {(OK, 98, 60.0), (OK, 97, 60.0)}
+    store.close()
+
+
+async def async_failing_seconds(store: RedisStore, times: int) -> list[float]:
+    """How long each of ``times`` failing ``ahit`` calls took."""
+    took = []
+    for _ in range(times):
+        start = time.perf_counter()
+        with pytest.raises(StoreError):
+            await store.ahit("dos", "k", 100, 60.0)
+        took.append(time.perf_counter() - start)
+    await store.aclose()
+    return took
+
+
+def test_async_outage_and_recovery(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, clock=FakeClock(T0), breaker_cooldown=0.3)
+
+    async def main() -> None:
+        assert (await store.ahit("dos", "k", 100, 60.0))[0] == OK
+        own_server.stop()
+        results = await asyncio.gather(
+            *(store.ahit("dos", "k", 100, 60.0) for _ in range(10)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreError) for r in results)
+        start = time.perf_counter()
+        with pytest.raises(StoreError):
+            await store.ahit("dos", "k", 100, 60.0)
+        assert time.perf_counter() - start < 0.02
+        own_server.start()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert await store.ahit("dos", "k", 100, 60.0) == (OK, 99, 60.0)
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "did not recover"
+                await asyncio.sleep(0.05)
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_connections_closed_by_the_server_are_reopened_quietly(
+    store: RedisStore, client: redis.Redis
+) -> None:
+    """An idle connection the server dropped (its ``timeout``) is not an outage."""
+    assert store.hit("dos", "k", 10, 60.0)[0] == OK
+
+    async def asynchronous() -> tuple[int, int, float]:
+        return await store.ahit("dos", "k", 10, 60.0)
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(asynchronous())[0] == OK
+        for _ in range(3):
+            client.client_kill_filter(_type="normal", skipme=True)
+            assert store.hit("dos", "k", 10, 60.0)[0] == OK
+            assert loop.run_until_complete(asynchronous())[0] == OK
+        loop.run_until_complete(store.aclose())
+    finally:
+        loop.close()
+    assert store.peek("dos", "k", 60.0) == 8
+
+
+def test_error_replies_raise_store_error_without_opening_the_breaker(
+    store: RedisStore, client: redis.Redis, prefix: str
+) -> None:
+    client.set(f"{prefix}{{dos:k}}:w", "not a list")  # someone else's key, wrong type
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        store.hit("dos", "k", 3, 1.0)
+    assert store.hit("dos", "other", 3, 1.0)[0] == OK  # not failing fast
