@@ -104,6 +104,7 @@ from ..options import paths as check_paths
 from ..request import Request
 from ..stores.base import JAILED, OK
 from .base import Policy
+from .steps import Steps, arun, call, run
 
 __all__ = [
     "DEFAULT_PATHS",
@@ -419,43 +420,32 @@ class DeviceJailPolicy(Policy):
         device = self.identify(request)
         if device is None:
             return ALLOW
-        store = self.store
-        code, _, wait = store.hit(
-            self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
-        )
-        if code != OK or not self.watches_identity(device):
-            return self.judge(request, device, code, wait)
-        value = self.identity_of(request, device)
-        previous = store.swap(self._ident_ns, device.key, value, self.identity_window)
-        if previous is None or previous == value:
-            return ALLOW
-        code, _, _ = store.hit(
-            self._changes_ns,
-            device.key,
-            self.max_identity_changes,
-            self.identity_window,
-            self.identity_jail,
-        )
-        if code != JAILED:
-            return ALLOW
-        store.block(self.namespace, device.key, self.identity_jail, "identity")
-        return self.identity_jailed(request, device)
+        return run(self._decide(request, device), self.store)
 
     async def acheck(self, request: Request) -> Verdict:
         device = self.identify(request)
         if device is None:
             return ALLOW
-        store = self.store
-        code, _, wait = await store.ahit(
-            self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
+        return await arun(self._decide(request, device), self.store)
+
+    def _decide(self, request: Request, device: Device) -> Steps[Verdict]:
+        """The store's part of ``check``: the rate rule, then the identity rule."""
+        code, _, wait = yield call(
+            "hit",
+            self.namespace,
+            device.key,
+            self.max_requests,
+            self.time_window,
+            self.jail_duration,
         )
         if code != OK or not self.watches_identity(device):
             return self.judge(request, device, code, wait)
         value = self.identity_of(request, device)
-        previous = await store.aswap(self._ident_ns, device.key, value, self.identity_window)
+        previous = yield call("swap", self._ident_ns, device.key, value, self.identity_window)
         if previous is None or previous == value:
             return ALLOW
-        code, _, _ = await store.ahit(
+        code, _, _ = yield call(
+            "hit",
             self._changes_ns,
             device.key,
             self.max_identity_changes,
@@ -464,7 +454,7 @@ class DeviceJailPolicy(Policy):
         )
         if code != JAILED:
             return ALLOW
-        await store.ablock(self.namespace, device.key, self.identity_jail, "identity")
+        yield call("block", self.namespace, device.key, self.identity_jail, "identity")
         return self.identity_jailed(request, device)
 
     # ---------------------------------------------------------------- admin
@@ -479,39 +469,39 @@ class DeviceJailPolicy(Policy):
         (``"abc123/jdoe"``), or a bare device id (``"ABC123"``, normalised)
         to release that device under every account.
         """
-        keys = _exact_key(device)
-        if keys is None:
-            found = self.store.blocks(self.namespace) + self.store.blocks(self._changes_ns)
-            keys = _keys_of(device, found)
-        lifted = 0
-        for key in keys:
-            lifted += self.store.unblock(key, self.namespace)
-            self.store.unblock(key, self._changes_ns)
-        return lifted
+        return run(self._release(device), self.store)
 
     def release_all(self) -> int:
         """Lift every jail of this filter; return how many were lifted."""
-        self.store.unblock_all(self._changes_ns)
-        return self.store.unblock_all(self.namespace)
+        return run(self._release_all(), self.store)
 
     async def ajailed_devices(self) -> list[Block]:
         return await self.store.ablocks(self.namespace)
 
     async def arelease_device(self, device: str) -> int:
-        keys = _exact_key(device)
-        if keys is None:
-            found = await self.store.ablocks(self.namespace)
-            found += await self.store.ablocks(self._changes_ns)
-            keys = _keys_of(device, found)
-        lifted = 0
-        for key in keys:
-            lifted += await self.store.aunblock(key, self.namespace)
-            await self.store.aunblock(key, self._changes_ns)
-        return lifted
+        return await arun(self._release(device), self.store)
 
     async def arelease_all(self) -> int:
-        await self.store.aunblock_all(self._changes_ns)
-        return await self.store.aunblock_all(self.namespace)
+        return await arun(self._release_all(), self.store)
+
+    def _release(self, device: str) -> Steps[int]:
+        """The store's part of ``release_device``."""
+        keys = _exact_key(device)
+        if keys is None:
+            jails = yield call("blocks", self.namespace)
+            changes = yield call("blocks", self._changes_ns)
+            keys = _keys_of(device, jails + changes)
+        lifted = 0
+        for key in keys:
+            lifted += yield call("unblock", key, self.namespace)
+            yield call("unblock", key, self._changes_ns)
+        return lifted
+
+    def _release_all(self) -> Steps[int]:
+        """The store's part of ``release_all``."""
+        yield call("unblock_all", self._changes_ns)
+        lifted: int = yield call("unblock_all", self.namespace)
+        return lifted
 
     # ------------------------------------------------------------ responses
     def explain(self, verdict: Verdict) -> str:

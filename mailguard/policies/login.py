@@ -125,6 +125,7 @@ from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
 from ..stores.guard import StoreDown
 from .base import Policy
+from .steps import Steps, arun, call, run
 
 __all__ = ["InvalidLoginPolicy", "LoginVerdict", "basic_account", "normalize_account"]
 
@@ -801,54 +802,42 @@ class InvalidLoginPolicy(Policy):
         found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
-        client = request.client
-        if self.safe_ips and self.is_safe(client):
+        if self.safe_ips and self.is_safe(request.client):
             return ALLOW
-        store, key = self.store, client.key
-        if found is None:
-            block = store.get_block(self.namespace, key)
-            return self.judge_block(request, block, store.now() if block else 0.0)
-        code, _, wait = store.attempt(
-            self.namespace, key, self.limit, self.interval, self.pending_ttl
-        )
-        refused = self.judge_attempt(key, code, wait)
-        if refused is not None:
-            return refused
-        seen = 0
-        if self.tarpit_after and found.account:
-            seen = store.peek(self.account_namespace, found.account, self.interval)
-        verdict = self.admit(key, found, seen)
-        if not verdict.allowed:  # the tarpit is full: give the slot back
-            store.settle(self.namespace, key, False, self.limit, self.interval, self.block_duration)
-        return verdict
+        return run(self._decide(request, found, self.store.now), self.store)
 
     async def acheck(self, request: Request) -> Verdict:
         found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
-        client = request.client
-        if self.safe_ips and self.is_safe(client):
+        if self.safe_ips and self.is_safe(request.client):
             return ALLOW
-        store, key = self.store, client.key
+        # a remote store's now() is a blocking round trip: size Retry-After by local time
+        clock = self.store.now if self.store.local else time.time
+        return await arun(self._decide(request, found, clock), self.store)
+
+    def _decide(
+        self, request: Request, found: _Attempt | None, clock: Callable[[], float]
+    ) -> Steps[Verdict]:
+        """The store's part of ``check``: a login attempt, or (``found`` None)
+        any request of an address under ``block_scope="all"``."""
+        key = request.client.key
         if found is None:
-            block = await store.aget_block(self.namespace, key)
-            if block is None:
-                return self.judge_block(request, None, 0.0)
-            # a remote store's now() is a blocking round trip: size Retry-After by local time
-            return self.judge_block(request, block, store.now() if store.local else time.time())
-        code, _, wait = await store.aattempt(
-            self.namespace, key, self.limit, self.interval, self.pending_ttl
+            block = yield call("get_block", self.namespace, key)
+            return self.judge_block(request, block, 0.0 if block is None else clock())
+        code, _, wait = yield call(
+            "attempt", self.namespace, key, self.limit, self.interval, self.pending_ttl
         )
         refused = self.judge_attempt(key, code, wait)
         if refused is not None:
             return refused
         seen = 0
         if self.tarpit_after and found.account:
-            seen = await store.apeek(self.account_namespace, found.account, self.interval)
+            seen = yield call("peek", self.account_namespace, found.account, self.interval)
         verdict = self.admit(key, found, seen)
-        if not verdict.allowed:
-            await store.asettle(
-                self.namespace, key, False, self.limit, self.interval, self.block_duration
+        if not verdict.allowed:  # the tarpit is full: give the slot back
+            yield call(
+                "settle", self.namespace, key, False, self.limit, self.interval, self.block_duration
             )
         return verdict
 
@@ -856,39 +845,23 @@ class InvalidLoginPolicy(Policy):
     def finish(
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
     ) -> None:
-        if not isinstance(verdict, LoginVerdict):
-            return
-        failed, succeeded = self.outcome(verdict, status, headers)
-        store = self.store
-        try:
-            answer = store.settle(
-                self.namespace,
-                verdict.key,
-                failed,
-                self.limit,
-                self.interval,
-                self.block_duration,
-                **self._settle_args(succeeded),
-            )
-            account_answer = None
-            if failed and self.tarpit_after and verdict.account:
-                account_answer = store.hit(
-                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
-                )
-        except StoreDown:
-            return  # the outage is logged once by the store guard
-        if failed:
-            self.settled(verdict, answer, account_answer)
+        if isinstance(verdict, LoginVerdict):
+            run(self._settle(verdict, status, headers), self.store)
 
     async def afinish(
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
     ) -> None:
-        if not isinstance(verdict, LoginVerdict):
-            return
+        if isinstance(verdict, LoginVerdict):
+            await arun(self._settle(verdict, status, headers), self.store)
+
+    def _settle(
+        self, verdict: LoginVerdict, status: int | None, headers: Mapping[str, str]
+    ) -> Steps[None]:
+        """The store's part of ``finish``: release the slot, count a failure."""
         failed, succeeded = self.outcome(verdict, status, headers)
-        store = self.store
         try:
-            answer = await store.asettle(
+            answer = yield call(
+                "settle",
                 self.namespace,
                 verdict.key,
                 failed,
@@ -899,11 +872,12 @@ class InvalidLoginPolicy(Policy):
             )
             account_answer = None
             if failed and self.tarpit_after and verdict.account:
-                account_answer = await store.ahit(
-                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
+                account_limit = 2 * self.tarpit_after
+                account_answer = yield call(
+                    "hit", self.account_namespace, verdict.account, account_limit, self.interval
                 )
         except StoreDown:
-            return
+            return  # the outage is logged once by the store guard
         if failed:
             self.settled(verdict, answer, account_answer)
 
