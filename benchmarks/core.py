@@ -44,7 +44,12 @@ def rate(fn: Callable[[], object], seconds: float, batch: int = 2000) -> float:
     return done / (time.perf_counter() - start)
 
 
-def hot_key(seconds: float, limit: int) -> dict[str, float]:
+def hot_key(seconds: float, limit: int, rounds: int = 5) -> dict[str, float]:
+    """Best decisions/s of each contender over ``rounds`` interleaved rounds.
+
+    Interleaving (A, B, C, A, B, C, ...) and keeping each one's best round
+    keeps a slow spell of this shared machine from landing on one contender.
+    """
     from limits import RateLimitItemPerSecond
     from limits.storage import MemoryStorage
     from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
@@ -54,11 +59,16 @@ def hot_key(seconds: float, limit: int) -> dict[str, float]:
     fixed = FixedWindowRateLimiter(MemoryStorage())
     moving = MovingWindowRateLimiter(MemoryStorage())
     hit = store.hit
-    return {
-        "mailguard MemoryStore": rate(lambda: hit("dos", "203.0.113.7", limit, 1.0), seconds),
-        "limits FixedWindow": rate(lambda: fixed.hit(item, "203.0.113.7"), seconds),
-        "limits MovingWindow": rate(lambda: moving.hit(item, "203.0.113.7"), seconds),
+    contenders: dict[str, Callable[[], object]] = {
+        "mailguard MemoryStore": lambda: hit("dos", "203.0.113.7", limit, 1.0),
+        "limits FixedWindow": lambda: fixed.hit(item, "203.0.113.7"),
+        "limits MovingWindow": lambda: moving.hit(item, "203.0.113.7"),
     }
+    best = dict.fromkeys(contenders, 0.0)
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            best[name] = max(best[name], rate(fn, seconds / rounds))
+    return best
 
 
 def many_keys(n: int) -> dict[str, tuple[float, float]]:
@@ -132,7 +142,7 @@ def bounded(max_keys: int, n: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000, help="distinct keys (1000000)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="time per hot-key row")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per hot-key row")
     args = parser.parse_args(argv)
     n = max(1000, min(args.keys, 5_000_000))
     seconds = max(0.1, min(args.seconds, 10.0))
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, {platform.system()}"
     )
     over = hot_key(seconds, 100)
-    under = hot_key(seconds, 1_000_000_000)
+    under = hot_key(seconds, 1_000_000)
     print("\n## One hot key (decisions/s)\n")
     print("| store | limit 100/s (flood) | ratio | under limit | ratio |")
     print("|---|---:|---:|---:|---:|")

@@ -150,10 +150,10 @@ def slide(log: Log, now: float, limit: int, window: float) -> tuple[Log, bool, i
     ``log`` may be changed in place; always keep the returned one.  A refused
     request is not recorded.  ``limit`` must be at least 1.
     """
-    if log is None:
-        return now, True, limit - 1, window
-    if type(log) is float:
-        last: float = log
+    if type(log) is not Window:  # None or one float; a Window (a busy key) goes on below
+        if log is None:
+            return now, True, limit - 1, window
+        last: float = log  # type: ignore[assignment]
         if now < last:
             now = last
         elif last <= now - window:
@@ -161,7 +161,7 @@ def slide(log: Log, now: float, limit: int, window: float) -> tuple[Log, bool, i
         if limit <= 1:
             return log, False, 0, _wait(last, window, now)
         return Window(array("d", (last, now)), 0, 2), True, limit - 2, last + window - now
-    ring: Window = log  # type: ignore[assignment]
+    ring: Window = log
     last = ring.last
     if now < last:
         now = last
@@ -182,8 +182,13 @@ def slide(log: Log, now: float, limit: int, window: float) -> tuple[Log, bool, i
                 break
         ring.start = start
         ring.count = count
-    if count >= limit:
-        return ring, False, 0, _wait(buf[start], window, now)
+    if count >= limit:  # refused: the flood's path, so _wait's fast check is inlined
+        first = buf[start]
+        until = first + window
+        wait = until - now
+        if until - window < first or now + wait < until:
+            wait = wait_until(_leaves(first, window), now)
+        return ring, False, 0, wait
     cap = len(buf)
     if count == cap:  # full: grow, oldest first, doubling up to the limit
         grown = array("d", buf[start:])

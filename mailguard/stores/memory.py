@@ -92,6 +92,11 @@ class MemoryStore(Store):
             maxsize=max_keys, ttu=_block_end, timer=self._clock
         )
         self.dropped = 0
+        # The key the last hit() left newest in its namespace: hitting it again
+        # needs no re-insertion to stay least-recently-seen ordered.  Any other
+        # insertion forgets it.
+        self._recent_key: str | None = None
+        self._recent_space: dict[str, Any] | None = None
         """Blocks that could not be recorded because every key was a live block."""
 
     # ------------------------------------------------------------ helpers
@@ -179,24 +184,27 @@ class MemoryStore(Store):
                 found = self._live_block(ns, key, now)
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
-            found_space = self._spaces.get(ns)
-            log: Log = None if found_space is None else found_space.pop(key, None)
-            if log is None or found_space is None:  # a new key: make room first
+            space = self._spaces.get(ns)
+            if space is not None and key is self._recent_key and space is self._recent_space:
+                log: Log = space.get(key)  # already the newest: no re-insertion needed
+            else:
+                log = None if space is None else space.pop(key, None)  # re-inserted: newest
+            if log is None:  # a new key (or a new namespace): make room first
                 space = self._space(ns, window)
                 if not self._room(space, ns, now):
                     return OK, limit - 1, window
                 self._counters += 1
-            else:
-                space = found_space
+            self._recent_key, self._recent_space = key, space
             log, allowed, remaining, wait = slide(log, now, limit, window)
             if allowed:
-                space[key] = log
+                space[key] = log  # type: ignore[index]
                 return OK, remaining, wait
             if jail > 0.0:
+                space.pop(key, None)  # type: ignore[union-attr]
                 self._counters -= 1
                 self._put_block(ns, key, now, jail, "rate")
                 return JAILED, 0, jail
-            space[key] = log
+            space[key] = log  # type: ignore[index]
             return OVER, 0, wait
 
     def peek(self, ns: str, key: str, window: float) -> int:
@@ -219,6 +227,7 @@ class MemoryStore(Store):
             if found is not None:
                 return BLOCKED, 0, wait_until(found.until, now)
             space = self._space(ns, 0.0)
+            self._recent_key = None
             state = space.pop(key, None)
             if state is None:
                 if not self._room(space, ns, now):
@@ -262,6 +271,7 @@ class MemoryStore(Store):
         now = self._clock()
         with self._lock:
             space = self._space(ns, 0.0)
+            self._recent_key = None
             state = space.pop(key, None)
             if state is None:
                 count, last, pending, pending_until = 0, -math.inf, 0, 0.0
@@ -303,6 +313,7 @@ class MemoryStore(Store):
         if factor <= 1.0 or memory <= 0.0:
             return base
         space = self._space(ns + "!offences", memory)
+        self._recent_key = None
         state = space.pop(key, None)
         if state is None:
             earlier = 0
@@ -319,6 +330,7 @@ class MemoryStore(Store):
         now = self._clock()
         with self._lock:
             space = self._space(ns, 0.0)
+            self._recent_key = None
             state = space.pop(key, None)
             if state is None:
                 if not self._room(space, ns, now):
@@ -378,6 +390,7 @@ class MemoryStore(Store):
         """Forget every counter and block."""
         with self._lock:
             self._spaces.clear()
+            self._recent_key = self._recent_space = None
             self._counters = 0
             self._blocks.clear()
 
