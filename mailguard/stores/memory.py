@@ -91,6 +91,7 @@ class MemoryStore(Store):
         self._blocks: TLRUCache[tuple[str, str], Block] = TLRUCache(
             maxsize=max_keys, ttu=_block_end, timer=self._clock
         )
+        self._nblocks = 0  # blocks held, ended ones included until dropped (cheap to read)
         self.dropped = 0
         # The key the last hit() left newest in its namespace: hitting it again
         # needs no re-insertion to stay least-recently-seen ordered.  Any other
@@ -102,8 +103,8 @@ class MemoryStore(Store):
     # ------------------------------------------------------------ helpers
     def __len__(self) -> int:
         with self._lock:
-            self._blocks.expire()
-            return self._counters + len(self._blocks)
+            self._drop_ended(self._clock())
+            return self._counters + self._nblocks
 
     def __repr__(self) -> str:
         return f"MemoryStore(max_keys={self.max_keys}, keys={len(self)})"
@@ -136,17 +137,24 @@ class MemoryStore(Store):
                 break
             del space[first]
             self._counters -= 1
-        while self._counters + len(self._blocks) >= self.max_keys:
-            if self._counters == 0:
-                self._blocks.expire(now)
-                return self._counters + len(self._blocks) < self.max_keys
-            victim = max(self._spaces.values(), key=len)
-            del victim[next(iter(victim))]
-            self._counters -= 1
+        # currsize counts ended blocks not yet dropped: cheap, and on the safe
+        # side; they are dropped for real before any counter is evicted.
+        if self._counters + self._nblocks >= self.max_keys:
+            self._drop_ended(now)
+            while self._counters + self._nblocks >= self.max_keys:
+                if self._counters == 0:
+                    return False
+                victim = max(self._spaces.values(), key=len)
+                del victim[next(iter(victim))]
+                self._counters -= 1
         return True
 
+    def _drop_ended(self, now: float) -> None:
+        self._blocks.expire(now)
+        self._nblocks = len(self._blocks)
+
     def _live_block(self, ns: str, key: str, now: float) -> Block | None:
-        if not self._blocks:
+        if not self._nblocks:
             return None
         found = self._blocks.get((ns, key))
         if found is not None and found.until > now:
@@ -155,17 +163,20 @@ class MemoryStore(Store):
 
     def _put_block(self, ns: str, key: str, now: float, seconds: float, reason: str) -> Block:
         made = Block(ns, key, reason, now, now + seconds)
-        if (ns, key) not in self._blocks:
-            while self._counters + len(self._blocks) >= self.max_keys:
-                if self._counters:
-                    victim = max(self._spaces.values(), key=len)
-                    del victim[next(iter(victim))]
-                    self._counters -= 1
-                    continue
-                self._blocks.expire(now)
-                if len(self._blocks) >= self.max_keys:
+        if (
+            ns,
+            key,
+        ) not in self._blocks and self._counters + self._nblocks >= self.max_keys:
+            self._drop_ended(now)
+            while self._counters + self._nblocks >= self.max_keys:
+                if not self._counters:
                     self.dropped += 1
                     return made
+                victim = max(self._spaces.values(), key=len)
+                del victim[next(iter(victim))]
+                self._counters -= 1
+        if (ns, key) not in self._blocks:
+            self._nblocks += 1
         self._blocks[(ns, key)] = made
         return made
 
@@ -180,7 +191,7 @@ class MemoryStore(Store):
     ) -> tuple[int, int, float]:
         now = self._clock()
         with self._lock:
-            if jail > 0.0 and self._blocks:
+            if jail > 0.0 and self._nblocks:
                 found = self._live_block(ns, key, now)
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
@@ -356,7 +367,7 @@ class MemoryStore(Store):
     def blocks(self, kind: str | None = None) -> list[Block]:
         now = self._clock()
         with self._lock:
-            self._blocks.expire(now)
+            self._drop_ended(now)
             found = [b for b in self._blocks.values() if kind is None or b.kind == kind]
         return sorted((b for b in found if b.until > now), key=lambda b: (b.until, b.kind, b.key))
 
@@ -364,12 +375,17 @@ class MemoryStore(Store):
         with self._lock:
             doomed = [k for k in self._blocks if k[1] == key and (kind is None or k[0] == kind)]
             # pop, not del: a block that ends meanwhile makes ``del`` raise KeyError
-            return sum(self._blocks.pop(k, None) is not None for k in doomed)
+            return self._lift(doomed)
 
     def unblock_all(self, kind: str | None = None) -> int:
         with self._lock:
             doomed = [k for k in self._blocks if kind is None or k[0] == kind]
-            return sum(self._blocks.pop(k, None) is not None for k in doomed)
+            return self._lift(doomed)
+
+    def _lift(self, doomed: list[tuple[str, str]]) -> int:
+        lifted = sum(self._blocks.pop(k, None) is not None for k in doomed)
+        self._nblocks = len(self._blocks)
+        return lifted
 
     def expire(self) -> int:
         """Drop every expired counter and ended block now; return how many went."""
@@ -384,6 +400,7 @@ class MemoryStore(Store):
                 gone += len(dead)
             self._counters -= gone
             gone += len(self._blocks.expire(now))  # len() would expire them first
+            self._nblocks = len(self._blocks)
         return gone
 
     def clear(self) -> None:
@@ -393,6 +410,7 @@ class MemoryStore(Store):
             self._recent_key = self._recent_space = None
             self._counters = 0
             self._blocks.clear()
+            self._nblocks = 0
 
     # -------------------------------------------------------------- async
     # Memory operations take microseconds and never wait on I/O, so the
