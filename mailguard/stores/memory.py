@@ -200,12 +200,15 @@ class MemoryStore(Store):
                 log: Log = space.get(key)  # already the newest: no re-insertion needed
             else:
                 log = None if space is None else space.pop(key, None)  # re-inserted: newest
+                self._recent_key = None
             if log is None:  # a new key (or a new namespace): make room first
                 space = self._space(ns, window)
                 if not self._room(space, ns, now):
                     return OK, limit - 1, window
                 self._counters += 1
-            self._recent_key, self._recent_space = key, space
+                self._recent_key = None
+            if self._recent_key is None:
+                self._recent_key, self._recent_space = key, space
             log, allowed, remaining, wait = slide(log, now, limit, window)
             if allowed:
                 space[key] = log  # type: ignore[index]
