@@ -69,21 +69,32 @@ DEVICE_MAX_DEFAULT = 150
 DEVICE_WINDOW_MS_DEFAULT = 30_000
 DEVICE_JAIL_MS_DEFAULT = 600_000
 
-_DOS_MAX = "zimbrahttpdosfiltermaxrequestspersec"
-_DOS_DELAY = "zimbrahttpdosfilterdelaymillis"
-_SAFE_IPS = "zimbrahttpthrottlesafeips"
-_LOGIN_MAX = "zimbrainvalidloginfiltermaxfailedlogin"
-_LOGIN_DELAY = "zimbrainvalidloginfilterdelayinminbetwnreqbeforereinstating"
-_LOGIN_SWEEP = "zimbrainvalidloginfilterreinstateiptaskintervalinmin"
-_LOGIN_DB = "zimbrainvalidloginfiltermaxsizeoffailedipdb"
-_DEV_ON = "mobileantidosserviceenabled"
-_DEV_MAX = "mobileantidosservicemaxrequests"
-_DEV_WINDOW = "mobileantidosservicetimewindow"
-_DEV_JAIL = "mobileantidosservicejailduration"
-_TRUSTED = "zimbramailtrustedip"
+
+def normalise(name: str) -> str:
+    """The lookup form of an attribute name: lower case, ``carbonio`` read as ``zimbra``."""
+    low = name.lower()
+    if low.startswith("carbonio"):
+        low = "zimbra" + low[len("carbonio") :]
+    return low
+
+
+# Attribute names as Zimbra / Carbonio write them (notes quote them); looked up normalised.
+_DOS_MAX = "zimbraHttpDosFilterMaxRequestsPerSec"
+_DOS_DELAY = "zimbraHttpDosFilterDelayMillis"
+_SAFE_IPS = "zimbraHttpThrottleSafeIPs"
+_LOGIN_MAX = "zimbraInvalidLoginFilterMaxFailedLogin"
+_LOGIN_DELAY = "zimbraInvalidLoginFilterDelayInMinBetwnReqBeforeReinstating"
+_LOGIN_SWEEP = "zimbraInvalidLoginFilterReinstateIpTaskIntervalInMin"
+_LOGIN_DB = "zimbraInvalidLoginFilterMaxSizeOfFailedIpDb"
+_DEV_ON = "mobileAntiDosServiceEnabled"
+_DEV_MAX = "mobileAntiDosServiceMaxRequests"
+_DEV_WINDOW = "mobileAntiDosServiceTimeWindow"
+_DEV_JAIL = "mobileAntiDosServiceJailDuration"
+_TRUSTED = "zimbraMailTrustedIP"
 
 MAPPED = frozenset(
-    {
+    normalise(name)
+    for name in (
         _DOS_MAX,
         _DOS_DELAY,
         _SAFE_IPS,
@@ -94,14 +105,14 @@ MAPPED = frozenset(
         _DEV_WINDOW,
         _DEV_JAIL,
         _TRUSTED,
-    }
+    )
 )
 
 # Related attributes with no equivalent, and why.
 NO_EQUIVALENT = {
-    _LOGIN_SWEEP: "no equivalent: mailguard lifts a block exactly when it ends, with no "
+    normalise(_LOGIN_SWEEP): "no equivalent: mailguard lifts a block exactly when it ends, with no "
     "sweeping task (Zimbra's block lasted between the delay and the delay plus this interval)",
-    _LOGIN_DB: "no equivalent: mailguard bounds all counters and blocks together with "
+    normalise(_LOGIN_DB): "no equivalent: mailguard bounds all counters and blocks together with "
     "[store] max_keys (memory store; default 100000)",
     "zimbrathrottlewhitelist": "no equivalent: it exempts hosts from IMAP/POP/LMTP command "
     "throttling, not HTTP; add addresses to [common] safe_ips if you meant HTTP",
@@ -133,14 +144,6 @@ _SPACE_LINE = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)\s+(\S+).*")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def normalise(name: str) -> str:
-    """The lookup form of an attribute name: lower case, ``carbonio`` read as ``zimbra``."""
-    low = name.lower()
-    if low.startswith("carbonio"):
-        low = "zimbra" + low[len("carbonio") :]
-    return low
-
-
 @dataclass
 class Attribute:
     """One attribute of the dump: its name as written and every value, in order."""
@@ -169,7 +172,8 @@ class Dump:
         attribute.values.append(value.strip())
 
     def get(self, key: str) -> Attribute | None:
-        return self.attributes.get(key)
+        """The attribute called ``key``, in any spelling :func:`normalise` accepts."""
+        return self.attributes.get(normalise(key))
 
 
 def parse_dump(text: str) -> Dump:
@@ -311,6 +315,40 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
+def _read_whole(
+    dump: Dump,
+    name: str,
+    default: int,
+    *,
+    low: int,
+    out: _Writer,
+    vendor: str = "Zimbra's default",
+    missing: str | None = None,
+    fallback: str | None = None,
+    ms: bool = False,
+) -> tuple[int, str]:
+    """The whole number ``name`` holds if it is ``>= low``, else ``default``; and its note.
+
+    The note is the attribute as seen, or without it ``"NAME not in the dump: "`` and
+    ``missing`` (by default ``vendor`` and ``default``).  A value that is not a whole
+    number ``>= low`` gets a comment saying ``vendor`` is used, and the note ``fallback``
+    (by default ``missing``, marked as replacing an unusable value).  ``ms``: the value
+    is in milliseconds.
+    """
+    if missing is None:
+        missing = f"{vendor} {default}"
+    absent = f"{name} not in the dump: {missing}"
+    attribute = dump.get(name)
+    if attribute is None:
+        return default, absent
+    value = _whole(attribute)
+    if value is not None and value >= low:
+        return value, _seen(attribute) + (" (ms)" if ms else "")
+    what = "a whole number of ms" if ms else "a whole number"
+    out.comment(f"{_seen(attribute)} is not {what} >= {low}; {vendor} used")
+    return default, f"{missing} (the dump's value is unusable)" if fallback is None else fallback
+
+
 def convert(dump: Dump, source: str = "-") -> str:
     """The mailguard.toml equivalent of ``dump``, as text."""
     attrs = dump.attributes
@@ -368,28 +406,11 @@ def _dos(dump: Dump, out: _Writer) -> None:
     out.comment("Zimbra counts per account, session or TCP connection; mailguard counts per")
     out.comment("client address (IPv6: per /64), so users behind one NAT share a limit.")
     out.key("enabled", "true")
-    limit = DOS_MAX_DEFAULT
-    attribute = dump.get(_DOS_MAX)
-    note = f"zimbraHttpDosFilterMaxRequestsPerSec not in the dump: Zimbra's default {limit}"
-    if attribute is not None:
-        value = _whole(attribute)
-        if value is not None and value >= 1:
-            limit, note = value, _seen(attribute)
-        else:
-            out.comment(f"{_seen(attribute)} is not a whole number >= 1; Zimbra's default used")
-            note = "Zimbra's default"
+    used = "Zimbra's default"
+    limit, note = _read_whole(dump, _DOS_MAX, DOS_MAX_DEFAULT, low=1, out=out, fallback=used)
     out.key("max_requests_per_sec", str(limit), note)
 
-    delay = DOS_DELAY_DEFAULT
-    attribute = dump.get(_DOS_DELAY)
-    note = "zimbraHttpDosFilterDelayMillis not in the dump: Zimbra's default -1"
-    if attribute is not None:
-        value = _whole(attribute)
-        if value is not None and value >= -1:
-            delay, note = value, _seen(attribute)
-        else:
-            out.comment(f"{_seen(attribute)} is not a whole number >= -1; Zimbra's default used")
-            note = "Zimbra's default"
+    delay, note = _read_whole(dump, _DOS_DELAY, DOS_DELAY_DEFAULT, low=-1, out=out, fallback=used)
     if delay == 0:
         out.comment("CAUTION: Zimbra's 0 still throttled over-limit requests (5 at a time, the")
         out.comment("rest refused after 30 s); mailguard's 0 serves them all and only reports")
@@ -404,16 +425,8 @@ def _dos(dump: Dump, out: _Writer) -> None:
 
 def _login(dump: Dump, out: _Writer) -> None:
     out.table("login", "Zimbra's invalid-login filter: block an address after failed logins.")
-    attribute = dump.get(_LOGIN_MAX)
-    limit = LOGIN_MAX_DEFAULT
-    note = f"zimbraInvalidLoginFilterMaxFailedLogin not in the dump: Zimbra's default {limit}"
-    if attribute is not None:
-        value = _whole(attribute)
-        if value is not None and value >= 0:
-            limit, note = value, _seen(attribute)
-        else:
-            out.comment(f"{_seen(attribute)} is not a whole number >= 0; Zimbra's default used")
-            note = f"Zimbra's default {limit}"
+    used = f"Zimbra's default {LOGIN_MAX_DEFAULT}"
+    limit, note = _read_whole(dump, _LOGIN_MAX, LOGIN_MAX_DEFAULT, low=0, out=out, fallback=used)
     if limit == 0:
         out.comment(f"{note}: 0 turns Zimbra's filter off.")
         out.key("enabled", "false")
@@ -423,15 +436,14 @@ def _login(dump: Dump, out: _Writer) -> None:
         out.comment("mailguard blocks on the max_failed_logins-th: one more.")
         out.key("max_failed_logins", str(limit + 1))
 
-    attribute = dump.get(_LOGIN_DELAY)
-    minutes = LOGIN_DELAY_MIN_DEFAULT
-    note = f"zimbraInvalidLoginFilterDelayInMinBetwnReqBeforeReinstating not in the dump: {minutes}"
-    if attribute is not None:
-        value = _whole(attribute)
-        if value is not None and value >= 1:
-            minutes, note = value, _seen(attribute)
-        else:
-            out.comment(f"{_seen(attribute)} is not a whole number >= 1; Zimbra's default used")
+    minutes, note = _read_whole(
+        dump,
+        _LOGIN_DELAY,
+        LOGIN_DELAY_MIN_DEFAULT,
+        low=1,
+        out=out,
+        missing=str(LOGIN_DELAY_MIN_DEFAULT),
+    )
     out.key("block_duration", str(minutes * 60), f"{note} (minutes)")
     out.comment("Zimbra never forgets a failure until it suspends; mailguard counts failures")
     out.comment("each within failure_interval of the previous one. Raise it to come closer:")
@@ -453,34 +465,29 @@ def _device(dump: Dump, out: _Writer) -> None:
         else:
             enabled = flag
             out.comment(_seen(attribute))
-    maximum = DEVICE_MAX_DEFAULT
-    attribute = dump.get(_DEV_MAX)
-    max_note = f"mobileAntiDosServiceMaxRequests not in the dump: Carbonio's default {maximum}"
-    if attribute is not None:
-        value = _whole(attribute)
-        if value is not None and value >= 0:
-            maximum, max_note = value, _seen(attribute)
-        else:
-            out.comment(f"{_seen(attribute)} is not a whole number >= 0; Carbonio's default used")
+    maximum, max_note = _read_whole(
+        dump, _DEV_MAX, DEVICE_MAX_DEFAULT, low=0, out=out, vendor="Carbonio's default"
+    )
     if maximum == 0:
         out.comment(f"{max_note}: 0 turns Carbonio's service off.")
         enabled = False
         maximum = DEVICE_MAX_DEFAULT
     out.key("enabled", "true" if enabled else "false")
     out.key("max_requests", str(maximum), max_note)
-    for key, name, shown, default in (
-        ("time_window", _DEV_WINDOW, "mobileAntiDosServiceTimeWindow", DEVICE_WINDOW_MS_DEFAULT),
-        ("jail_duration", _DEV_JAIL, "mobileAntiDosServiceJailDuration", DEVICE_JAIL_MS_DEFAULT),
+    for key, name, default in (
+        ("time_window", _DEV_WINDOW, DEVICE_WINDOW_MS_DEFAULT),
+        ("jail_duration", _DEV_JAIL, DEVICE_JAIL_MS_DEFAULT),
     ):
-        attribute = dump.get(name)
-        ms = default
-        note = f"{shown} not in the dump: Carbonio's default {default} ms"
-        if attribute is not None:
-            value = _whole(attribute)
-            if value is not None and value >= 1:
-                ms, note = value, f"{_seen(attribute)} (ms)"
-            else:
-                out.comment(f"{_seen(attribute)} is not a whole number of ms >= 1; default used")
+        ms, note = _read_whole(
+            dump,
+            name,
+            default,
+            low=1,
+            out=out,
+            vendor="default",
+            ms=True,
+            missing=f"Carbonio's default {default} ms",
+        )
         out.key(key, _seconds_from_ms(ms), note)
     out.comment("Carbonio clears its jails only all at once, by restarting the service;")
     out.comment("`mailguard unblock DEVICE --kind device` lifts one.")
