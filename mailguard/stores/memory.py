@@ -197,28 +197,30 @@ class MemoryStore(Store):
                     return BLOCKED, 0, wait_until(found.until, now)
             space = self._spaces.get(ns)
             if space is not None and key is self._recent_key and space is self._recent_space:
-                log: Log = space.get(key)  # already the newest: no re-insertion needed
+                before: Log = space.get(key)  # already the newest: nothing to move
+                fresh = before is None  # unless it was evicted since
             else:
-                log = None if space is None else space.pop(key, None)  # re-inserted: newest
-                self._recent_key = None
-            if log is None:  # a new key (or a new namespace): make room first
+                before = None if space is None else space.pop(key, None)  # re-inserted below
+                fresh = True
+            if before is None:  # a new key (or a new namespace): make room first
                 space = self._space(ns, window)
                 if not self._room(space, ns, now):
                     return OK, limit - 1, window
                 self._counters += 1
-                self._recent_key = None
-            if self._recent_key is None:
+            if fresh:
                 self._recent_key, self._recent_space = key, space
-            log, allowed, remaining, wait = slide(log, now, limit, window)
+            log, allowed, remaining, wait = slide(before, now, limit, window)
             if allowed:
-                space[key] = log  # type: ignore[index]
+                if fresh or log is not before:
+                    space[key] = log  # type: ignore[index]
                 return OK, remaining, wait
             if jail > 0.0:
                 space.pop(key, None)  # type: ignore[union-attr]
                 self._counters -= 1
                 self._put_block(ns, key, now, jail, "rate")
                 return JAILED, 0, jail
-            space[key] = log  # type: ignore[index]
+            if fresh:  # a refusal leaves the state object as it was
+                space[key] = log  # type: ignore[index]
             return OVER, 0, wait
 
     def peek(self, ns: str, key: str, window: float) -> int:
