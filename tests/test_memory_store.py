@@ -868,3 +868,16 @@ def test_blocks_ending_between_two_clock_reads_do_not_raise(operation: str) -> N
     assert lifted <= 300
     clock.now += 10
     assert store.blocks() == []
+
+
+def test_failure_block_never_shortens_a_longer_block() -> None:
+    """An attempt begun before an admin's day-long block must not cut it to 900 s."""
+    clock = FakeClock(T0)
+    store = MemoryStore(clock=clock)
+    for _ in range(3):
+        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
+    store.block("login", "203.0.113.9", 86400.0, "admin")
+    for _ in range(3):
+        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
+    held = store.get_block("login", "203.0.113.9")
+    assert held is not None and held.reason == "admin" and held.until == T0 + 86400.0

@@ -1180,3 +1180,15 @@ def test_error_replies_raise_store_error_without_opening_the_breaker(
     with pytest.raises(StoreError, match="WRONGTYPE"):
         store.hit("dos", "k", 3, 1.0)
     assert store.hit("dos", "other", 3, 1.0)[0] == OK  # not failing fast
+
+
+def test_failure_block_never_shortens_a_longer_block(store: RedisStore) -> None:
+    """As in memory: an attempt begun before an admin's long block does not cut it short."""
+    for _ in range(3):
+        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
+    store.block("login", "203.0.113.9", 86400.0, "admin")
+    for _ in range(3):
+        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
+    store.unblock("nothing-else")  # any admin call; the block must still be the admin's
+    held = [b for b in store.blocks("login") if b.key == "203.0.113.9"]
+    assert len(held) == 1 and held[0].reason == "admin" and held[0].until == T0 + 86400.0

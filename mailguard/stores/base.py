@@ -104,7 +104,8 @@ class Store(ABC):
         blocked (``JAILED``) for ``block_for`` seconds, times ``factor`` for
         each earlier block of the same key in an unbroken chain of blocks each
         begun within ``memory`` seconds of the one before, capped at
-        ``max_block`` (when > 0), and the streak restarts.
+        ``max_block`` (when > 0), and the streak restarts.  A live block on
+        the key that ends later (an admin's, say) is kept as it is.
         """
 
     @abstractmethod

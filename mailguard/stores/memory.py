@@ -309,7 +309,9 @@ class MemoryStore(Store):
                         JAILED,
                         self._penalty(ns, key, now, block_for, factor, max_block, memory),
                     )
-                    self._put_block(ns, key, now, blocked_for, "failures")
+                    held = self._live_block(ns, key, now)
+                    if held is None or held.until < now + blocked_for:  # never shorten one
+                        self._put_block(ns, key, now, blocked_for, "failures")
                     count, last = 0, -math.inf
             streak_now = count
             if (count or pending) and self._room(space, ns, now):

@@ -54,7 +54,10 @@ if failed then
       if max_block > 0 and blocked_for > max_block then blocked_for = max_block end
     end
     local untl = now + blocked_for
-    if untl > now then
+    local held = tonumber(redis.call('HGET', KEYS[2], 'until') or '')
+    if held ~= nil and held > now and held >= untl then
+      -- a live block that ends later (an admin's, say) is never shortened
+    elseif untl > now then
       redis.call('HSET', KEYS[2], 'kind', ARGV[10], 'key', ARGV[11], 'reason', 'failures',
         'since', num(now), 'until', num(untl))
       redis.call('PEXPIRE', KEYS[2], ttl(blocked_for))
