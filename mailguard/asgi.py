@@ -58,6 +58,7 @@ class GuardMiddleware:
         self._resolve = policy.resolver.from_asgi
         self._reads_body = type(policy).wants_body is not Policy.wants_body
         self._local = policy.store.local
+        self._strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -100,7 +101,7 @@ class GuardMiddleware:
         if not extra and not verdict.watch:
             await self.app(scope, receive, send)
             return
-        strip = {name.encode() for name in policy.strip_headers}
+        strip = self._strip
         reported = False
 
         async def report(status: int | None, seen: dict[str, str]) -> None:

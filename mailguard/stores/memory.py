@@ -180,11 +180,6 @@ class MemoryStore(Store):
         self._blocks[(ns, key)] = made
         return made
 
-    def _forget(self, ns: str, key: str) -> None:
-        space = self._spaces.get(ns)
-        if space is not None and space.pop(key, None) is not None:
-            self._counters -= 1
-
     # ----------------------------------------------------------- counting
     def hit(
         self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
