@@ -11,12 +11,13 @@ Three counting rules are shared by the three filters:
 Carbonio's mobile anti-DoS: a request is over the limit when it would be the
 ``limit + 1``-th *allowed* request within the last ``window`` seconds.  There
 are no fixed windows, so no double burst at a window edge, and no
-approximation.  The state of one key is the log of the allowed requests still
-inside the window, oldest first, and never more than ``limit`` of them: one
-bare ``float`` while a key has a single request in its window (the common case
-for the millions of addresses seen once), a :class:`Window` ring of 8-byte
-timestamps above that.  A decision skips the expired entries and writes one,
-so it costs O(1) amortised whatever the limit and the traffic.
+approximation.  The state of one key is the log of its latest allowed
+requests, never more than ``limit`` of them: one bare ``float`` while a key
+has a single request in its window (the common case for the millions of
+addresses seen once), a :class:`Window` ring of 8-byte timestamps above that.
+A request is allowed when the ring has room or its oldest slot has left the
+window, and then overwrites that slot: O(1) whatever the limit and the
+traffic, reading two slots and writing one.
 
 *Streak* (:func:`streak`), Zimbra's invalid-login rule: failures count as
 consecutive while each comes within ``interval`` seconds of the previous one;
@@ -34,8 +35,10 @@ from __future__ import annotations
 import math
 import time
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 __all__ = [
     "Block",
@@ -100,42 +103,79 @@ class FakeClock:
         return f"FakeClock(start={self._now!r})"
 
 
-class Window:
+if TYPE_CHECKING:
+    _Floats = array[float]
+else:
+    _Floats = array
+
+
+class Window(_Floats):
     """The recorded requests of one key with two or more in its window.
 
-    A ring buffer of timestamps, oldest at ``start``, holding ``count``
-    entries, the newest being ``last``.  Its capacity doubles as a key sends
-    more (2, 4, 8, ... never more than the limit), so memory follows the
-    traffic actually seen, and expired entries are skipped by moving
-    ``start``: nothing is ever shifted, and each decision costs O(1)
-    amortised whatever the limit.
+    An ``array('d')`` ring of timestamps and the index ``pos`` of its oldest
+    slot: read from ``pos`` round to ``pos - 1`` the times ascend, the newest
+    being ``self[pos - 1]``.  Slots whose time has left the window are not
+    cleared; a new request overwrites the oldest slot once that one has
+    expired, so a decision reads two slots and writes one, whatever the
+    limit.  Unused slots hold ``-inf`` (expired from the start).
+
+    The capacity doubles (2, 4, 8, ... never more than the limit) only when
+    every slot is inside the window, so memory follows the busiest window
+    actually seen; a key idle for a whole window goes back to one float.
     """
 
-    __slots__ = ("buf", "count", "last", "start")
+    __slots__ = ("pos",)
 
-    def __init__(self, buf: array[float], start: int, count: int) -> None:
-        self.buf = buf
-        self.start = start
-        self.count = count
-        self.last = buf[(start + count - 1) % len(buf)]
+    pos: int
 
-    def __len__(self) -> int:
-        return self.count
+    def times(self, after: float = -math.inf) -> list[float]:
+        """The recorded timestamps later than ``after``, oldest first."""
+        pos = self.pos
+        return [t for t in (*self[pos:], *self[:pos]) if t > after]
 
-    def times(self) -> list[float]:
-        """The recorded timestamps, oldest first."""
-        buf, cap = self.buf, len(self.buf)
-        return [buf[(self.start + i) % cap] for i in range(self.count)]
+    def live(self, cutoff: float) -> tuple[int, float]:
+        """How many recorded times are later than ``cutoff``, and the oldest
+        of them (``inf`` when there is none): a binary search in each of the
+        ring's two ascending runs."""
+        pos = self.pos
+        cap = len(self)
+        if pos and self[cap - 1] > cutoff:  # the oldest live time is in the older run
+            i = bisect_right(self, cutoff, pos, cap)
+            return cap - i + pos, self[i]
+        end = pos or cap
+        i = bisect_right(self, cutoff, 0, end)
+        return (end - i, self[i]) if i < end else (0, math.inf)
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:  # pickle, copy
+        return _window, (self.tobytes(), self.pos)
+
+    def __copy__(self) -> Window:
+        return _window(self.tobytes(), self.pos)
+
+    def __deepcopy__(self, memo: object) -> Window:
+        return _window(self.tobytes(), self.pos)
 
     def __repr__(self) -> str:
         return f"Window({self.times()!r})"
+
+
+def _window(data: bytes, pos: int) -> Window:
+    ring = Window("d")
+    ring.frombytes(data)
+    ring.pos = pos
+    return ring
+
+
+_UNUSED = array("d", [-math.inf]).tobytes()  # one unused slot, as bytes
 
 
 Log = None | float | Window
 """State of one sliding-window key: no request, one timestamp, or a :class:`Window`."""
 
 
-def slide(log: Log, now: float, limit: int, window: float) -> tuple[Log, bool, int, float]:
+def slide(
+    log: Log, now: float, limit: int, window: float, detail: bool = True
+) -> tuple[Log, bool, int, float]:
     """Decide one request against a sliding window and return the new state.
 
     Returns ``(log, allowed, remaining, reset)``:
@@ -147,61 +187,71 @@ def slide(log: Log, now: float, limit: int, window: float) -> tuple[Log, bool, i
     - ``reset``: seconds until the oldest counted request leaves the window,
       which for a refused request is exactly how long the caller must wait.
 
+    The decision costs O(1).  Counting ``remaining`` costs O(log limit), so
+    with ``detail=False`` an allowed request may come back with
+    ``remaining=-1`` and ``reset=0.0`` (not worked out); a refusal always
+    carries both.
+
     ``log`` may be changed in place; always keep the returned one.  A refused
     request is not recorded.  ``limit`` must be at least 1.
     """
-    if type(log) is not Window:  # None or one float; a Window (a busy key) goes on below
-        if log is None:
-            return now, True, limit - 1, window
-        last: float = log  # type: ignore[assignment]
+    if log.__class__ is Window:  # a busy key; None or one float go on below
+        ring: Window = log
+        pos = ring.pos
+        last = ring[pos - 1]
         if now < last:
             now = last
-        elif last <= now - window:
+        cutoff = now - window
+        if last <= cutoff:  # idle for a whole window: back to one float
             return now, True, limit - 1, window
-        if limit <= 1:
-            return log, False, 0, _wait(last, window, now)
-        return Window(array("d", (last, now)), 0, 2), True, limit - 2, last + window - now
-    ring: Window = log
-    last = ring.last
+        oldest = ring[pos]
+        cap = len(ring)
+        if oldest <= cutoff:
+            if cap <= limit:  # the oldest slot has expired: reuse it
+                ring[pos] = now
+                pos += 1
+                ring.pos = 0 if pos == cap else pos
+                if not detail:
+                    return ring, True, -1, 0.0
+                count, first = ring.live(cutoff)
+                return ring, True, limit - count, first + window - now
+        elif cap == limit:  # every slot is inside the window: refused (a flood's path)
+            until = oldest + window
+            wait = until - now
+            if until - window < oldest or now + wait < until:
+                wait = wait_until(_leaves(oldest, window), now)
+            return ring, False, 0, wait
+        return _regrow(ring, now, limit, window, cutoff)
+    if log is None:
+        return now, True, limit - 1, window
+    last = log  # type: ignore[assignment]
     if now < last:
         now = last
-    cutoff = now - window
-    if last <= cutoff:  # the whole window has passed: back to one float
+    elif last <= now - window:
         return now, True, limit - 1, window
-    buf = ring.buf
-    start = ring.start
-    count = ring.count
-    if buf[start] <= cutoff:  # skip what expired; ``last`` is live, so this stops
-        cap = len(buf)
-        while True:
-            start += 1
-            count -= 1
-            if start == cap:
-                start = 0
-            if buf[start] > cutoff:
-                break
-        ring.start = start
-        ring.count = count
-    if count >= limit:  # refused: the flood's path, so _wait's fast check is inlined
-        first = buf[start]
-        until = first + window
-        wait = until - now
-        if until - window < first or now + wait < until:
-            wait = wait_until(_leaves(first, window), now)
-        return ring, False, 0, wait
-    cap = len(buf)
-    if count == cap:  # full: grow, oldest first, doubling up to the limit
-        grown = array("d", buf[start:])
-        grown.extend(buf[:start])
-        grown.extend(array("d", bytes(8 * (min(limit, cap * 2) - cap))))
-        buf = ring.buf = grown
-        cap = len(grown)
-        start = ring.start = 0
-    end = start + count
-    buf[end - cap if end >= cap else end] = now
-    ring.count = count + 1
-    ring.last = now
-    return ring, True, limit - count - 1, buf[start] + window - now
+    if limit <= 1:
+        return log, False, 0, _wait(last, window, now)
+    ring = Window("d", (last, now))
+    ring.pos = 0
+    return ring, True, limit - 2, last + window - now
+
+
+def _regrow(
+    ring: Window, now: float, limit: int, window: float, cutoff: float
+) -> tuple[Log, bool, int, float]:
+    """:func:`slide` when no slot can be reused: every slot is inside the
+    window (grow the ring), or the limit went down since the ring was built
+    (refuse, or rebuild it smaller).  O(limit), and rare."""
+    live = ring.times(cutoff)
+    count = len(live)
+    if count >= limit:  # the request that frees a slot is the first of the last `limit`
+        return ring, False, 0, _wait(live[count - limit], window, now)
+    grown = Window("d", live)
+    grown.append(now)
+    size = min(limit, max(2 * count, 2))
+    grown.frombytes(_UNUSED * (size - count - 1))
+    grown.pos = 0 if count + 1 == size else count + 1
+    return grown, True, limit - count - 1, live[0] + window - now
 
 
 def _wait(first: float, window: float, now: float) -> float:
@@ -250,7 +300,7 @@ def log_count(log: Log, now: float, window: float) -> int:
     if type(log) is float:
         return 1 if log > cutoff else 0
     ring: Window = log  # type: ignore[assignment]
-    return sum(1 for t in ring.times() if t > cutoff)
+    return ring.live(cutoff)[0]
 
 
 def log_last(log: Log) -> float:
@@ -260,7 +310,7 @@ def log_last(log: Log) -> float:
     if type(log) is float:
         return log
     ring: Window = log  # type: ignore[assignment]
-    return ring.last
+    return ring[ring.pos - 1]
 
 
 def streak(count: int, last: float, now: float, interval: float) -> int:

@@ -49,15 +49,21 @@ class GuardMiddleware:
         self.policy = policy
         self._resolve = policy.resolver.from_wsgi
         self._reads_body = type(policy).wants_body is not Policy.wants_body
+        self._by_client = policy.by_client
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         policy = self.policy
-        request = WsgiRequest(environ, self._resolve(environ))
+        client = self._resolve(environ)
+        request = None
         try:
-            wanted = self._reads_body and policy.wants_body(request)
-            if wanted:
-                _buffer(request, environ, wanted)
-            verdict = policy.check(request)
+            if self._by_client:  # the rate limit's hot path: no request view
+                verdict = policy.check_client(client)
+            else:
+                request = WsgiRequest(environ, client)
+                wanted = self._reads_body and policy.wants_body(request)
+                if wanted:
+                    _buffer(request, environ, wanted)
+                verdict = policy.check(request)
         except StoreDown as down:
             verdict = policy.degraded(down)
         except Exception:
@@ -65,7 +71,7 @@ class GuardMiddleware:
             verdict = ALLOW
         if verdict is ALLOW:
             return self.app(environ, start_response)
-        return self._act(verdict, request, environ, start_response)
+        return self._act(verdict, request or WsgiRequest(environ, client), environ, start_response)
 
     def _act(
         self,

@@ -36,13 +36,22 @@ def copy_log(log: Log) -> Log:
     return copy.deepcopy(log)
 
 
-def log_items(log: Log) -> list[float]:
-    """The timestamps a sliding-window state holds, oldest first."""
+def log_items(log: Log, cutoff: float = -math.inf) -> list[float]:
+    """The timestamps a sliding-window state holds after ``cutoff``, oldest first."""
     if log is None:
         return []
     if isinstance(log, float):
-        return [log]
-    return log.times()
+        return [log] if log > cutoff else []
+    return log.times(cutoff)
+
+
+def log_slots(log: Log) -> int:
+    """How many timestamps the state has room for (its memory)."""
+    if log is None:
+        return 0
+    if isinstance(log, float):
+        return 1
+    return len(log)
 
 
 class Reference:
@@ -125,19 +134,19 @@ def test_slide_matches_reference_model_sorted(
         # reset: until the oldest counted request leaves the window
         assert reset == exp_reset
         assert 0 < reset <= window
-        # (e) the state is exactly the allowed requests still in the window,
-        # never more than `limit`, a bare float when there is one
-        items = log_items(log)
+        # (e) the state holds exactly the allowed requests still in the window
+        # (and may keep expired ones until their slot is reused), never more
+        # than `limit` slots, a bare float after an empty window
+        items = log_items(log, ref.effective(now) - window)
         assert items == exp_inside
-        assert len(items) <= limit
-        if len(items) == 1:
+        assert log_slots(log) <= limit
+        if allowed and exp_inside == [now]:
             assert type(log) is float
         if allowed:
             allowed_times.append(now)
         else:
-            # a refusal is not recorded: at most the expired prefix was dropped
-            old = log_items(before)
-            assert old[len(old) - len(items) :] == items
+            # a refusal is not recorded: the state is left as it was
+            assert log_items(before) == log_items(log)
         assert log_count(log, now, window) == len(exp_inside)
         assert log_last(log) == ref.allowed[-1]
     # (a) no half-open interval [t, t + W) holds more than `limit` allowed requests
@@ -157,7 +166,7 @@ def test_slide_refused_reset_is_exact(
         if allowed:
             continue
         assert remaining == 0
-        oldest = log_items(log)[0]
+        oldest = log_items(log, now - window)[0]
         assert reset == oldest + window - now
         _, ok_at, _, _ = slide(copy_log(log), now + reset, limit, window)
         assert ok_at, "a request after waiting `reset` must be allowed"
@@ -231,17 +240,84 @@ def test_slide_clock_stepping_backwards(
         assert allowed == exp_allowed
         assert remaining == exp_remaining
         assert reset == exp_reset
-        items = log_items(log)
+        items = log_items(log, ref.effective(now) - window)
         assert items == exp_inside
-        assert len(items) <= limit
-        assert items == sorted(items)
-        if len(items) == 1:
+        assert log_slots(log) <= limit
+        assert log_items(log) == sorted(log_items(log))
+        if allowed and len(exp_inside) == 1:
             assert type(log) is float
         if allowed:
             # an allowed request is recorded at the max-so-far time
             assert items[-1] == high
             allowed_at_high.append(high)
     assert max_per_window(allowed_at_high, window) <= limit
+
+
+@settings(max_examples=200, deadline=None)
+@given(base=bases, times=st.lists(grid_times, max_size=80), limit=limits, window=grid_windows)
+def test_slide_without_detail_decides_the_same(
+    base: float, times: list[float], limit: int, window: float
+) -> None:
+    """``detail=False`` changes only what an allowed answer reports, never a decision."""
+    times = sorted(base + t for t in times)
+    exact: Log = None
+    quick: Log = None
+    for now in times:
+        exact, allowed, remaining, reset = slide(exact, now, limit, window)
+        quick, q_allowed, q_remaining, q_reset = slide(quick, now, limit, window, detail=False)
+        assert q_allowed == allowed
+        assert log_items(quick) == log_items(exact)
+        if not allowed or (q_remaining, q_reset) != (-1, 0.0):
+            assert (q_remaining, q_reset) == (remaining, reset)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=bases,
+    steps=st.lists(st.tuples(grid_times, limits), max_size=80),
+    window=grid_windows,
+)
+def test_slide_follows_a_limit_that_changes(
+    base: float, steps: list[tuple[float, int]], window: float
+) -> None:
+    """A ring built under a higher limit still counts exactly under a lower one."""
+    steps = sorted((base + t, limit) for t, limit in steps)
+    allowed_times: list[float] = []
+    log: Log = None
+    highest = 2
+    for now, limit in steps:
+        highest = max(highest, limit)
+        inside = [t for t in allowed_times if t > now - window]
+        log, allowed, remaining, _ = slide(log, now, limit, window)
+        assert allowed == (len(inside) < limit)
+        assert remaining == (limit - len(inside) - 1 if allowed else 0)
+        if allowed:
+            allowed_times.append(now)
+        assert log_slots(log) <= highest
+
+
+def test_slide_ring_grows_with_the_busiest_window_only() -> None:
+    """Memory follows traffic: 3 requests a second under a limit of 1000 keep 4 slots."""
+    log: Log = None
+    for i in range(300):
+        log, allowed, *_ = slide(log, i / 3, 1000, 1.0)
+        assert allowed
+    assert log_slots(log) == 4
+    for i in range(50):  # a burst of 50 within one second
+        log, *_ = slide(log, 100 + i / 100, 1000, 1.0)
+    assert log_slots(log) == 64
+
+
+def test_window_copies_and_pickles_keep_the_ring() -> None:
+    import pickle
+
+    log: Log = None
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
+        log, *_ = slide(log, t, 4, 1.0)
+    for twin in (copy.copy(log), copy.deepcopy(log), pickle.loads(pickle.dumps(log))):
+        assert type(twin) is type(log) and twin is not log
+        assert log_items(twin) == log_items(log) and log_last(twin) == log_last(log)
+        assert slide(twin, 1.5, 4, 1.0)[1:] == slide(copy_log(log), 1.5, 4, 1.0)[1:]
 
 
 @settings(max_examples=100, deadline=None)
@@ -261,8 +337,8 @@ def test_slide_state_is_a_float_even_for_integer_times(
         exp_allowed, _, _, exp_inside = ref.decide(now)
         log, allowed, _, _ = slide(log, float(now), limit, window)
         assert allowed == exp_allowed
-        assert log_items(log) == exp_inside
-        if len(exp_inside) == 1:
+        assert log_items(log, now - window) == exp_inside
+        if allowed and len(exp_inside) == 1:
             assert type(log) is float
 
 
@@ -298,7 +374,7 @@ def test_slide_limit_three_window_edge() -> None:
     ]
     assert results[3][3] == 0.25
     assert results[5][3] == 0.25
-    assert log_items(results[-1][4]) == [0.5, 1.0, 1.25]
+    assert log_items(results[-1][4], 0.25) == [0.5, 1.0, 1.25]
 
 
 def test_slide_state_collapses_to_float_when_window_empties() -> None:

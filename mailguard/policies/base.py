@@ -9,7 +9,8 @@ Adapters (:mod:`mailguard.asgi`, :mod:`mailguard.wsgi`) do the rest:
 
 1. resolve the client (``policy.resolver``) and wrap the request;
 2. buffer up to ``policy.wants_body(request)`` bytes of body, if asked;
-3. ``verdict = policy.check(request)``;
+3. ``verdict = policy.check(request)``, or ``policy.check_client(client)``
+   when ``policy.by_client`` says the client alone decides;
 4. hold the request ``verdict.delay`` seconds, then ``policy.release(verdict)``;
 5. refuse with ``policy.refusal(verdict)`` or call the app, adding
    ``policy.allowed_headers(verdict)`` and, when ``verdict.watch`` is set,
@@ -98,6 +99,7 @@ class Policy:
             trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header
         )
         self.safe_ips = AddressSet(safe_ips, name="safe_ips")
+        self.any_safe = bool(self.safe_ips)  # read per request: a plain bool, no call
         self.status_code = check_status("status_code", status_code)
         self.namespace = self.kind if namespace is None else namespace
         if not isinstance(self.namespace, str) or not self.namespace.isidentifier():
@@ -117,7 +119,7 @@ class Policy:
 
     # --------------------------------------------------------------- steps
     def is_safe(self, client: Client) -> bool:
-        return bool(self.safe_ips) and client.is_ip and client.address in self.safe_ips
+        return self.any_safe and client.is_ip and client.address in self.safe_ips
 
     def wants_body(self, request: Request) -> int:
         """How many body bytes ``check`` needs buffered first (0: none)."""
@@ -128,6 +130,17 @@ class Policy:
 
     async def acheck(self, request: Request) -> Verdict:
         return ALLOW
+
+    by_client: bool = False
+    """True when the verdict depends on nothing but the client: the adapters
+    then call ``check_client`` / ``acheck_client`` and build no request view
+    (the hot path of a rate limit keyed by address)."""
+
+    def check_client(self, client: Client) -> Verdict:
+        raise NotImplementedError
+
+    async def acheck_client(self, client: Client) -> Verdict:
+        raise NotImplementedError
 
     def finish(
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]

@@ -339,7 +339,7 @@ class DeviceJailPolicy(Policy):
         by_header = self._header_anywhere or self._header_paths.match(path)
         if not (on_paths or by_header or self.device_func is not None):
             return None  # the cheap path: not ActiveSync, no header to read
-        if self.safe_ips and self.is_safe(request.client):
+        if self.any_safe and self.is_safe(request.client):
             return None
         parsed = parse_query(request.query) if on_paths else NO_DEVICE
         device_id: str | None = None

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core import ALLOW, Verdict, retry_after
+from ..identity import Client
 from ..options import paths, positive_int, whole
 from ..request import Request
 from .base import Policy
@@ -90,8 +91,8 @@ class DosPolicy(Policy):
         if key_func is not None and not callable(key_func):
             raise ValueError(f"key_func: must be callable, got {key_func!r}")
         self.key_func = key_func
-        # No exemptions and no key_func: every request counts by its address.
-        self._plain = not (exempt or self.safe_ips or key_func)
+        # No exemptions and no key_func: the client alone decides.
+        self.by_client = not (exempt or key_func)
         self._episodes: dict[str, int] = {}
         self._calm_at = self.limit // 2
         self._waiting: dict[str, int] = {}
@@ -106,7 +107,7 @@ class DosPolicy(Policy):
         if self.exempt_prefixes and request.path.startswith(self.exempt_prefixes):
             return None
         client = request.client
-        if self.safe_ips and self.is_safe(client):
+        if self.any_safe and self.is_safe(client):
             return None
         if self.key_func is None:
             return client.key
@@ -116,14 +117,14 @@ class DosPolicy(Policy):
             logging.getLogger("mailguard.dos").exception("mailguard dos key_func failed")
             return client.key
 
-    def judge(self, request: Request, key: str, code: int, remaining: int, wait: float) -> Verdict:
+    def judge(self, client: Client, key: str, code: int, remaining: int, wait: float) -> Verdict:
         """Turn one sliding-window answer into a verdict."""
         if code == 0:
             # An episode ends when the client has calmed down to half its
             # budget, not at the first request a steady flood gets through.
             if self._episodes and remaining >= self._calm_at and key in self._episodes:
                 refused = self._episodes.pop(key)
-                self.emit("calm", request.client.key, logging.INFO, key=key, refused=refused)
+                self.emit("calm", client.key, logging.INFO, key=key, refused=refused)
             if not self.headers:
                 return ALLOW
             return Verdict(True, "ok", key, remaining=remaining, reset=wait, limit=self.limit)
@@ -135,7 +136,7 @@ class DosPolicy(Policy):
             mode = "reject" if self.delay_ms < 0 else ("monitor" if self.delay_ms == 0 else "delay")
             self.emit(
                 "refused" if self.delay_ms < 0 else "over",
-                request.client.key,
+                client.key,
                 key=key,
                 limit=f"{self.limit}/1s",
                 mode=mode,
@@ -188,18 +189,38 @@ class DosPolicy(Policy):
         return self._waiting_total
 
     # ---------------------------------------------------------------- faces
+    def check_client(self, client: Client) -> Verdict:
+        if self.any_safe and self.is_safe(client):
+            return ALLOW
+        key = client.key
+        # remaining is worked out only when headers or an episode's end need it
+        code, remaining, wait = self.store.hit(
+            self.namespace, key, self.limit, 1.0, 0.0, self.headers or key in self._episodes
+        )
+        if code == 0 and not self._episodes and not self.headers:
+            return ALLOW
+        return self.judge(client, key, code, remaining, wait)
+
+    async def acheck_client(self, client: Client) -> Verdict:
+        if self.any_safe and self.is_safe(client):
+            return ALLOW
+        key = client.key
+        answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
+        return self.judge(client, key, *answer)
+
     def check(self, request: Request) -> Verdict:
-        key = request.client.key if self._plain else self.key_of(request)
+        key = self.key_of(request)
         if key is None:
             return ALLOW
-        return self.judge(request, key, *self.store.hit(self.namespace, key, self.limit, 1.0))
+        answer = self.store.hit(self.namespace, key, self.limit, 1.0)
+        return self.judge(request.client, key, *answer)
 
     async def acheck(self, request: Request) -> Verdict:
-        key = request.client.key if self._plain else self.key_of(request)
+        key = self.key_of(request)
         if key is None:
             return ALLOW
         answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
-        return self.judge(request, key, *answer)
+        return self.judge(request.client, key, *answer)
 
     # ------------------------------------------------------------ responses
     def allowed_headers(self, verdict: Verdict) -> list[tuple[str, str]]:

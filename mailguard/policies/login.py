@@ -793,7 +793,7 @@ class InvalidLoginPolicy(Policy):
             or request.method not in self.login_methods
             or not self.login_paths.match(request.path)
             or not _media_type(request)[0]
-            or (self.safe_ips and self.is_safe(request.client))
+            or (self.any_safe and self.is_safe(request.client))
         ):
             return 0
         return self._body_wanted
@@ -802,7 +802,7 @@ class InvalidLoginPolicy(Policy):
         found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
-        if self.safe_ips and self.is_safe(request.client):
+        if self.any_safe and self.is_safe(request.client):
             return ALLOW
         return run(self._decide(request, found, self.store.now), self.store)
 
@@ -810,7 +810,7 @@ class InvalidLoginPolicy(Policy):
         found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
-        if self.safe_ips and self.is_safe(request.client):
+        if self.any_safe and self.is_safe(request.client):
             return ALLOW
         # a remote store's now() is a blocking round trip: size Retry-After by local time
         clock = self.store.now if self.store.local else time.time

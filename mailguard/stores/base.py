@@ -53,7 +53,13 @@ class Store(ABC):
     # ----------------------------------------------------------- counting
     @abstractmethod
     def hit(
-        self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
+        self,
+        ns: str,
+        key: str,
+        limit: int,
+        window: float,
+        jail: float = 0.0,
+        detail: bool = True,
     ) -> tuple[int, int, float]:
         """Count one request in a sliding window; return ``(code, remaining, wait)``.
 
@@ -61,7 +67,9 @@ class Store(ABC):
         With ``jail > 0`` a live block on the key refuses first (``BLOCKED``,
         not counted, not extended), and a request over the limit blocks the
         key for ``jail`` seconds (``JAILED``) and forgets its window, so that
-        counting starts from zero after the release.
+        counting starts from zero after the release.  With ``detail=False``
+        the caller needs only the decision: an ``OK`` answer may then carry
+        ``remaining=-1`` and ``wait=0.0`` (a store may work them out anyway).
         """
 
     @abstractmethod
@@ -143,7 +151,13 @@ class Store(ABC):
     # -------------------------------------------------------------- async
     @abstractmethod
     async def ahit(
-        self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
+        self,
+        ns: str,
+        key: str,
+        limit: int,
+        window: float,
+        jail: float = 0.0,
+        detail: bool = True,
     ) -> tuple[int, int, float]: ...
 
     @abstractmethod

@@ -917,7 +917,13 @@ class RedisStore(Store):
 
     # ----------------------------------------------------------- counting
     def hit(
-        self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
+        self,
+        ns: str,
+        key: str,
+        limit: int,
+        window: float,
+        jail: float = 0.0,
+        detail: bool = True,  # the script always works out remaining and wait
     ) -> tuple[int, int, float]:
         if jail > 0.0 and self._cache:
             cached = self._cached(ns, key)
@@ -1023,7 +1029,13 @@ class RedisStore(Store):
 
     # -------------------------------------------------------------- async
     async def ahit(
-        self, ns: str, key: str, limit: int, window: float, jail: float = 0.0
+        self,
+        ns: str,
+        key: str,
+        limit: int,
+        window: float,
+        jail: float = 0.0,
+        detail: bool = True,  # the script always works out remaining and wait
     ) -> tuple[int, int, float]:
         if jail > 0.0 and self._cache:
             cached = self._cached(ns, key)

@@ -51,7 +51,11 @@ if count > 0 and count >= limit then
     redis.call('PEXPIRE', KEYS[2], ttl(jail))
     return '2 0 ' .. ARGV[4] .. ' ' .. num(now) .. ' ' .. num(now) .. ' ' .. num(untl) .. ' rate'
   end
-  return '1 0 ' .. num(wait_until(leaves(oldest, window), t))
+  -- the request whose leaving frees a slot: the oldest, or later when the
+  -- limit went down since these were counted
+  local first = oldest
+  if count > limit then first = tonumber(redis.call('LINDEX', log, count - limit)) end
+  return '1 0 ' .. num(wait_until(leaves(first, window), t))
 end
 
 redis.call('RPUSH', log, num(t))
