@@ -14,10 +14,10 @@ are no fixed windows, so no double burst at a window edge, and no
 approximation.  The state of one key is the log of its latest allowed
 requests, never more than ``limit`` of them: one bare ``float`` while a key
 has a single request in its window (the common case for the millions of
-addresses seen once), a :class:`Window` ring of 8-byte timestamps above that.
+addresses seen once), a :data:`Ring` of timestamps above that.
 A request is allowed when the ring has room or its oldest slot has left the
 window, and then overwrites that slot: O(1) whatever the limit and the
-traffic, reading two slots and writing one.
+traffic.
 
 *Streak* (:func:`streak`), Zimbra's invalid-login rule: failures count as
 consecutive while each comes within ``interval`` seconds of the previous one;
@@ -34,22 +34,22 @@ from __future__ import annotations
 
 import math
 import time
-from array import array
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 __all__ = [
     "Block",
     "Clock",
     "FakeClock",
     "Log",
+    "Ring",
     "SystemClock",
     "Verdict",
-    "Window",
     "log_count",
     "log_last",
+    "log_times",
     "retry_after",
     "slide",
     "streak",
@@ -103,74 +103,31 @@ class FakeClock:
         return f"FakeClock(start={self._now!r})"
 
 
-if TYPE_CHECKING:
-    _Floats = array[float]
-else:
-    _Floats = array
+Ring = list[Any]
+"""A busy key's log: ``[pos, last, t, t, ...]``.
+
+A plain list, because CPython reads and writes list items without converting
+anything (an ``array('d')`` costs a float conversion per access, and made this
+the slowest step of a request).  Items 2 and up are the slots, a ring of
+timestamps: read from index ``pos`` round to ``pos - 1`` they ascend, the
+oldest being ``ring[pos]``; ``ring[1]`` is the newest.  Slots whose time has
+left the window are not cleared: a new request overwrites the oldest slot
+once that one has expired, so a decision reads three items and writes three,
+whatever the limit.  Unused slots hold ``-inf`` (expired from the start).
+
+The ring holds the clock's own float objects (8 bytes a slot, plus 24 for
+each recorded time).  It has 2 slots at first and doubles (4, 8, ... never
+more than the limit) only when every slot is inside the window, so memory
+follows the busiest window actually seen; a key idle for a whole window goes
+back to one float.
+"""
+
+_FIRST = 2  # index of the first slot of a Ring
+_UNUSED = -math.inf  # an unused slot
 
 
-class Window(_Floats):
-    """The recorded requests of one key with two or more in its window.
-
-    An ``array('d')`` ring of timestamps and the index ``pos`` of its oldest
-    slot: read from ``pos`` round to ``pos - 1`` the times ascend, the newest
-    being ``self[pos - 1]``.  Slots whose time has left the window are not
-    cleared; a new request overwrites the oldest slot once that one has
-    expired, so a decision reads two slots and writes one, whatever the
-    limit.  Unused slots hold ``-inf`` (expired from the start).
-
-    The capacity doubles (2, 4, 8, ... never more than the limit) only when
-    every slot is inside the window, so memory follows the busiest window
-    actually seen; a key idle for a whole window goes back to one float.
-    """
-
-    __slots__ = ("pos",)
-
-    pos: int
-
-    def times(self, after: float = -math.inf) -> list[float]:
-        """The recorded timestamps later than ``after``, oldest first."""
-        pos = self.pos
-        return [t for t in (*self[pos:], *self[:pos]) if t > after]
-
-    def live(self, cutoff: float) -> tuple[int, float]:
-        """How many recorded times are later than ``cutoff``, and the oldest
-        of them (``inf`` when there is none): a binary search in each of the
-        ring's two ascending runs."""
-        pos = self.pos
-        cap = len(self)
-        if pos and self[cap - 1] > cutoff:  # the oldest live time is in the older run
-            i = bisect_right(self, cutoff, pos, cap)
-            return cap - i + pos, self[i]
-        end = pos or cap
-        i = bisect_right(self, cutoff, 0, end)
-        return (end - i, self[i]) if i < end else (0, math.inf)
-
-    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:  # pickle, copy
-        return _window, (self.tobytes(), self.pos)
-
-    def __copy__(self) -> Window:
-        return _window(self.tobytes(), self.pos)
-
-    def __deepcopy__(self, memo: object) -> Window:
-        return _window(self.tobytes(), self.pos)
-
-    def __repr__(self) -> str:
-        return f"Window({self.times()!r})"
-
-
-def _window(data: bytes, pos: int) -> Window:
-    ring = Window("d")
-    ring.frombytes(data)
-    ring.pos = pos
-    return ring
-
-
-_UNUSED = array("d", [-math.inf]).tobytes()  # one unused slot, as bytes
-
-
-Log = None | float | Window
-"""State of one sliding-window key: no request, one timestamp, or a :class:`Window`."""
+Log = None | float | Ring
+"""State of one sliding-window key: no request, one timestamp, or a :data:`Ring`."""
 
 
 def slide(
@@ -195,27 +152,27 @@ def slide(
     ``log`` may be changed in place; always keep the returned one.  A refused
     request is not recorded.  ``limit`` must be at least 1.
     """
-    if log.__class__ is Window:  # a busy key; None or one float go on below
-        ring: Window = log
-        pos = ring.pos
-        last = ring[pos - 1]
+    if type(log) is list:  # a busy key; None or one float go on below
+        ring: Ring = log
+        last = ring[1]
         if now < last:
             now = last
         cutoff = now - window
         if last <= cutoff:  # idle for a whole window: back to one float
             return now, True, limit - 1, window
+        pos = ring[0]
         oldest = ring[pos]
-        cap = len(ring)
+        end = len(ring)
         if oldest <= cutoff:
-            if cap <= limit:  # the oldest slot has expired: reuse it
-                ring[pos] = now
+            if end - _FIRST <= limit:  # the oldest slot has expired: reuse it
+                ring[pos] = ring[1] = now
                 pos += 1
-                ring.pos = 0 if pos == cap else pos
+                ring[0] = _FIRST if pos == end else pos
                 if not detail:
                     return ring, True, -1, 0.0
-                count, first = ring.live(cutoff)
+                count, first = _live(ring, cutoff)
                 return ring, True, limit - count, first + window - now
-        elif cap == limit:  # every slot is inside the window: refused (a flood's path)
+        elif end - _FIRST == limit:  # every slot is inside the window: refused (a flood)
             until = oldest + window
             wait = until - now
             if until - window < oldest or now + wait < until:
@@ -224,34 +181,44 @@ def slide(
         return _regrow(ring, now, limit, window, cutoff)
     if log is None:
         return now, True, limit - 1, window
-    last = log  # type: ignore[assignment]
-    if now < last:
-        now = last
-    elif last <= now - window:
+    single: float = log  # type: ignore[assignment]
+    if now < single:
+        now = single
+    elif single <= now - window:
         return now, True, limit - 1, window
     if limit <= 1:
-        return log, False, 0, _wait(last, window, now)
-    ring = Window("d", (last, now))
-    ring.pos = 0
-    return ring, True, limit - 2, last + window - now
+        return single, False, 0, _wait(single, window, now)
+    return [_FIRST, now, single, now], True, limit - 2, single + window - now
 
 
 def _regrow(
-    ring: Window, now: float, limit: int, window: float, cutoff: float
+    ring: Ring, now: float, limit: int, window: float, cutoff: float
 ) -> tuple[Log, bool, int, float]:
     """:func:`slide` when no slot can be reused: every slot is inside the
     window (grow the ring), or the limit went down since the ring was built
     (refuse, or rebuild it smaller).  O(limit), and rare."""
-    live = ring.times(cutoff)
+    live = log_times(ring, cutoff)
     count = len(live)
     if count >= limit:  # the request that frees a slot is the first of the last `limit`
         return ring, False, 0, _wait(live[count - limit], window, now)
-    grown = Window("d", live)
-    grown.append(now)
     size = min(limit, max(2 * count, 2))
-    grown.frombytes(_UNUSED * (size - count - 1))
-    grown.pos = 0 if count + 1 == size else count + 1
+    grown = [0, now, *live, now, *[_UNUSED] * (size - count - 1)]
+    grown[0] = _FIRST if count + 1 == size else _FIRST + count + 1
     return grown, True, limit - count - 1, live[0] + window - now
+
+
+def _live(ring: Ring, cutoff: float) -> tuple[int, float]:
+    """How many times in ``ring`` are later than ``cutoff``, and the oldest of
+    them (``inf`` when there is none): a binary search in each of the ring's
+    two ascending runs."""
+    pos = ring[0]
+    end = len(ring)
+    if pos > _FIRST and ring[end - 1] > cutoff:  # the oldest live time is in the older run
+        i = bisect_right(ring, cutoff, pos, end)
+        return end - i + pos - _FIRST, ring[i]
+    stop = pos if pos > _FIRST else end
+    i = bisect_right(ring, cutoff, _FIRST, stop)
+    return (stop - i, ring[i]) if i < stop else (0, math.inf)
 
 
 def _wait(first: float, window: float, now: float) -> float:
@@ -292,25 +259,28 @@ def wait_until(until: float, now: float) -> float:
     return wait
 
 
+def log_times(log: Log, after: float = -math.inf) -> list[float]:
+    """The recorded times of ``log`` later than ``after``, oldest first."""
+    if isinstance(log, float):
+        return [log] if log > after else []
+    if log is None:
+        return []
+    pos = log[0]
+    return [t for t in (*log[pos:], *log[_FIRST:pos]) if t > after]
+
+
 def log_count(log: Log, now: float, window: float) -> int:
     """How many recorded requests of ``log`` are still inside the window."""
-    if log is None:
-        return 0
-    cutoff = now - window
-    if type(log) is float:
-        return 1 if log > cutoff else 0
-    ring: Window = log  # type: ignore[assignment]
-    return ring.live(cutoff)[0]
+    if isinstance(log, list):
+        return _live(log, now - window)[0]
+    return len(log_times(log, now - window))
 
 
 def log_last(log: Log) -> float:
     """Time of the newest recorded request (``-inf`` for an empty log)."""
-    if log is None:
-        return -math.inf
-    if type(log) is float:
+    if isinstance(log, float):
         return log
-    ring: Window = log  # type: ignore[assignment]
-    return ring[ring.pos - 1]
+    return -math.inf if log is None else float(log[1])
 
 
 def streak(count: int, last: float, now: float, interval: float) -> int:
