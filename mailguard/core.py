@@ -47,6 +47,7 @@ __all__ = [
     "Ring",
     "SystemClock",
     "Verdict",
+    "clamp",
     "log_count",
     "log_last",
     "log_times",
@@ -104,25 +105,27 @@ class FakeClock:
 
 
 Ring = list[Any]
-"""A busy key's log: ``[pos, last, t, t, ...]``.
+"""A busy key's log: ``[pos, t, t, ...]``.
 
 A plain list, because CPython reads and writes list items without converting
 anything (an ``array('d')`` costs a float conversion per access, and made this
-the slowest step of a request).  Items 2 and up are the slots, a ring of
+the slowest step of a request).  Items 1 and up are the slots, a ring of
 timestamps: read from index ``pos`` round to ``pos - 1`` they ascend, the
-oldest being ``ring[pos]``; ``ring[1]`` is the newest.  Slots whose time has
-left the window are not cleared: a new request overwrites the oldest slot
-once that one has expired, so a decision reads three items and writes three,
-whatever the limit.  Unused slots hold ``-inf`` (expired from the start).
+oldest being ``ring[pos]`` and the newest the slot before it.  Slots whose
+time has left the window are not cleared: a new request overwrites the
+oldest slot once that one has expired, so a decision reads one recorded time
+and writes one, whatever the limit.  (Reading as little as that matters more
+than the arithmetic: in a busy server each read of a key's state is a cache
+miss.)  Unused slots hold ``-inf``, expired from the start.
 
 The ring holds the clock's own float objects (8 bytes a slot, plus 24 for
-each recorded time).  It has 2 slots at first and doubles (4, 8, ... never
-more than the limit) only when every slot is inside the window, so memory
-follows the busiest window actually seen; a key idle for a whole window goes
-back to one float.
+each recorded time).  It starts with 2 slots and doubles (4, 8, ... never more
+than the limit) only when every slot is inside the window, so its size
+follows the busiest window its key has had; a ring whose times have all
+expired when it is next used goes back to one float.
 """
 
-_FIRST = 2  # index of the first slot of a Ring
+_FIRST = 1  # index of the first slot of a Ring
 _UNUSED = -math.inf  # an unused slot
 
 
@@ -149,23 +152,21 @@ def slide(
     ``remaining=-1`` and ``reset=0.0`` (not worked out); a refusal always
     carries both.
 
-    ``log`` may be changed in place; always keep the returned one.  A refused
-    request is not recorded.  ``limit`` must be at least 1.
+    ``now`` must not be earlier than the newest time already recorded: a
+    clock that steps back is clamped by the caller (:func:`clamp`; the
+    stores do it), so a step back can never reopen a window.  ``log`` may be
+    changed in place; always keep the returned one.  A refused request is
+    not recorded.  ``limit`` must be at least 1.
     """
     if type(log) is list:  # a busy key; None or one float go on below
         ring: Ring = log
-        last = ring[1]
-        if now < last:
-            now = last
         cutoff = now - window
-        if last <= cutoff:  # idle for a whole window: back to one float
-            return now, True, limit - 1, window
         pos = ring[0]
         oldest = ring[pos]
         end = len(ring)
         if oldest <= cutoff:
             if end - _FIRST <= limit:  # the oldest slot has expired: reuse it
-                ring[pos] = ring[1] = now
+                ring[pos] = now
                 pos += 1
                 ring[0] = _FIRST if pos == end else pos
                 if not detail:
@@ -182,27 +183,35 @@ def slide(
     if log is None:
         return now, True, limit - 1, window
     single: float = log  # type: ignore[assignment]
-    if now < single:
-        now = single
-    elif single <= now - window:
+    if single <= now - window:
         return now, True, limit - 1, window
     if limit <= 1:
         return single, False, 0, _wait(single, window, now)
-    return [_FIRST, now, single, now], True, limit - 2, single + window - now
+    return [_FIRST, single, now], True, limit - 2, single + window - now
+
+
+def clamp(log: Log, now: float) -> float:
+    """``now``, or the newest time of ``log`` when the clock has stepped back
+    before it (see :func:`slide`)."""
+    last = log_last(log)
+    return last if now < last else now
 
 
 def _regrow(
     ring: Ring, now: float, limit: int, window: float, cutoff: float
 ) -> tuple[Log, bool, int, float]:
     """:func:`slide` when no slot can be reused: every slot is inside the
-    window (grow the ring), or the limit went down since the ring was built
-    (refuse, or rebuild it smaller).  O(limit), and rare."""
+    window (grow the ring), the limit went down since the ring was built
+    (refuse, or rebuild it smaller), or every time has expired (one float
+    again).  O(limit), and rare."""
     live = log_times(ring, cutoff)
     count = len(live)
     if count >= limit:  # the request that frees a slot is the first of the last `limit`
         return ring, False, 0, _wait(live[count - limit], window, now)
-    size = min(limit, max(2 * count, 2))
-    grown = [0, now, *live, now, *[_UNUSED] * (size - count - 1)]
+    if not count:
+        return now, True, limit - 1, window
+    size = min(limit, 2 * count)
+    grown = [0, *live, now, *[_UNUSED] * (size - count - 1)]
     grown[0] = _FIRST if count + 1 == size else _FIRST + count + 1
     return grown, True, limit - count - 1, live[0] + window - now
 
@@ -280,7 +289,10 @@ def log_last(log: Log) -> float:
     """Time of the newest recorded request (``-inf`` for an empty log)."""
     if isinstance(log, float):
         return log
-    return -math.inf if log is None else float(log[1])
+    if log is None:
+        return -math.inf
+    pos = log[0]
+    return float(log[pos - 1] if pos > _FIRST else log[-1])
 
 
 def streak(count: int, last: float, now: float, interval: float) -> int:

@@ -17,6 +17,7 @@ from mailguard.core import (
     Log,
     SystemClock,
     Verdict,
+    clamp,
     log_count,
     log_last,
     log_times,
@@ -48,7 +49,7 @@ def log_slots(log: Log) -> int:
         return 0
     if isinstance(log, float):
         return 1
-    return len(log) - 2  # a Ring: [pos, last, slots...]
+    return len(log) - 1  # a Ring: [pos, slots...]
 
 
 class Reference:
@@ -133,11 +134,11 @@ def test_slide_matches_reference_model_sorted(
         assert 0 < reset <= window
         # (e) the state holds exactly the allowed requests still in the window
         # (and may keep expired ones until their slot is reused), never more
-        # than `limit` slots, a bare float after an empty window
+        # than `limit` slots, a bare float while a key has been seen once
         items = log_items(log, ref.effective(now) - window)
         assert items == exp_inside
         assert log_slots(log) <= limit
-        if allowed and exp_inside == [now]:
+        if allowed and len(ref.allowed) == 1:
             assert type(log) is float
         if allowed:
             allowed_times.append(now)
@@ -224,7 +225,8 @@ def test_slide_waiting_reset_frees_a_slot_with_arbitrary_floats(
 def test_slide_clock_stepping_backwards(
     base: float, times: list[float], limit: int, window: float
 ) -> None:
-    """(f) unsorted times are clamped to the newest recorded time: the limit holds."""
+    """(f) unsorted times, clamped to the newest recorded time as the stores
+    do (:func:`clamp`): the limit holds."""
     times = [base + t for t in times]
     ref = Reference(limit, window)
     log: Log = None
@@ -233,7 +235,7 @@ def test_slide_clock_stepping_backwards(
     for now in times:
         high = max(high, now)
         exp_allowed, exp_remaining, exp_reset, exp_inside = ref.decide(now)
-        log, allowed, remaining, reset = slide(log, now, limit, window)
+        log, allowed, remaining, reset = slide(log, clamp(log, now), limit, window)
         assert allowed == exp_allowed
         assert remaining == exp_remaining
         assert reset == exp_reset
@@ -241,7 +243,7 @@ def test_slide_clock_stepping_backwards(
         assert items == exp_inside
         assert log_slots(log) <= limit
         assert log_items(log) == sorted(log_items(log))
-        if allowed and len(exp_inside) == 1:
+        if allowed and len(ref.allowed) == 1:
             assert type(log) is float
         if allowed:
             # an allowed request is recorded at the max-so-far time
@@ -323,7 +325,7 @@ def test_slide_state_is_a_float_even_for_integer_times(
         log, allowed, _, _ = slide(log, float(now), limit, window)
         assert allowed == exp_allowed
         assert log_items(log, now - window) == exp_inside
-        if allowed and len(exp_inside) == 1:
+        if allowed and len(ref.allowed) == 1:
             assert type(log) is float
 
 
@@ -362,15 +364,23 @@ def test_slide_limit_three_window_edge() -> None:
     assert log_items(results[-1][4], 0.25) == [0.5, 1.0, 1.25]
 
 
-def test_slide_state_collapses_to_float_when_window_empties() -> None:
+def test_slide_reuses_an_idle_ring_without_growing_it() -> None:
     log: Log = None
     for t in (0.0, 1.0, 2.0):
         log, *_ = slide(log, t, 5, 10.0)
     assert log.__class__ is not float
-    assert log_items(log) == [0.0, 1.0, 2.0]
+    assert log_items(log) == [0.0, 1.0, 2.0] and log_slots(log) == 4
     log, allowed, remaining, reset = slide(log, 100.0, 5, 10.0)
-    assert (log, allowed, remaining, reset) == (100.0, True, 4, 10.0)
-    assert type(log) is float
+    assert (allowed, remaining, reset) == (True, 4, 10.0)
+    assert log_items(log, 90.0) == [100.0] and log_slots(log) == 4
+
+
+def test_slide_goes_back_to_one_float_when_a_lower_limit_finds_nothing_live() -> None:
+    log: Log = None
+    for t in (0.0, 1.0, 2.0, 3.0, 4.0):
+        log, *_ = slide(log, t, 8, 10.0)
+    log, allowed, remaining, _ = slide(log, 100.0, 2, 10.0)
+    assert (log, allowed, remaining) == (100.0, True, 1)
 
 
 def test_slide_refused_request_is_not_recorded() -> None:
@@ -389,8 +399,8 @@ def test_slide_backwards_step_cannot_reopen_window() -> None:
     log: Log = None
     log, allowed, *_ = slide(log, 100.0, 1, 10.0)
     assert allowed
-    # the clock jumps back an hour: the request at 100 still counts
-    log, allowed, _, reset = slide(log, 100.0 - 3600, 1, 10.0)
+    # the clock jumps back an hour: clamped, the request at 100 still counts
+    log, allowed, _, reset = slide(log, clamp(log, 100.0 - 3600), 1, 10.0)
     assert not allowed
     assert reset == 10.0
     log, allowed, *_ = slide(log, 110.0, 1, 10.0)

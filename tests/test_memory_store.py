@@ -91,6 +91,39 @@ def test_hit_waiting_the_returned_wait_always_lets_the_next_request_in() -> None
                     clock.advance(step)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    times=st.lists(st.integers(min_value=0, max_value=400), max_size=80),
+    limit=st.integers(min_value=1, max_value=12),
+    window=st.integers(min_value=1, max_value=80),
+    detail=st.booleans(),
+)
+def test_hit_is_exact_even_when_the_clock_steps_back(
+    times: list[int], limit: int, window: int, detail: bool
+) -> None:
+    """Readings in any order: the store holds time at its latest reading, and
+    every decision is the brute-force one at that time (with or without detail)."""
+    store, clock = make()
+    span = window / 8
+    allowed: list[float] = []
+    latest = -1e300
+    for step in times:
+        clock.set(T0 + step / 8)
+        now = max(latest, clock())
+        latest = now
+        inside = [t for t in allowed if t > now - span]
+        code, remaining, wait = store.hit("dos", "k", limit, span, 0.0, detail)
+        if len(inside) < limit:
+            allowed.append(now)
+            assert code == OK
+            if detail or remaining != -1:
+                assert remaining == limit - len(inside) - 1
+        else:
+            assert (code, remaining) == (OVER, 0)
+            assert wait == inside[len(inside) - limit] + span - now
+    assert counters_consistent(store)
+
+
 def test_hit_without_jail_is_never_blocked() -> None:
     store, _ = make()
     for _ in range(2):

@@ -92,6 +92,7 @@ class MemoryStore(Store):
             maxsize=max_keys, ttu=_block_end, timer=self._clock
         )
         self._nblocks = 0  # blocks held, ended ones included until dropped (cheap to read)
+        self._latest = -math.inf  # the latest clock reading hit() has used
         self.dropped = 0
         """Blocks that could not be recorded because every key was a live block."""
 
@@ -189,6 +190,12 @@ class MemoryStore(Store):
         lock = self._lock
         lock.acquire()  # not ``with``: this runs on every request, and costs half as much
         try:
+            # Windows see time move forwards only (see core.slide): a clock
+            # that steps back is held at the latest reading.
+            if now < self._latest:
+                now = self._latest
+            else:
+                self._latest = now
             if jail > 0.0 and self._nblocks:
                 found = self._live_block(ns, key, now)
                 if found is not None:
