@@ -16,8 +16,10 @@ Bounds
     filter's login streaks).  A live block is never evicted: when every key
     is a live block, a new block is refused and counted in :attr:`dropped`.
     Memory: about 150 bytes per key seen once (measured by
-    ``benchmarks/core.py``), plus 8 bytes per extra request a key has inside
-    its window; the default of 100,000 keys is roughly 15-20 MB.
+    ``benchmarks/core.py``); a busier key holds a ring of at most its limit
+    slots, 8 bytes a slot plus 24 per recorded time (see
+    :data:`mailguard.core.Ring`); the default of 100,000 keys is roughly
+    15-20 MB when most keys are seen once.
 
 Time
     Every decision reads the store's clock (``time.time`` by default), so a
