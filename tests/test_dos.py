@@ -478,3 +478,34 @@ def test_steady_flood_is_one_episode(
         "mailguard dos refused client=203.0.113.7 key=203.0.113.7 limit=4/1s mode=reject",
         "mailguard dos calm client=203.0.113.7 key=203.0.113.7 refused=18",
     ]
+
+
+def test_the_client_alone_decides_unless_paths_or_a_key_func_matter() -> None:
+    assert DosPolicy().by_client
+    assert DosPolicy(safe_ips=["10.0.0.0/8"], headers=True).by_client
+    assert not DosPolicy(exempt_paths=["/health"]).by_client
+    assert not DosPolicy(key_func=lambda request: "everyone").by_client
+
+
+@pytest.mark.parametrize("options", [{}, {"headers": True}, {"safe_ips": ["10.0.0.0/8"]}])
+def test_client_face_and_request_face_agree(options: dict[str, Any]) -> None:
+    """check_client (the adapters' fast path) decides exactly as check(request)."""
+    from mailguard.request import WsgiRequest
+
+    verdicts = []
+    for face in ("client", "request"):
+        clock = FakeClock()
+        policy = DosPolicy(max_requests_per_sec=3, store=MemoryStore(clock=clock), **options)
+        seen = []
+        for step in range(40):
+            address = ("198.51.100.1", "198.51.100.2", "10.1.2.3")[step % 3]
+            client = policy.resolver.from_wsgi({"REMOTE_ADDR": address})
+            if face == "client":
+                verdict = policy.check_client(client)
+            else:
+                verdict = policy.check(WsgiRequest({"REMOTE_ADDR": address}, client))
+            seen.append(verdict)
+            clock.advance(0.05 if step % 7 else 0.6)
+        verdicts.append(seen)
+    assert verdicts[0] == verdicts[1]
+    assert any(not v.allowed for v in verdicts[0]) and any(v.allowed for v in verdicts[0])
