@@ -27,7 +27,8 @@ a longer pause starts the count over.
 
 Timestamps are seconds as floats from a *clock*, a zero-argument callable.  A
 clock that steps backwards (wall time under NTP) is clamped to the newest
-timestamp already recorded, so a step back can never reopen a window.
+timestamp already recorded (by the stores, or :func:`clamp`), so a step back
+can never reopen a window.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ miss.)  Unused slots hold ``-inf``, expired from the start.
 The ring holds the clock's own float objects (8 bytes a slot, plus 24 for
 each recorded time).  It starts with 2 slots and doubles (4, 8, ... never more
 than the limit) only when every slot is inside the window, so its size
-follows the busiest window its key has had; a ring whose times have all
-expired when it is next used goes back to one float.
+follows the busiest window its key has had while the key stays in use (a
+key idle for a window is among the first a store drops for room).
 """
 
 _FIRST = 1  # index of the first slot of a Ring
