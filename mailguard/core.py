@@ -38,20 +38,32 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
+    "BLOCKED",
+    "BUSY",
+    "JAILED",
+    "NO_STREAK",
+    "OK",
+    "OVER",
     "Block",
     "Clock",
     "FakeClock",
     "Log",
+    "Offences",
     "Ring",
+    "Streak",
     "SystemClock",
     "Verdict",
+    "begin_attempt",
     "clamp",
+    "end_attempt",
     "log_count",
     "log_last",
     "log_times",
+    "outlasts",
+    "penalty",
     "retry_after",
     "slide",
     "streak",
@@ -364,3 +376,142 @@ class Verdict:
 
 ALLOW = Verdict(True)
 """The verdict for a request a filter has nothing to say about."""
+
+
+# ------------------------------------------------------------ login rules
+# The answers of a store's primitives (see mailguard.stores.base, which
+# re-exports them): what a rule decided, as a small int a Lua script returns too.
+OK = 0
+"""Allowed (and, for an attempt, a slot was taken)."""
+OVER = 1
+"""Over the limit; the wait is the time until a slot frees."""
+JAILED = 2
+"""Over the limit, and this decision made a block."""
+BLOCKED = 3
+"""A live block refused it; the wait is the time the block has left."""
+BUSY = 4
+"""An attempt: enough are failed or under way that one more could pass the limit."""
+
+
+class Streak(NamedTuple):
+    """One key's failure streak and its attempts under way (a login's record).
+
+    ``failures`` failures, the latest at ``last`` (``-inf``: none), each within
+    the interval of the one before; ``pending`` attempts have begun and not
+    ended, the latest of them holding its slot until ``pending_until``.
+    """
+
+    failures: int = 0
+    last: float = -math.inf
+    pending: int = 0
+    pending_until: float = 0.0
+
+    def expires(self, interval: float) -> float:
+        """The first time at which this record no longer matters: its streak
+        has lapsed (a failure then would start a new one) and no slot is held.
+        A store may forget the record from then on."""
+        held = self.pending_until if self.pending else -math.inf
+        ends = self.last + interval
+        while ends - self.last <= interval:  # rounding: step up until it has lapsed
+            ends = math.nextafter(ends, math.inf)
+        return ends if ends > held else held
+
+
+NO_STREAK = Streak()
+
+
+def begin_attempt(
+    record: Streak | None, now: float, limit: int, interval: float, pending_ttl: float
+) -> tuple[Streak, int, int, float]:
+    """Begin a guarded attempt (a login): ``(record, code, remaining, wait)``.
+
+    A streak that has lapsed (its last failure more than ``interval`` ago)
+    counts 0, and so do slots whose ``pending_until`` has passed.  When the
+    failures plus the attempts under way already reach ``limit`` the answer is
+    ``BUSY`` (wait 1 s: an attempt under way may end any moment); otherwise
+    the attempt takes a slot, held for ``pending_ttl`` seconds at most, and
+    ``remaining`` is how many more could begin now.  A live block is checked
+    by the store before this rule (blocks are records of their own).
+    """
+    count, last, pending, pending_until = NO_STREAK if record is None else record
+    if now - last > interval:
+        count = 0
+    if pending and now >= pending_until:
+        pending = 0
+    if count + pending >= limit:
+        return Streak(count, last, pending, pending_until), BUSY, 0, 1.0
+    pending += 1
+    return Streak(count, last, pending, now + pending_ttl), OK, limit - count - pending, 0.0
+
+
+def end_attempt(
+    record: Streak | None,
+    now: float,
+    failed: bool,
+    limit: int,
+    interval: float,
+    reset: bool = False,
+) -> tuple[Streak | None, bool, int]:
+    """End an attempt begun by :func:`begin_attempt`: ``(record, reached, streak)``.
+
+    The slot is given back (a slot already lapsed is not given back twice).
+    ``reset`` (a success, when successes reset) or a lapsed streak starts the
+    count over; a failure extends the streak (:func:`streak`).  ``reached``
+    says the streak has just reached ``limit``: the caller blocks the key
+    (for :func:`penalty` seconds, never shortening a later block, see
+    :func:`outlasts`) and the streak starts over, so ``streak`` is then 0.
+    The record is None when nothing is left to remember.
+    """
+    count, last, pending, pending_until = NO_STREAK if record is None else record
+    if pending and now < pending_until:
+        pending -= 1
+    else:
+        pending = 0
+    if reset or now - last > interval:
+        count = 0
+    reached = False
+    if failed:
+        count = streak(count, last, now, interval)
+        last = now
+        if count >= limit:
+            reached = True
+            count, last = 0, -math.inf
+    if not count and not pending:
+        return None, reached, 0
+    return Streak(count, last, pending, pending_until), reached, count
+
+
+Offences = tuple[float, int]
+"""A key's recent blocks: ``(expires, count)``, the chain of blocks each begun
+within the memory of the one before."""
+
+
+def penalty(
+    record: Offences | None,
+    now: float,
+    base: float,
+    factor: float,
+    cap: float,
+    memory: float,
+) -> tuple[Offences | None, float]:
+    """A repeat offender's block: ``(record, seconds)``.
+
+    ``base * factor ** earlier``, where ``earlier`` counts the key's blocks in
+    an unbroken chain, each begun within ``memory`` seconds of the one before;
+    capped at ``cap`` when ``cap > 0``.  With ``factor <= 1`` or no memory the
+    record is not kept (returned as given) and the block is ``base``.
+    """
+    if factor <= 1.0 or memory <= 0.0:
+        return record, base
+    earlier = record[1] if record is not None and record[0] > now else 0
+    seconds = base * factor**earlier
+    if cap > 0 and seconds > cap:
+        seconds = cap
+    return (now + memory, earlier + 1), seconds
+
+
+def outlasts(held_until: float | None, now: float, seconds: float) -> bool:
+    """Whether a new block of ``seconds`` from ``now`` should replace the one
+    held until ``held_until`` (None: none): a live block that ends later (an
+    admin's, say) is never shortened."""
+    return held_until is None or held_until <= now or held_until < now + seconds

@@ -27,15 +27,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..core import Block
+from ..core import BLOCKED, BUSY, JAILED, OK, OVER, Block
 
 __all__ = ["BLOCKED", "BUSY", "JAILED", "OK", "OVER", "Store", "StoreError"]
-
-OK = 0
-OVER = 1
-JAILED = 2
-BLOCKED = 3
-BUSY = 4
 
 
 class StoreError(Exception):

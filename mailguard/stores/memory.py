@@ -44,13 +44,16 @@ from ..core import (
     FakeClock,
     Log,
     SystemClock,
+    begin_attempt,
+    end_attempt,
     log_count,
     log_last,
+    outlasts,
+    penalty,
     slide,
-    streak,
     wait_until,
 )
-from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store
+from .base import BLOCKED, JAILED, OK, OVER, Store
 
 __all__ = ["MemoryStore"]
 
@@ -258,26 +261,11 @@ class MemoryStore(Store):
                 if not self._room(space, ns, now):
                     return OK, limit - 1, 0.0
                 self._counters += 1
-                count, last, pending, pending_until = 0, -math.inf, 0, 0.0
-            else:
-                _, count, last, pending, pending_until = state
-            if now - last > interval:
-                count = 0
-            if pending and now >= pending_until:
-                pending = 0
-            if count + pending >= limit:
-                space[key] = (
-                    max(last + interval, pending_until),
-                    count,
-                    last,
-                    pending,
-                    pending_until,
-                )
-                return BUSY, 0, 1.0
-            pending += 1
-            pending_until = now + pending_ttl
-            space[key] = (max(last + interval, pending_until), count, last, pending, pending_until)
-            return OK, limit - count - pending, 0.0
+            record, code, remaining, wait = begin_attempt(
+                None if state is None else state[1], now, limit, interval, pending_ttl
+            )
+            space[key] = (record.expires(interval), record)
+            return code, remaining, wait
 
     def settle(
         self,
@@ -297,40 +285,21 @@ class MemoryStore(Store):
         with self._lock:
             space = self._space(ns, 0.0)
             state = space.pop(key, None)
-            if state is None:
-                count, last, pending, pending_until = 0, -math.inf, 0, 0.0
-            else:
+            if state is not None:
                 self._counters -= 1
-                _, count, last, pending, pending_until = state
-            if pending and now < pending_until:
-                pending -= 1
-            else:
-                pending = 0
-            if reset or now - last > interval:  # a streak that has lapsed counts 0
-                count = 0
+            record, reached, streak_now = end_attempt(
+                None if state is None else state[1], now, failed, limit, interval, reset
+            )
             code, blocked_for = OK, 0.0
-            if failed:
-                count = streak(count, last, now, interval)
-                last = now
-                if count >= limit:
-                    code, blocked_for = (
-                        JAILED,
-                        self._penalty(ns, key, now, block_for, factor, max_block, memory),
-                    )
-                    held = self._live_block(ns, key, now)
-                    if held is None or held.until < now + blocked_for:  # never shorten one
-                        self._put_block(ns, key, now, blocked_for, "failures")
-                    count, last = 0, -math.inf
-            streak_now = count
-            if (count or pending) and self._room(space, ns, now):
+            if reached:
+                code = JAILED
+                blocked_for = self._penalty(ns, key, now, block_for, factor, max_block, memory)
+                held = self._live_block(ns, key, now)
+                if outlasts(None if held is None else held.until, now, blocked_for):
+                    self._put_block(ns, key, now, blocked_for, "failures")
+            if record is not None and self._room(space, ns, now):
                 self._counters += 1
-                space[key] = (
-                    max(last + interval, pending_until if pending else -math.inf),
-                    count,
-                    last,
-                    pending,
-                    pending_until,
-                )
+                space[key] = (record.expires(interval), record)
             return code, streak_now, blocked_for
 
     def _penalty(
@@ -338,18 +307,16 @@ class MemoryStore(Store):
     ) -> float:
         if factor <= 1.0 or memory <= 0.0:
             return base
-        space = self._space(ns + "!offences", memory)
-        state = space.pop(key, None)
-        if state is None:
-            earlier = 0
-            if not self._room(space, ns + "!offences", now):
+        offences = ns + "!offences"
+        space = self._space(offences, memory)
+        record = space.pop(key, None)
+        if record is None:
+            if not self._room(space, offences, now):
                 return base
             self._counters += 1
-        else:
-            earlier = state[1] if state[0] > now else 0
-        space[key] = (now + memory, earlier + 1)
-        seconds = base * factor**earlier
-        return min(seconds, cap) if cap > 0 else seconds
+        record, seconds = penalty(record, now, base, factor, cap, memory)
+        space[key] = record
+        return seconds
 
     def swap(self, ns: str, key: str, value: str, ttl: float) -> str | None:
         now = self._clock()
