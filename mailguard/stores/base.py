@@ -1,10 +1,17 @@
 """The store protocol: where counters and blocks live.
 
-A store offers a handful of atomic primitives.  Each is one lock section in
+A store keeps records and applies a rule to one of them atomically; it
+decides nothing itself.  Each primitive is one lock section in
 :class:`~mailguard.MemoryStore` and one Lua script (one round trip) in
-:class:`~mailguard.RedisStore`, and both follow exactly the rules in
-:mod:`mailguard.core`.  Stores know nothing of logins, devices or HTTP: the
-policies compose these primitives.
+:class:`~mailguard.RedisStore`, applying a pure function of
+:mod:`mailguard.core` to the key's record: :func:`~mailguard.core.slide`
+(``hit``, ``peek``), :func:`~mailguard.core.begin_attempt` (``attempt``),
+:func:`~mailguard.core.end_attempt` with :func:`~mailguard.core.penalty` and
+:func:`~mailguard.core.outlasts` (``settle``).  Besides that a store keeps
+blocks and swap values with their expiry, and lists and lifts blocks.  It
+knows nothing of logins, devices or HTTP: the policies compose these
+primitives, and ``tests/test_store_conformance.py`` holds every store to the
+core functions (a new store must pass it).
 
 Every primitive takes a namespace ``ns`` (one per filter: ``"dos"``,
 ``"login"``, ``"device"``, ...) and a ``key`` inside it, so several filters

@@ -1,5 +1,6 @@
 -- mailguard attempt: begin a guarded attempt (a login) of (ns, key).
--- Mirrors MemoryStore.attempt exactly.  (lib.lua first.)
+-- Applies mailguard.core.begin_attempt (after the block check), line for line;
+-- tests/test_store_conformance.py holds it to that function.  (lib.lua first.)
 --
 -- KEYS[1]  the streak: a string 'count last pending pending_until'
 --          (last is 'n' when there is none)

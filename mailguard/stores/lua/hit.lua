@@ -1,5 +1,6 @@
 -- mailguard hit: count one request of (ns, key) in a sliding window.
--- Mirrors mailguard.core.slide and MemoryStore.hit exactly.  (lib.lua first.)
+-- Applies mailguard.core.slide (and the jail: a refusal blocks and forgets the
+-- window); tests/test_store_conformance.py holds it to that.  (lib.lua first.)
 --
 -- KEYS[1]  the window: a list of the allowed requests' times, oldest first
 -- KEYS[2]  the block hash of the same (ns, key) (only given when jail > 0)

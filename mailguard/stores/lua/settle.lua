@@ -1,5 +1,6 @@
 -- mailguard settle: end an attempt of (ns, key) begun by attempt.lua.
--- Mirrors MemoryStore.settle and MemoryStore._penalty exactly.  (lib.lua first.)
+-- Applies mailguard.core.end_attempt, penalty and outlasts, line for line;
+-- tests/test_store_conformance.py holds it to them.  (lib.lua first.)
 --
 -- KEYS[1]  the streak string (see attempt.lua)
 -- KEYS[2]  the block hash of the same (ns, key)
