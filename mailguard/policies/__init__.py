@@ -5,6 +5,6 @@ from __future__ import annotations
 from .base import Policy
 from .device import DeviceJailPolicy
 from .dos import DosPolicy
-from .login import InvalidLoginPolicy
+from .login import InvalidLoginPolicy, Outcome
 
-__all__ = ["DeviceJailPolicy", "DosPolicy", "InvalidLoginPolicy", "Policy"]
+__all__ = ["DeviceJailPolicy", "DosPolicy", "InvalidLoginPolicy", "Outcome", "Policy"]

@@ -115,10 +115,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from ..core import ALLOW, Block, Verdict, retry_after
+from ..identity import Client
 from ..options import duration, positive_int, strings, whole
 from ..presets import preset_options
 from ..request import Request
@@ -127,7 +129,7 @@ from ..stores.guard import StoreDown
 from .base import Policy
 from .steps import Steps, arun, call, run
 
-__all__ = ["InvalidLoginPolicy", "LoginVerdict", "basic_account", "normalize_account"]
+__all__ = ["InvalidLoginPolicy", "LoginVerdict", "Outcome", "basic_account", "normalize_account"]
 
 _log = logging.getLogger("mailguard.login")
 
@@ -160,6 +162,19 @@ class LoginVerdict(Verdict):
 
     account: str = ""
     credentials: bool = False
+    protocol: str = "http"
+
+
+class Outcome(str, Enum):
+    """How an attempt ended, as a front tells :meth:`InvalidLoginPolicy.end`."""
+
+    FAILED = "failed"
+    """Wrong credentials: counts towards the address's block."""
+    SUCCEEDED = "succeeded"
+    """The login worked (resets the streak when ``reset_on_success``)."""
+    UNKNOWN = "unknown"
+    """Nothing to tell (the backend failed, the client went away): the slot is
+    given back, nothing is counted."""
 
 
 class _Attempt(NamedTuple):
@@ -676,7 +691,7 @@ class InvalidLoginPolicy(Policy):
             self.emit("refused", key, seconds=wait)
         return Verdict(False, "blocked", key, retry_after=wait)
 
-    def admit(self, key: str, found: _Attempt, seen: int) -> Verdict:
+    def admit(self, key: str, found: _Attempt, seen: int, protocol: str = "http") -> Verdict:
         """The verdict of an attempt that got a slot; ``seen``: its account's failures."""
         delay = 0.0
         if self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
@@ -691,6 +706,7 @@ class InvalidLoginPolicy(Policy):
             watch=True,
             account=found.account or "",
             credentials=found.credentials,
+            protocol=protocol,
         )
 
     def outcome(
@@ -737,9 +753,16 @@ class InvalidLoginPolicy(Policy):
         code, streak, blocked_for = answer
         key = verdict.key
         quoted = frozenset({"account"})
+        # a login that did not come over HTTP says which door it came through
+        via: dict[str, Any] = {} if verdict.protocol == "http" else {"protocol": verdict.protocol}
         if code == JAILED:
             self.emit(
-                "failure", key, quoted=quoted, account=verdict.account, streak=self._of(self.limit)
+                "failure",
+                key,
+                quoted=quoted,
+                account=verdict.account,
+                streak=self._of(self.limit),
+                **via,
             )
             self.emit(
                 "blocked",
@@ -748,10 +771,16 @@ class InvalidLoginPolicy(Policy):
                 account=verdict.account,
                 seconds=math.ceil(blocked_for),
                 failures=self.limit,
+                **via,
             )
         else:
             self.emit(
-                "failure", key, quoted=quoted, account=verdict.account, streak=self._of(streak)
+                "failure",
+                key,
+                quoted=quoted,
+                account=verdict.account,
+                streak=self._of(streak),
+                **via,
             )
         if account_answer is not None:
             code, remaining, _ = account_answer
@@ -764,6 +793,7 @@ class InvalidLoginPolicy(Policy):
                     account=verdict.account,
                     failures=self.tarpit_after,
                     delay=self.tarpit_delay,
+                    **via,
                 )
 
     def _of(self, count: int) -> str:
@@ -821,10 +851,13 @@ class InvalidLoginPolicy(Policy):
     ) -> Steps[Verdict]:
         """The store's part of ``check``: a login attempt, or (``found`` None)
         any request of an address under ``block_scope="all"``."""
-        key = request.client.key
         if found is None:
-            block = yield call("get_block", self.namespace, key)
+            block = yield call("get_block", self.namespace, request.client.key)
             return self.judge_block(request, block, 0.0 if block is None else clock())
+        return (yield from self._begin(request.client.key, found, "http"))
+
+    def _begin(self, key: str, found: _Attempt, protocol: str) -> Steps[Verdict]:
+        """Begin a login attempt of ``key``: a slot, or a refusal."""
         code, _, wait = yield call(
             "attempt", self.namespace, key, self.limit, self.interval, self.pending_ttl
         )
@@ -834,12 +867,85 @@ class InvalidLoginPolicy(Policy):
         seen = 0
         if self.tarpit_after and found.account:
             seen = yield call("peek", self.account_namespace, found.account, self.interval)
-        verdict = self.admit(key, found, seen)
+        verdict = self.admit(key, found, seen, protocol)
         if not verdict.allowed:  # the tarpit is full: give the slot back
             yield call(
                 "settle", self.namespace, key, False, self.limit, self.interval, self.block_duration
             )
         return verdict
+
+    # ------------------------------------------------- any protocol's logins
+    def _ticket_for(
+        self, client: Client, account: str | None, credentials: bool
+    ) -> _Attempt | None:
+        if self.any_safe and self.is_safe(client):
+            return None
+        name = normalize_account(account) if account else None
+        return _Attempt(name, credentials or name is not None, False)
+
+    def client_of(self, address: Client | str | None) -> Client:
+        """``address`` as this filter counts it: a :class:`Client` as given;
+        an address string as the connection's peer (IPv6 grouped by
+        ``ipv6_prefix``; no forwarding header is ever read)."""
+        if isinstance(address, Client):
+            return address
+        return self.resolver.resolve(address, ())
+
+    def begin(
+        self,
+        client: Client | str,
+        account: str | None = None,
+        protocol: str = "http",
+        *,
+        credentials: bool = True,
+    ) -> Verdict:
+        """Begin a login of ``account`` from ``client`` over ``protocol``.
+
+        The seam for logins that are not HTTP requests (IMAP, POP3 and SMTP
+        through Dovecot's auth policy or nginx's ``auth_http``): the answer is
+        a refusal (``allowed`` false, with ``retry_after``), or a ticket
+        (a :class:`LoginVerdict`; ``delay`` > 0 asks the caller to hold the
+        login that long first, the account tarpit) to hand to :meth:`end`
+        once the outcome is known.  An address in ``safe_ips`` gets a plain
+        allowed verdict, which :meth:`end` ignores.  Every ticket must be
+        ended, or it holds its slot for ``attempt_timeout`` seconds.
+        """
+        who = self.client_of(client)
+        found = self._ticket_for(who, account, credentials)
+        if found is None:
+            return ALLOW
+        return run(self._begin(who.key, found, protocol), self.store)
+
+    async def abegin(
+        self,
+        client: Client | str,
+        account: str | None = None,
+        protocol: str = "http",
+        *,
+        credentials: bool = True,
+    ) -> Verdict:
+        """:meth:`begin` for asyncio."""
+        who = self.client_of(client)
+        found = self._ticket_for(who, account, credentials)
+        if found is None:
+            return ALLOW
+        return await arun(self._begin(who.key, found, protocol), self.store)
+
+    def end(self, ticket: Verdict, outcome: Outcome | str) -> None:
+        """End the attempt ``ticket`` (from :meth:`begin`) with its outcome.
+
+        Gives the slot back and, for :attr:`Outcome.FAILED`, counts the
+        failure (and blocks the address at ``max_failed_logins``).  Anything
+        but a ticket (a refusal, a safe address's verdict) is ignored, so a
+        front can end whatever it began.
+        """
+        if isinstance(ticket, LoginVerdict):
+            run(self._end(ticket, Outcome(outcome)), self.store)
+
+    async def aend(self, ticket: Verdict, outcome: Outcome | str) -> None:
+        """:meth:`end` for asyncio."""
+        if isinstance(ticket, LoginVerdict):
+            await arun(self._end(ticket, Outcome(outcome)), self.store)
 
     # ------------------------------------------------------------ responses
     def finish(
@@ -857,8 +963,16 @@ class InvalidLoginPolicy(Policy):
     def _settle(
         self, verdict: LoginVerdict, status: int | None, headers: Mapping[str, str]
     ) -> Steps[None]:
-        """The store's part of ``finish``: release the slot, count a failure."""
+        """The store's part of ``finish``: the response told the outcome."""
         failed, succeeded = self.outcome(verdict, status, headers)
+        if failed:
+            return (yield from self._end(verdict, Outcome.FAILED))
+        return (yield from self._end(verdict, Outcome.SUCCEEDED if succeeded else Outcome.UNKNOWN))
+
+    def _end(self, verdict: LoginVerdict, outcome: Outcome) -> Steps[None]:
+        """Release the slot, count a failure."""
+        failed = outcome is Outcome.FAILED
+        succeeded = outcome is Outcome.SUCCEEDED
         try:
             answer = yield call(
                 "settle",
