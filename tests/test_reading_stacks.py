@@ -180,3 +180,32 @@ def test_activesync_user_spellings_share_one_jail(kind: str, store: MemoryStore)
         assert jail.request(f"/Microsoft-Server-ActiveSync?{SYNC}&User={quote(user)}")[0] == 200
     assert jail.request(f"/Microsoft-Server-ActiveSync?{SYNC}&User=victim")[0] == 503
     assert [b.key for b in store.blocks("device")] == ["abc/victim"]
+
+
+def test_php_parameter_names_when_the_policy_asks(kind: str) -> None:
+    """``php_forms`` (for PHP presets): ``.task`` is PHP's ``_task``, in body and query."""
+    made: list[Any] = []
+
+    def wrap(app: Any) -> Any:
+        made.append(FILTERS[kind].InvalidLoginFilter(
+            app, login_paths=["*"], login_fields={"_task": "login"}, failure_statuses=(200,),
+            on_event=events.append, store=MemoryStore(clock=FakeClock(start=1.7e9)),
+        ))  # fmt: skip
+        return made[-1]
+
+    events: list[Event] = []
+    guard = STACKS[kind](wrap)
+    guard.request("/", method="POST", headers=FORM, body=b".task=login&_user=Alice")
+    assert failures(events) == []  # a non-PHP application sees ".task", no login
+    made[-1].policy.php_forms = True
+    guard.request("/", method="POST", headers=FORM, body=b".task=login&_user=Alice")
+    guard.request("/?%2Etask=login", method="POST", headers=FORM, body=b"_user=Bob")
+    assert failures(events) == ["alice", "bob"]
+
+
+def test_a_preset_turns_php_names_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailguard.policies.login as login_module
+
+    monkeypatch.setattr(login_module, "preset_options", lambda name: {"php_forms": True})
+    assert login_module.InvalidLoginPolicy(preset="php-app").php_forms
+    assert not login_module.InvalidLoginPolicy().php_forms
