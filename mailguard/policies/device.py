@@ -40,9 +40,9 @@ Knowing the device
     ``"/Microsoft-Server-ActiveSync"`` is that path in any case, with or
     without a trailing ``/``, and not ``/Microsoft-Server-ActiveSyncX``;
     ``"/eas/"`` is ``/eas`` and everything below it; ``"/eas*"`` a prefix.
-    The query is parsed at most once per
-    request and only on ``paths``; any other request costs a path compare and,
-    unless ``header_paths=[]``, one header lookup: no parsing, no store call.
+    The query is parsed at most once per request and only on ``paths``; any
+    other request costs a path compare and, unless ``header_paths=[]``, one
+    header lookup: no parsing, no store call.
 
 Knowing the account
     The Basic-auth user of the ``Authorization`` header (broken base64 gives
@@ -50,9 +50,9 @@ Knowing the account
     ``User`` parameter.  Both go through the one account normalizer
     (:func:`mailguard.reading.normalize_account`: NFKC, case-folded, trimmed,
     cut at a NUL, a ``DOMAIN\\`` prefix removed), so ``CORP\\JDoe``,
-    ``JDOE`` and ``jdoe`` are one account.  Neither is verified here (the filter runs before
-    the login), which is why the account only ever splits one device's jail
-    and never joins two devices into one.
+    ``JDOE`` and ``jdoe`` are one account.  Neither is verified here (the
+    filter runs before the login), which is why the account only ever splits
+    one device's jail and never joins two devices into one.
 
 Key format
     With ``per_account=True`` (default) a device is jailed per account:
@@ -237,7 +237,8 @@ class DeviceJailPolicy(Policy):
         case; end an entry with ``/`` to take everything below it too).
     :param header_paths: where an ``X-Device-Id`` header identifies a device:
         None (default) for every path, a list of paths to narrow it (as
-        ``paths``), ``[]`` to ignore the header.  On ``paths`` the query's ``DeviceId`` wins.
+        ``paths``), ``[]`` to ignore the header.  On ``paths`` the query's
+        ``DeviceId`` wins.
     :param per_account: jail a device per account (default True); the key
         is then ``"<device>/<account>"``.
     :param device_func: a callable taking the
