@@ -658,13 +658,15 @@ def test_basic_auth_user_is_decoded_safely() -> None:
     assert basic_auth_user(basic("CORP\\JDoe")) == "jdoe"
     assert basic_auth_user("basic " + base64.b64encode(b"J\xc3\xa9:pw").decode()) == "j\u00e9"
     assert basic_auth_user(basic("a:b", "c")) == "a"  # the user ends at the first colon
+    # not UTF-8: read as Latin-1, as the login filter reads it (issue #12; was None)
+    latin1 = "Basic " + base64.b64encode(b"\xff\xfe:pw").decode()
+    assert basic_auth_user(latin1) == "\u00ff\u00fe"
     bad = [
         None,
         "",
         "Bearer abc",
         "Basic",
         "Basic !!!!",
-        "Basic " + base64.b64encode(b"\xff\xfe:pw").decode(),  # not UTF-8
         "Basic " + base64.b64encode(b"nocolon").decode(),
         "Basic " + base64.b64encode(b":pw").decode(),
         "Basic " + base64.b64encode(b"CORP\\:pw").decode(),

@@ -37,13 +37,10 @@ from mailguard.identity import ClientResolver
 from mailguard.policies.login import (
     InvalidLoginPolicy,
     LoginVerdict,
-    _body_fields,
-    _json_fields,
-    _multipart_fields,
-    _Paths,
     basic_account,
     normalize_account,
 )
+from mailguard.reading import PathRule, json_fields, multipart_fields, request_body_fields
 from mailguard.request import AsgiRequest, Request
 from mailguard.stores.memory import MemoryStore
 
@@ -938,12 +935,12 @@ def test_requests_that_are_not_logins_cost_nothing(
     ],
 )
 def test_path_matching(path: str, hit: bool) -> None:
-    assert _Paths("login_paths", ["/login", "/dav/*", "/"]).match(path) is hit
+    assert PathRule("login_paths", ["/login", "/dav/*", "/"], protective=True).match(path) is hit
 
 
 def test_star_matches_every_path_and_empty_matches_none() -> None:
-    assert _Paths("p", ["*"]).match("/anything/at/all")
-    assert not _Paths("p", []).match("/login")
+    assert PathRule("p", ["*"], protective=True).match("/anything/at/all")
+    assert not PathRule("p", [], protective=True).match("/login")
 
 
 @pytest.mark.parametrize(
@@ -970,9 +967,10 @@ def test_basic_account() -> None:
 
 
 def test_json_and_multipart_parsers_directly() -> None:
-    assert _json_fields(b'{"user": "a", "user": "b"}') == {"user": ["a", "b"]}
-    assert _json_fields(b"[" * 100_000) == {}
-    fields, closed = _multipart_fields(
+    assert json_fields(b'{"user": "a", "user": "b"}') == ({"user": ["a", "b"]}, True)
+    # malformed (here: deeper than any parser recursion) is "cannot tell" (issue #13)
+    assert json_fields(b"[" * 100_000) == ({}, False)
+    fields, closed = multipart_fields(
         b"--q\r\nContent-Disposition: form-data; name=user\r\n\r\nx\r\n--q--",
         'multipart/form-data; boundary="q"',
     )
@@ -990,7 +988,7 @@ def test_body_not_buffered_counts_as_unseen() -> None:
         "headers": [(b"content-type", b"application/json"), (b"content-length", b"10")],
     }
     request = AsgiRequest(raw, policy.resolver.from_asgi(raw))
-    assert _body_fields(request, 100) == ({}, False)
+    assert request_body_fields(request, 100) == ({}, False)
 
 
 def test_login_fields_match_the_query_or_the_body(kind: str, events: Events) -> None:

@@ -35,20 +35,24 @@ Knowing the device
        lowercased, everything but letters and digits dropped, 1 to 32
        characters left; several header lines must agree).
 
-    Paths match case-insensitively (clients vary in case) and by whole
-    segments: ``/Microsoft-Server-ActiveSync`` matches itself and anything
-    below ``/Microsoft-Server-ActiveSync/``, not
-    ``/Microsoft-Server-ActiveSyncX``.  The query is parsed at most once per
-    request and only on ``paths``; any other request costs a path compare and,
-    unless ``header_paths=[]``, one header lookup: no parsing, no store call.
+    Paths follow the one path rule of :mod:`mailguard.reading`, matched
+    generously (clients vary in case and spelling):
+    ``"/Microsoft-Server-ActiveSync"`` is that path in any case, with or
+    without a trailing ``/``, and not ``/Microsoft-Server-ActiveSyncX``;
+    ``"/eas/"`` is ``/eas`` and everything below it; ``"/eas*"`` a prefix.
+    The query is parsed at most once per request and only on ``paths``; any
+    other request costs a path compare and, unless ``header_paths=[]``, one
+    header lookup: no parsing, no store call.
 
 Knowing the account
-    The Basic-auth user of the ``Authorization`` header (broken base64 or
-    non-UTF-8 text gives none), else the ActiveSync ``User`` parameter.  Both
-    are lowercased and lose a ``DOMAIN\\`` prefix, so ``CORP\\JDoe`` and
-    ``jdoe`` are one account.  Neither is verified here (the filter runs before
-    the login), which is why the account only ever splits one device's jail
-    and never joins two devices into one.
+    The Basic-auth user of the ``Authorization`` header (broken base64 gives
+    none; a user that is not UTF-8 is read as Latin-1), else the ActiveSync
+    ``User`` parameter.  Both go through the one account normalizer
+    (:func:`mailguard.reading.normalize_account`: NFKC, case-folded, trimmed,
+    cut at a NUL, a ``DOMAIN\\`` prefix removed), so ``CORP\\JDoe``,
+    ``JDOE`` and ``jdoe`` are one account.  Neither is verified here (the
+    filter runs before the login), which is why the account only ever splits
+    one device's jail and never joins two devices into one.
 
 Key format
     With ``per_account=True`` (default) a device is jailed per account:
@@ -88,7 +92,6 @@ Carbonio's own filter; the jail ends by itself and an admin can lift it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import re
@@ -100,7 +103,7 @@ from urllib.parse import quote
 from ..activesync import NO_DEVICE, ActiveSyncRequest, parse_query
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..options import duration, positive_int
-from ..options import paths as check_paths
+from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule
 from ..request import Request
 from ..stores.base import JAILED, OK
 from .base import Policy
@@ -165,32 +168,19 @@ def header_device_id(value: str | None) -> str | None:
 
 
 def normalise_account(name: str | None) -> str | None:
-    """``CORP\\JDoe`` -> ``jdoe``: lowercased, without a ``DOMAIN\\``; None if empty."""
-    if not name:
-        return None
-    account = name.rpartition("\\")[2].strip().lower()
-    return account or None
+    """``CORP\\JDoe`` -> ``jdoe``: :func:`mailguard.reading.normalize_account`."""
+    return DEFAULT_ACCOUNTS.normalize(name)
 
 
 def basic_auth_user(value: str | None) -> str | None:
     """The normalised user of an ``Authorization: Basic`` header, or None.
 
-    Anything broken (another scheme, bad base64, text that is not UTF-8, no
-    ``:``, an over-long header) gives None; this never raises.
+    :meth:`mailguard.reading.AccountRule.authorization` with the default rule:
+    anything broken (another scheme, bad base64, no ``:``, an over-long
+    header) gives None; a user that is not UTF-8 is read as Latin-1; this
+    never raises.
     """
-    if not value or len(value) > _MAX_HEADER_CHARS:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        text = base64.b64decode(token.strip().encode("ascii"), validate=True).decode("utf-8")
-    except ValueError:  # binascii.Error, UnicodeEncodeError and UnicodeDecodeError
-        return None
-    user, colon, _ = text.partition(":")
-    if not colon:
-        return None
-    return normalise_account(user)
+    return DEFAULT_ACCOUNTS.authorization(value)
 
 
 def account_key(account: str) -> str:
@@ -233,23 +223,6 @@ class Device:
     on_paths: bool
 
 
-class _Paths:
-    """Case-insensitive, segment-aware path prefixes."""
-
-    __slots__ = ("exact", "prefixes")
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        bases = [entry.lower().rstrip("/") for entry in entries]
-        self.exact = frozenset(base for base in bases if base)
-        self.prefixes = tuple(base + "/" for base in bases)
-
-    def match(self, path: str) -> bool:
-        if not self.prefixes:
-            return False
-        low = path.lower()
-        return low in self.exact or low.startswith(self.prefixes)
-
-
 # -------------------------------------------------------------------- policy
 class DeviceJailPolicy(Policy):
     """Per-device request cap with a jail.  Options as in :class:`Policy`, plus:
@@ -259,11 +232,13 @@ class DeviceJailPolicy(Policy):
     :param time_window: the sliding window, in seconds (default 30).
     :param jail_duration: how long a jail lasts, in seconds (default 600).
     :param paths: where ActiveSync requests arrive and their query is read
-        (default ``["/Microsoft-Server-ActiveSync"]``); case-insensitive,
-        whole-segment prefixes.
+        (default ``["/Microsoft-Server-ActiveSync"]``), as
+        :class:`~mailguard.reading.PathRule` reads them (generously: any
+        case; end an entry with ``/`` to take everything below it too).
     :param header_paths: where an ``X-Device-Id`` header identifies a device:
-        None (default) for every path, a list of prefixes to narrow it, ``[]``
-        to ignore the header.  On ``paths`` the query's ``DeviceId`` wins.
+        None (default) for every path, a list of paths to narrow it (as
+        ``paths``), ``[]`` to ignore the header.  On ``paths`` the query's
+        ``DeviceId`` wins.
     :param per_account: jail a device per account (default True); the key
         is then ``"<device>/<account>"``.
     :param device_func: a callable taking the
@@ -283,6 +258,9 @@ class DeviceJailPolicy(Policy):
     """
 
     kind = "device"
+
+    accounts: AccountRule = DEFAULT_ACCOUNTS
+    """How account names are normalised (:class:`~mailguard.reading.AccountRule`)."""
 
     def __init__(
         self,
@@ -304,10 +282,12 @@ class DeviceJailPolicy(Policy):
         self.max_requests = positive_int("max_requests", max_requests)
         self.time_window = duration("time_window", time_window)
         self.jail_duration = duration("jail_duration", jail_duration)
-        self.paths = check_paths("paths", paths)
-        self.header_paths = (
-            None if header_paths is None else check_paths("header_paths", header_paths)
+        self._paths = PathRule("paths", paths, protective=True)
+        self.paths = self._paths.entries
+        self._header_paths = PathRule(
+            "header_paths", () if header_paths is None else header_paths, protective=True
         )
+        self.header_paths = None if header_paths is None else self._header_paths.entries
         if not isinstance(per_account, bool):
             raise ValueError(f"per_account: must be True or False, got {per_account!r}")
         self.per_account = per_account
@@ -325,9 +305,7 @@ class DeviceJailPolicy(Policy):
                 "paths: is empty while header_paths is [] and there is no device_func,"
                 " so no request could ever name a device"
             )
-        self._paths = _Paths(self.paths)
         self._header_anywhere = self.header_paths is None
-        self._header_paths = _Paths(self.header_paths or ())
         self._ident_ns = self.namespace + "_ident"
         self._changes_ns = self.namespace + "_changes"
 
@@ -366,10 +344,12 @@ class DeviceJailPolicy(Policy):
             return None
         return _normalise_id(found, _MAX_FUNC_ID)
 
-    @staticmethod
-    def account_of(request: Request, parsed: ActiveSyncRequest) -> str | None:
+    def account_of(self, request: Request, parsed: ActiveSyncRequest) -> str | None:
         """The Basic-auth user, else the ActiveSync ``User``, normalised."""
-        return basic_auth_user(request.header("authorization")) or normalise_account(parsed.user)
+        accounts = self.accounts
+        return accounts.authorization(request.header("authorization")) or accounts.normalize(
+            parsed.user
+        )
 
     def watches_identity(self, device: Device) -> bool:
         return self.identity_changes and device.on_paths

@@ -34,7 +34,8 @@ from typing import Any
 
 from ..core import ALLOW, Verdict, retry_after
 from ..identity import Client
-from ..options import paths, positive_int, whole
+from ..options import positive_int, whole
+from ..reading import PathRule
 from ..request import Request
 from .base import Policy
 
@@ -54,8 +55,10 @@ class DosPolicy(Policy):
     :param max_delayed: requests waiting at once, in total (default 50).
     :param max_delayed_per_client: requests of one client waiting at once
         (default 5).
-    :param exempt_paths: paths passed untouched (health checks): exact, or a
-        prefix when the entry ends with ``/``.
+    :param exempt_paths: paths passed untouched (health checks), as
+        :class:`~mailguard.reading.PathRule` reads them, strictly: ``"/health"``
+        is that path exactly (case included), ``"/assets/"`` everything below
+        it, ``"/"`` the root only.
     :param headers: add ``RateLimit-Limit``, ``RateLimit-Remaining`` and
         ``RateLimit-Reset`` to every counted response.
     :param key_func: count by something else than the client address: a
@@ -82,9 +85,7 @@ class DosPolicy(Policy):
         self.delay_ms = whole("delay_ms", delay_ms, low=-1)
         self.max_delayed = positive_int("max_delayed", max_delayed)
         self.max_delayed_per_client = positive_int("max_delayed_per_client", max_delayed_per_client)
-        exempt = paths("exempt_paths", exempt_paths)
-        self.exempt_exact = frozenset(p for p in exempt if not p.endswith("/"))
-        self.exempt_prefixes = tuple(p for p in exempt if p.endswith("/"))
+        self.exempt_paths = PathRule("exempt_paths", exempt_paths, protective=False)
         if not isinstance(headers, bool):
             raise ValueError(f"headers: must be True or False, got {headers!r}")
         self.headers = headers
@@ -92,7 +93,7 @@ class DosPolicy(Policy):
             raise ValueError(f"key_func: must be callable, got {key_func!r}")
         self.key_func = key_func
         # No exemptions and no key_func: the client alone decides.
-        self.by_client = not (exempt or key_func)
+        self.by_client = not (self.exempt_paths or key_func)
         self._episodes: dict[str, int] = {}
         self._calm_at = self.limit // 2
         self._waiting: dict[str, int] = {}
@@ -102,9 +103,7 @@ class DosPolicy(Policy):
     # ---------------------------------------------------------------- rules
     def key_of(self, request: Request) -> str | None:
         """The key this request counts under, or None when it is not counted."""
-        if self.exempt_exact and request.path in self.exempt_exact:
-            return None
-        if self.exempt_prefixes and request.path.startswith(self.exempt_prefixes):
+        if self.exempt_paths.match(request.path):
             return None
         client = request.client
         if self.any_safe and self.is_safe(client):

@@ -24,16 +24,19 @@ Login attempts
     ``count_basic_auth=True``, also any request under ``auth_paths`` that
     carries HTTP ``Basic`` or ``Bearer`` credentials (ActiveSync, DAV).
 
-    Paths are matched without regard to case, with runs of ``/`` collapsed,
-    one trailing ``/`` ignored and ``;`` path parameters dropped, so
-    ``/Login/``, ``//login`` and ``/login;jsessionid=1`` are all ``/login``.
-    An entry ending in ``*`` is a prefix (``"/dav/*"``; ``"*"`` alone is
-    every path); every other entry is an exact path, including ``"/"``.
+    Paths follow the one path rule of :mod:`mailguard.reading`, matched
+    generously (these options switch protection on): ``"/login"`` is exactly
+    that path in any case and spelling (``/Login/``, ``//login``,
+    ``/login;jsessionid=1``), ``"/zimbra/"`` that path and everything below
+    it, ``"/dav*"`` a prefix, ``"*"`` every path; ``"/"`` is the root only.
 
-    When ``login_fields`` cannot be decided because the body was longer than
-    ``max_body_bytes`` (or its multipart form never closed), the request is
-    counted as an attempt: padding a login past the limit must not dodge the
-    filter.
+    Fields are read from the query and from an urlencoded, multipart (CRLF or
+    bare LF) or JSON body (JSON also when sent as ``text/plain``): see
+    :func:`mailguard.reading.body_fields`.  When ``login_fields`` cannot be
+    decided because the reader cannot tell (the body was longer than
+    ``max_body_bytes``, a multipart form never closed, JSON did not parse),
+    the request is counted as an attempt: padding or garbling a login must
+    not dodge the filter.
 
 Failures
     The response to an attempt is a failure when
@@ -74,11 +77,13 @@ Blocks
     ``max_block_duration``.
 
 Password spraying
-    The account is read from ``Basic`` credentials (lower-cased, a
-    ``DOMAIN\\`` prefix removed) or from the first of ``account_fields``
-    present in the urlencoded, multipart or JSON body (at most
+    The account is read from the ``account_fields`` of the body or query, else
+    from ``Basic`` credentials, and normalised by the one account normalizer
+    (:func:`mailguard.reading.normalize_account`: NFKC, case-folded, trimmed,
+    cut at a NUL, a ``DOMAIN\\`` prefix removed), so ``Victim``,
+    ``victim\\0`` and the same in full-width letters are one account.  At most
     ``max_body_bytes`` are buffered, and the app still receives every byte
-    unchanged).  With ``account_tarpit=(M, D)``, once one account has seen
+    unchanged.  With ``account_tarpit=(M, D)``, once one account has seen
     ``M`` failures from any addresses within ``failure_interval``, each
     further attempt for that account is held ``D`` seconds before it reaches
     the app: slowed, never locked out.  An attempt whose account cannot be
@@ -106,8 +111,6 @@ guessing during an outage worries you more.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
 import re
@@ -117,12 +120,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl
 
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..identity import Client
 from ..options import duration, positive_int, strings, whole
 from ..presets import preset_options
+from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
 from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
 from ..stores.guard import StoreDown
@@ -137,17 +140,11 @@ IsFailure = Callable[[int, Mapping[str, str]], bool]
 """``is_failure(status, headers)``: headers map lower-case names to values."""
 
 _EPISODES_MAX = 10_000  # blocked addresses remembered as "refusal already logged"
-_MAX_ACCOUNT = 256  # longer "account names" are not account names
-_MAX_CREDENTIALS = 4096  # longer Basic tokens are not decoded
-_MAX_PARTS = 200  # multipart parts looked at
 _MAX_TARPIT_DELAY = 60.0
 _FAIL_WORDS = frozenset({"fail", "failed", "failure"})
 _OK_WORDS = frozenset({"ok", "success", "succeeded"})
-_SLASHES = re.compile(r"/{2,}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _METHOD = re.compile(r"[A-Z]+")
-_DISPOSITION_NAME = re.compile(r';\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.IGNORECASE)
-_DISPOSITION_FILE = re.compile(r";\s*filename\*?\s*=", re.IGNORECASE)
 _DEFAULT_ACCOUNT_FIELDS = ("_user", "username", "user", "userName")
 
 
@@ -184,235 +181,12 @@ class _Attempt(NamedTuple):
 
 
 # ------------------------------------------------------------------ parsing
-def normalize_account(text: str) -> str | None:
-    """An account name as counted: trimmed, ``DOMAIN\\`` removed, lower-case.
-
-    None for an empty name or one longer than 256 characters.
-    """
-    name = text.strip()
-    if "\\" in name:
-        name = name.rpartition("\\")[2].strip()
-    name = name.lower()
-    if not name or len(name) > _MAX_ACCOUNT:
-        return None
-    return name
-
-
 def basic_account(token: str) -> str | None:
     """The account of HTTP Basic credentials (the base64 part), or None.
 
-    Broken base64, a missing ``:`` or an oversized token give None; user
-    names that are not UTF-8 are read as Latin-1.  Never raises.
+    :meth:`mailguard.reading.AccountRule.basic` with the default rule.
     """
-    token = token.strip()
-    if not token or len(token) > _MAX_CREDENTIALS:
-        return None
-    try:
-        raw = base64.b64decode(token, validate=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
-        return None
-    user, colon, _ = raw.partition(b":")
-    if not colon:
-        return None
-    try:
-        text = user.decode("utf-8")
-    except UnicodeDecodeError:
-        text = user.decode("latin-1")
-    return normalize_account(text)
-
-
-def _media_type(request: Request) -> tuple[str, str]:
-    full = request.header("content-type") or ""
-    media = full.partition(";")[0].strip().lower()
-    if media == "application/x-www-form-urlencoded":
-        return "form", full
-    if media == "multipart/form-data":
-        return "multipart", full
-    if media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        return "json", full
-    return "", full
-
-
-def _declared_length(request: Request) -> int | None:
-    text = request.header("content-length")
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
-def _urlencoded(text: str) -> dict[str, list[str]]:
-    fields: dict[str, list[str]] = {}
-    for name, value in parse_qsl(text, keep_blank_values=True):
-        fields.setdefault(name, []).append(value)
-    return fields
-
-
-class _Pairs(list[tuple[str, Any]]):
-    """A JSON object kept as its list of pairs (repeated keys stay visible)."""
-
-
-def _json_fields(raw: bytes) -> dict[str, list[str]]:
-    try:
-        doc = json.loads(raw, object_pairs_hook=_Pairs)
-    except (ValueError, RecursionError):
-        return {}
-    fields: dict[str, list[str]] = {}
-    if isinstance(doc, _Pairs):
-        for name, value in doc:
-            if isinstance(value, str):
-                fields.setdefault(name, []).append(value)
-    return fields
-
-
-def _boundary(content_type: str) -> bytes | None:
-    for param in content_type.split(";")[1:]:
-        name, eq, value = param.partition("=")
-        if eq and name.strip().lower() == "boundary":
-            value = value.strip()
-            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-                value = value[1:-1]
-            if 1 <= len(value) <= 200:
-                return value.encode("latin-1", "replace")
-    return None
-
-
-def _multipart_fields(raw: bytes, content_type: str) -> tuple[dict[str, list[str]], bool]:
-    """Text fields of a multipart body, and whether its closing boundary was seen."""
-    boundary = _boundary(content_type)
-    if boundary is None:
-        return {}, True
-    delimiter = b"--" + boundary
-    pieces = raw.split(delimiter)
-    fields: dict[str, list[str]] = {}
-    closed = False
-    last = len(pieces) - 1
-    # pieces[0] is the preamble; a piece counts only when a delimiter follows it
-    for index in range(1, min(last, _MAX_PARTS) + 1):
-        piece = pieces[index]
-        if piece.startswith(b"--"):
-            closed = True
-            break
-        if index == last:
-            break  # cut short: the part never ended
-        head, sep, value = piece.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        if value.endswith(b"\r\n"):
-            value = value[:-2]
-        name = None
-        for line in head.decode("latin-1").split("\r\n"):
-            key, colon, rest = line.partition(":")
-            if colon and key.strip().lower() == "content-disposition":
-                if _DISPOSITION_FILE.search(rest):
-                    break
-                found = _DISPOSITION_NAME.search(rest)
-                if found is not None:
-                    name = found.group(1) if found.group(1) is not None else found.group(2)
-                break
-        if name is not None:
-            fields.setdefault(name, []).append(value.decode("utf-8", "replace"))
-    return fields, closed
-
-
-def _body_fields(request: Request, limit: int) -> tuple[dict[str, list[str]], bool]:
-    """The form fields of the buffered body, and whether the whole body was seen."""
-    kind, content_type = _media_type(request)
-    if not kind:
-        return {}, True  # the application will not read fields from it either
-    raw = request.body
-    declared = _declared_length(request)
-    if raw is None:  # not buffered
-        return {}, not declared and request.header("transfer-encoding") is None
-    cut = (
-        len(raw) > limit
-        or (declared is not None and declared > len(raw))
-        or (declared is None and len(raw) >= limit)
-    )
-    raw = raw[:limit]
-    if kind == "form":
-        text = raw.decode("utf-8", "replace")
-        if cut:  # the last pair may end mid-value
-            text = text[: max(0, text.rfind("&"))]
-        return _urlencoded(text), not cut
-    if kind == "json":
-        return ({}, False) if cut else (_json_fields(raw), True)
-    fields, closed = _multipart_fields(raw, content_type)
-    return fields, closed and not cut
-
-
-class _Params:
-    """The parameters of one request, parsed on first use."""
-
-    __slots__ = ("_body", "_complete", "_query", "limit", "request")
-
-    def __init__(self, request: Request, limit: int) -> None:
-        self.request = request
-        self.limit = limit
-        self._query: dict[str, list[str]] | None = None
-        self._body: dict[str, list[str]] | None = None
-        self._complete = True
-
-    def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            self._query = _urlencoded(self.request.query) if self.request.query else {}
-        return self._query
-
-    def body(self) -> dict[str, list[str]]:
-        if self._body is None:
-            self._body, self._complete = _body_fields(self.request, self.limit)
-        return self._body
-
-    @property
-    def complete(self) -> bool:
-        """Whether every body field could be seen."""
-        self.body()
-        return self._complete
-
-
-class _Paths:
-    """Exact paths and ``*`` prefixes, matched as the module docstring says."""
-
-    __slots__ = ("any", "exact", "prefixes")
-
-    def __init__(self, name: str, entries: object) -> None:
-        items = strings(name, entries)
-        exact: set[str] = set()
-        prefixes: list[str] = []
-        self.any = False
-        for item in items:
-            if item == "*":
-                self.any = True
-            elif not item.startswith("/"):
-                raise ValueError(f"{name}: {item!r} must start with '/' (or be '*')")
-            elif item.endswith("*"):
-                prefixes.append(_SLASHES.sub("/", item[:-1].lower()))
-            else:
-                path = _SLASHES.sub("/", item.lower())
-                exact.add(path.rstrip("/") or "/")
-        self.exact = frozenset(exact)
-        self.prefixes = tuple(prefixes)
-
-    def __bool__(self) -> bool:
-        return self.any or bool(self.exact) or bool(self.prefixes)
-
-    def match(self, path: str) -> bool:
-        if self.any:
-            return True
-        p = path.lower()
-        if ";" in p:
-            p = p.partition(";")[0]
-        if "//" in p:
-            p = _SLASHES.sub("/", p)
-        if self.prefixes and p.startswith(self.prefixes):
-            return True
-        if len(p) > 1 and p.endswith("/"):
-            p = p.rstrip("/") or "/"
-        return p in self.exact
+    return DEFAULT_ACCOUNTS.basic(token)
 
 
 # ------------------------------------------------------------------- policy
@@ -428,8 +202,8 @@ class InvalidLoginPolicy(Policy):
         (``"roundcube"``, ``"sogo"``, ``"nextcloud"``, ``"zimbra"``,
         ``"carbonio"``, ``"activesync"``, ``"dav"``); the keywords below
         marked *shape* default to the preset's values, and explicit ones win.
-    :param login_paths: *shape*; where logins happen (default ``["/login"]``):
-        exact paths, or prefixes ending in ``*``.
+    :param login_paths: *shape*; where logins happen (default ``["/login"]``),
+        as :class:`~mailguard.reading.PathRule` reads them (generously).
     :param login_methods: *shape*; methods of a login (default ``["POST"]``).
     :param login_fields: *shape*; ``{field: value}`` a login must carry in its
         query or form body, e.g. ``{"loginOp": "login"}`` (default none).
@@ -470,6 +244,13 @@ class InvalidLoginPolicy(Policy):
     kind = "login"
     default_on_store_error = "open"
 
+    accounts: AccountRule = DEFAULT_ACCOUNTS
+    """How account names are normalised (:class:`~mailguard.reading.AccountRule`)."""
+
+    php_forms: bool = False
+    """Read parameter names as PHP does (``.task`` is ``_task``); a preset may set
+    ``php_forms=True`` (:func:`mailguard.reading.php_name`)."""
+
     def __init__(
         self,
         *,
@@ -507,7 +288,9 @@ class InvalidLoginPolicy(Policy):
         self.limit = positive_int("max_failed_logins", max_failed_logins)
         self.interval = duration("failure_interval", failure_interval)
         self.block_duration = duration("block_duration", block_duration)
-        self.login_paths = _Paths("login_paths", pick("login_paths", login_paths, ("/login",)))
+        self.login_paths = PathRule(
+            "login_paths", pick("login_paths", login_paths, ("/login",)), protective=True
+        )
         methods = strings("login_methods", pick("login_methods", login_methods, ("POST",)))
         for method in methods:
             if not _METHOD.fullmatch(method.upper()):
@@ -533,7 +316,10 @@ class InvalidLoginPolicy(Policy):
         if not isinstance(basic, bool):
             raise ValueError(f"count_basic_auth: must be True or False, got {basic!r}")
         self.count_basic_auth = basic
-        self.auth_paths = _Paths("auth_paths", pick("auth_paths", auth_paths, ("*",)))
+        self.auth_paths = PathRule(
+            "auth_paths", pick("auth_paths", auth_paths, ("*",)), protective=True
+        )
+        self.php_forms = shape.get("php_forms") is True
         self.account_fields = strings(
             "account_fields", pick("account_fields", account_fields, _DEFAULT_ACCOUNT_FIELDS)
         )
@@ -614,7 +400,7 @@ class InvalidLoginPolicy(Policy):
         return None
 
     def _form_attempt(self, request: Request) -> _Attempt | None:
-        params = _Params(request, self.max_body_bytes)
+        params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         for name, want in self.login_fields.items():
             if any(v.strip().lower() == want for v in params.query().get(name, ())):
                 continue
@@ -622,16 +408,12 @@ class InvalidLoginPolicy(Policy):
                 continue
             if params.complete:
                 return None
-            # the body was cut short: count it rather than let padding dodge us
+            # the reader cannot tell (cut short, garbled): count it rather than be dodged
         account: str | None = None
         suspect = False
         if self.account_fields:
-            names: set[str] = set()
-            for field in self.account_fields:
-                for value in (*params.body().get(field, ()), *params.query().get(field, ())):
-                    name = normalize_account(value)
-                    if name is not None:
-                        names.add(name)
+            normalize = self.accounts.normalize
+            names = {n for n in map(normalize, params.values(self.account_fields)) if n}
             if len(names) == 1:
                 account = names.pop()
             elif names:
@@ -642,7 +424,7 @@ class InvalidLoginPolicy(Policy):
         if account is None and not suspect and auth:
             scheme, _, token = auth.strip().partition(" ")
             if scheme.lower() == "basic":
-                account = basic_account(token)
+                account = self.accounts.basic(token)
         return _Attempt(account, bool(auth) or account is not None or suspect, suspect)
 
     def _credential_attempt(self, request: Request) -> _Attempt | None:
@@ -652,7 +434,7 @@ class InvalidLoginPolicy(Policy):
         scheme, _, token = auth.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "basic":
-            return _Attempt(basic_account(token), True, False)
+            return _Attempt(self.accounts.basic(token), True, False)
         if scheme == "bearer":
             return _Attempt(None, True, False)
         return None
@@ -822,7 +604,6 @@ class InvalidLoginPolicy(Policy):
             not self._body_wanted
             or request.method not in self.login_methods
             or not self.login_paths.match(request.path)
-            or not _media_type(request)[0]
             or (self.any_safe and self.is_safe(request.client))
         ):
             return 0
