@@ -716,7 +716,15 @@ def test_account_key_round_trips_or_hashes(account: str) -> None:
 def test_defaults() -> None:
     policy = DeviceJailPolicy()
     assert (policy.max_requests, policy.time_window, policy.jail_duration) == (150, 30.0, 600.0)
-    assert policy.paths == ("/Microsoft-Server-ActiveSync",)
+    # the endpoint and everything below it (Z-Push behind an alias serves both)
+    assert policy.paths == ("/Microsoft-Server-ActiveSync/",)
+    for path in (
+        "/Microsoft-Server-ActiveSync",
+        "/microsoft-server-activesync/",
+        "/Microsoft-Server-ActiveSync/x",
+    ):
+        assert policy._paths.match(path), path
+    assert not policy._paths.match("/Microsoft-Server-ActiveSyncX")
     assert policy.header_paths is None and policy.per_account is True
     assert policy.identity_changes is False
     assert (policy.max_identity_changes, policy.identity_window, policy.identity_jail) == (

@@ -122,7 +122,7 @@ __all__ = [
 
 DeviceFunc = Callable[[Request], "str | None"]
 
-DEFAULT_PATHS: tuple[str, ...] = ("/Microsoft-Server-ActiveSync",)
+DEFAULT_PATHS: tuple[str, ...] = ("/Microsoft-Server-ActiveSync/",)
 """Where ActiveSync requests arrive."""
 
 _MAX_HEADER_CHARS = 1024  # longer X-Device-Id / Authorization values are ignored
@@ -232,7 +232,7 @@ class DeviceJailPolicy(Policy):
     :param time_window: the sliding window, in seconds (default 30).
     :param jail_duration: how long a jail lasts, in seconds (default 600).
     :param paths: where ActiveSync requests arrive and their query is read
-        (default ``["/Microsoft-Server-ActiveSync"]``), as
+        (default ``["/Microsoft-Server-ActiveSync/"]``: the endpoint and the paths below it), as
         :class:`~mailguard.reading.PathRule` reads them (generously: any
         case; end an entry with ``/`` to take everything below it too).
     :param header_paths: where an ``X-Device-Id`` header identifies a device:
