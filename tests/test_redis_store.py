@@ -28,7 +28,8 @@ from redis_server import RedisServer, free_port
 
 from mailguard import FakeClock, MemoryStore, RedisStore, StoreError
 from mailguard.core import Block
-from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
+from mailguard.stores import redis as mg_redis
+from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store, StoreBug
 
 T0 = 1_700_000_000.0
 _prefixes = itertools.count()
@@ -1180,6 +1181,65 @@ def test_error_replies_raise_store_error_without_opening_the_breaker(
     with pytest.raises(StoreError, match="WRONGTYPE"):
         store.hit("dos", "k", 3, 1.0)
     assert store.hit("dos", "other", 3, 1.0)[0] == OK  # not failing fast
+
+
+def test_programming_errors_raise_store_bug_and_leave_the_breaker_closed(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect (here: a redis-py without an attribute the store reads) is no outage."""
+    assert store.hit("dos", "k", 3, 1.0)[0] == OK
+
+    def broken(conn: Any, commands: Any) -> Any:
+        raise AttributeError("'Connection' object has no attribute 'is_connected'")
+
+    monkeypatch.setattr(mg_redis, "_talk", broken)
+    for _ in range(3):
+        with pytest.raises(StoreBug, match="AttributeError") as caught:
+            store.hit("dos", "k", 3, 1.0)
+        assert isinstance(caught.value.__cause__, AttributeError)
+    assert store._breaker.open_until == 0.0  # every call is tried: no "outage" to wait out
+    monkeypatch.undo()
+    assert store.hit("dos", "k", 3, 1.0)[0] == OK
+
+    async def asynchronous() -> None:
+        async def broken_batch(conn: Any, commands: Any) -> Any:
+            raise TypeError("get_connection() missing 1 required positional argument")
+
+        monkeypatch.setattr(mg_redis._AsyncLane, "_write_read", staticmethod(broken_batch))
+        with pytest.raises(StoreBug, match="TypeError"):
+            await store.ahit("dos", "k", 3, 1.0)
+        monkeypatch.undo()
+        await store.aclose()
+
+    asyncio.run(asynchronous())
+
+
+def test_error_replies_are_not_store_bugs(
+    store: RedisStore, client: redis.Redis, prefix: str
+) -> None:
+    client.set(f"{prefix}{{dos:k}}:w", "not a list")
+    with pytest.raises(StoreError) as caught:
+        store.hit("dos", "k", 3, 1.0)
+    assert not isinstance(caught.value, StoreBug)
+
+
+def test_get_connection_arguments_fit_every_redis_py() -> None:
+    class Before53:  # redis-py 5.0 to 5.2: the command name is required
+        def get_connection(self, command_name: str, *keys: Any, **options: Any) -> None: ...
+
+    class From53:  # 5.3 on: optional, and deprecated when given
+        def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> None: ...
+
+    class Bare:
+        def get_connection(self) -> None: ...
+
+    assert mg_redis._take_args(Before53()) == ("EVALSHA",)
+    assert mg_redis._take_args(From53()) == ()
+    assert mg_redis._take_args(Bare()) == ()
+    installed = redis.Redis().connection_pool  # no connection is opened
+    assert mg_redis._take_args(installed) == (
+        ("EVALSHA",) if tuple(map(int, redis.__version__.split(".")[:2])) < (5, 3) else ()
+    )
 
 
 def test_failure_block_never_shortens_a_longer_block(store: RedisStore) -> None:

@@ -41,9 +41,14 @@ Connections
     flight per loop; later requests wait for the next), in a task of its
     own.  A caller cancelled before its batch is written is left out of it;
     one cancelled later only loses its answer; the connection is never left
-    with a reply half read.  A connection that fails is closed, and reopens
-    on its next use; a reused one that the server had closed (its idle
-    ``timeout``, a restart) is retried once on a new connection.
+    with a reply half read.  A connection that fails is closed and handed
+    back to the pool; an idle one that the server had closed meanwhile (its
+    idle ``timeout``, a restart) is retried once on a new connection.
+
+    Supported redis-py: 5.0.1 to 8.x (``scripts/test.sh`` runs the Redis
+    tests against the oldest and the newest).  Only connection and pool
+    methods present in all of them are used (``get_connection`` needs a
+    command name before 5.3 and warns about one from 5.3: both are met).
 
 Keys
     ``prefix + "{" + ns + ":" + key + "}:" + suffix``, e.g.
@@ -88,8 +93,12 @@ Failures
     Every connection, timeout or server failure raises
     :class:`~mailguard.StoreError`, never a redis-py exception, for the
     filters' ``on_store_error``.  An error reply that does not mean an
-    outage (someone else's key of the wrong type) raises StoreError too.  A
-    circuit breaker keeps an outage from costing a timeout per request:
+    outage (someone else's key of the wrong type) raises StoreError too.  Any
+    other exception (``AttributeError``, ``TypeError``...: a defect here, or
+    a redis-py this code does not fit) raises
+    :class:`~mailguard.stores.StoreBug`, a StoreError that the filters log at
+    ERROR every time; it is never taken for an outage.  A circuit breaker
+    keeps an outage from costing a timeout per request:
     after a failed call every call fails at once for ``breaker_cooldown``
     seconds (default 1), then one trial call goes through; its success
     closes the breaker, its failure opens it for another cooldown.  Recovery
@@ -116,6 +125,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
 import threading
 import time
@@ -137,6 +147,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TimeoutError,
     TryAgainError,
@@ -144,7 +155,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from ..core import Block, Clock, wait_until
-from .base import BLOCKED, JAILED, OK, Store, StoreError
+from .base import BLOCKED, JAILED, OK, Store, StoreBug, StoreError
 
 __all__ = ["RedisStore"]
 
@@ -312,6 +323,21 @@ class _Breaker:
 
 
 # ----------------------------------------------------------------- lanes
+def _take_args(pool: Any) -> tuple[str, ...]:
+    """What ``pool.get_connection`` needs: a command name before redis-py 5.3, nothing after.
+
+    From 5.3 any argument is deprecated (a warning per call); before, the
+    command name is required (it was never used by a plain pool).
+    """
+    try:
+        param = inspect.signature(pool.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):  # no signature to read: assume the current API
+        return ()
+    if param is not None and param.default is inspect.Parameter.empty:
+        return ("EVALSHA",)
+    return ()
+
+
 def _talk(conn: Any, commands: Sequence[bytes]) -> list[Any]:
     """Write ``commands`` at once on a sync connection; read their replies."""
     conn.send_packed_command(commands if len(commands) == 1 else (b"".join(commands),))
@@ -339,20 +365,22 @@ class _SyncLane:
         self.client = client
         self.owned = owned
         self.pool = client.connection_pool
+        self.take_args = _take_args(self.pool)
         self.breaker = breaker
         self.outages = breaker.outages
-        self.idle: list[Any] = []
+        self.idle: list[Any] = []  # each finished its last exchange cleanly
 
     def exchange(self, commands: Sequence[bytes]) -> list[Any]:
         if self.outages != self.breaker.outages:
             self.outages = self.breaker.outages
-            for conn in self.idle:
-                conn.disconnect()
+            idle, self.idle = self.idle, []
+            for conn in idle:
+                self.drop(conn)
         try:
             conn = self.idle.pop()
-            reused = conn.is_connected
+            reused = True  # was open after its last exchange; the server may have closed it
         except IndexError:
-            conn = self.pool.get_connection()
+            conn = self.pool.get_connection(*self.take_args)  # connected by the pool
             reused = False
         try:
             try:
@@ -360,14 +388,18 @@ class _SyncLane:
             except ConnectionError:
                 if not reused:
                     raise
-                conn.disconnect()
+                conn.disconnect()  # closed by the server while idle: once more, anew
                 replies = _talk(conn, commands)
         except BaseException:
-            conn.disconnect()
-            self.put(conn)
+            self.drop(conn)
             raise
         self.put(conn)
         return replies
+
+    def drop(self, conn: Any) -> None:
+        """Close ``conn`` and hand it back to the pool (which reconnects it when next taken)."""
+        conn.disconnect()
+        self.pool.release(conn)
 
     def put(self, conn: Any) -> None:
         if len(self.idle) < _MAX_IDLE:
@@ -404,6 +436,7 @@ class _AsyncLane:
         # a client made here has no socket timeout of its own: the lane times each batch
         self.timeout = store.socket_timeout if owned else None
         self.pool = client.connection_pool
+        self.take_args = _take_args(self.pool)
         self.loop = asyncio.get_running_loop()
         self.idle: list[Any] = []
         self.outages = store._breaker.outages
@@ -465,13 +498,14 @@ class _AsyncLane:
         breaker = self.store._breaker
         if self.outages != breaker.outages:
             self.outages = breaker.outages
-            for conn in self.idle:
-                await conn.disconnect(nowait=True)
+            idle, self.idle = self.idle, []
+            for conn in idle:
+                await self.drop(conn)
         try:
             conn = self.idle.pop()
-            reused = conn.is_connected
+            reused = True  # was open after its last exchange; the server may have closed it
         except IndexError:
-            conn = await self.pool.get_connection()
+            conn = await self.pool.get_connection(*self.take_args)  # connected by the pool
             reused = False
         try:
             try:
@@ -488,11 +522,15 @@ class _AsyncLane:
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except BaseException:
-            await conn.disconnect(nowait=True)
-            self.idle.append(conn)  # reconnects on its next use
+            await self.drop(conn)
             raise
         self.idle.append(conn)  # never more than _MAX_INFLIGHT of them
         return replies
+
+    async def drop(self, conn: Any) -> None:
+        """Close ``conn`` and hand it back to the pool (which reconnects it when next taken)."""
+        await conn.disconnect(nowait=True)
+        await self.pool.release(conn)
 
     @staticmethod
     async def _write_read(conn: Any, commands: list[bytes]) -> list[Any]:
@@ -711,8 +749,14 @@ class RedisStore(Store):
         if _is_outage(exc):
             self._breaker.opened(exc)
             return StoreError(f"redis unavailable: {type(exc).__name__}: {exc}")
-        self._success()
-        return StoreError(f"redis error: {type(exc).__name__}: {exc}")
+        if isinstance(exc, RedisError):  # the server answered, with an error
+            self._success()
+            return StoreError(f"redis error: {type(exc).__name__}: {exc}")
+        # Neither an outage nor Redis's answer: a defect here or in redis-py
+        # (an API this code misuses).  Never an outage: the breaker is left as it is.
+        bug = StoreBug(f"redis store bug: {type(exc).__name__}: {exc}")
+        bug.__cause__ = exc
+        return bug
 
     def _call(self, packed: bytes) -> Any:
         """One packed command on the synchronous path: one round trip."""
