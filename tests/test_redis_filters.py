@@ -307,6 +307,8 @@ def test_outage_mid_run_serves_then_limits_again(prefix: str) -> None:
         try:
             assert [app.request() for _ in range(3)] == [200, 200, 503]
             own.stop()
+            assert app.request() == 503  # the refusal still holds: it is cached, and exact
+            clock.advance(1.0)  # the client's slots free
             started = time.perf_counter()
             assert [app.request() for _ in range(20)] == [200] * 20  # open: served
             assert time.perf_counter() - started < 2.0  # no timeout per request

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from redis_server import RedisServer, free_port
 
 from mailguard import FakeClock, MemoryStore, RedisStore, StoreError
-from mailguard.core import Block
+from mailguard.core import Block, wait_until
 from mailguard.stores import redis as mg_redis
 from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store, StoreBug
 
@@ -1041,6 +1041,128 @@ def test_block_cache_is_bounded_and_can_be_off(server: RedisServer, prefix: str)
     off.block("device", "x", 60, "rate")
     assert off.get_block("device", "x") is not None
     assert off._cache == {}
+
+
+# ---------------------------------------------------------- refusal cache
+
+
+def test_refusal_cache_answers_exactly_without_a_round_trip(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    clock = FakeClock(T0)
+    store = RedisStore(server.url, prefix=prefix, clock=clock)
+    memory = MemoryStore(clock=clock)
+    for _ in range(3):
+        assert store.hit("dos", "k", 3, 1.0) == memory.hit("dos", "k", 3, 1.0)
+        clock.advance(0.1)
+    client.config_resetstat()
+    first = store.hit("dos", "k", 3, 1.0)  # asks Redis, which refuses
+    assert first == memory.hit("dos", "k", 3, 1.0) == (OVER, 0, pytest.approx(0.7))
+    assert evalsha_calls(client) == 1
+    waits = [first[2]]
+    while clock() + 0.01 < T0 + 1.0:
+        clock.advance(0.01)
+        got = store.hit("dos", "k", 3, 1.0)
+        assert got == memory.hit("dos", "k", 3, 1.0)  # the very answer, to the bit
+        assert got[0] == OVER and got[2] == wait_until(T0 + 1.0, clock())
+        waits.append(got[2])
+    assert evalsha_calls(client) == 1  # every one of those refusals was local
+    assert waits == sorted(waits, reverse=True) and len(set(waits)) == len(waits)
+    # once the wait is over, the next request goes to Redis and is allowed
+    clock.set(T0 + 1.0)
+    assert store.hit("dos", "k", 3, 1.0) == (OK, 0, pytest.approx(0.1))
+    assert evalsha_calls(client) == 2
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER  # Redis refuses: cached again
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER
+    assert evalsha_calls(client) == 3
+    # another limit or window is not this refusal: Redis is asked
+    assert store.hit("dos", "k", 4, 1.0)[0] == OK
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER  # still cached
+    assert evalsha_calls(client) == 4
+    assert store.hit("dos", "k", 3, 2.0)[0] == OVER  # one refusal per key: this one now
+    assert store.hit("dos", "k", 3, 2.0)[0] == OVER
+    assert evalsha_calls(client) == 5
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER
+    assert evalsha_calls(client) == 6
+
+    async def asynchronous() -> None:  # the coroutine face shares the cache
+        assert (await store.ahit("dos", "k", 3, 1.0))[0] == OVER  # answered here
+        assert (await store.ahit("dos", "k", 3, 2.0))[0] == OVER  # asks Redis
+        assert (await store.ahit("dos", "k", 3, 2.0))[0] == OVER  # answered here
+        await store.aclose()
+
+    asyncio.run(asynchronous())
+    assert evalsha_calls(client) == 7
+    store.close()
+
+
+def test_refusal_cache_on_the_server_clock(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    """In real time: refused locally until the slot frees, then Redis allows the next one."""
+    store = RedisStore(server.url, prefix=prefix)
+    assert [store.hit("dos", "k", 2, 0.3)[0] for _ in range(2)] == [OK, OK]
+    client.config_resetstat()
+    refused_at = time.monotonic()
+    code, _, wait = store.hit("dos", "k", 2, 0.3)
+    assert code == OVER and 0.0 < wait <= 0.3
+    answers = []
+    deadline = refused_at + 5.0
+    while time.monotonic() < deadline:
+        answer = store.hit("dos", "k", 2, 0.3)
+        answers.append(answer)
+        if answer[0] == OK:
+            break
+    assert answers[-1][0] == OK
+    allowed_after = time.monotonic() - refused_at
+    assert allowed_after >= wait * 0.9  # not before the slot freed
+    assert allowed_after < wait + 1.0
+    waits = [w for code, _, w in answers if code == OVER]
+    assert len(waits) > 100  # a busy loop of refusals...
+    assert evalsha_calls(client) <= 10  # ...nearly all answered here
+    # a refusal's wait never grows while cached: it counts down
+    assert all(a >= b for a, b in itertools.pairwise(waits[:-2]))
+    store.close()
+
+
+def test_refusal_cache_is_bounded_forgotten_on_unblock_and_can_be_off(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    clock = FakeClock(T0)
+    store = RedisStore(server.url, prefix=prefix, clock=clock, refusal_cache_size=10)
+    for i in range(30):
+        store.hit("dos", f"c{i}", 1, 60.0)
+        assert store.hit("dos", f"c{i}", 1, 60.0)[0] == OVER
+    assert list(store._refusals) == [("dos", f"c{i}") for i in range(20, 30)]  # the newest
+    assert store.unblock("c29", "dos") == 0  # no block, but the cached refusal goes
+    assert ("dos", "c29") not in store._refusals
+    assert store.unblock_all("dos") == 0
+    assert not store._refusals
+    client.config_resetstat()
+    assert store.hit("dos", "c29", 1, 60.0)[0] == OVER  # unblock leaves windows alone
+    assert evalsha_calls(client) == 1
+
+    off = RedisStore(server.url, prefix=prefix, clock=clock, refusal_cache_size=0)
+    client.config_resetstat()
+    for _ in range(5):
+        assert off.hit("dos", "c0", 1, 60.0)[0] == OVER
+    assert evalsha_calls(client) == 5 and not off._refusals
+    store.close()
+    off.close()
+
+
+def test_a_jailing_hit_through_the_store_drops_the_refusal(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    """A jail empties the window: a cached refusal of the same key must not outlive it."""
+    memory = MemoryStore(clock=clock)
+    codes = []
+    for jail in (0.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0):
+        expected = memory.hit("dos", "k", 2, 1.0, jail)
+        assert store.hit("dos", "k", 2, 1.0, jail) == pytest.approx(expected)
+        codes.append(expected[0])
+        clock.advance(0.05)
+    assert codes == [OK, OK, OVER, OVER, JAILED, OK, OK, OVER]
 
 
 # ---------------------------------------------------------------- outages
