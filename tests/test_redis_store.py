@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from redis_server import RedisServer, free_port
 
 from mailguard import FakeClock, MemoryStore, RedisStore, StoreError
-from mailguard.core import Block
-from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
+from mailguard.core import Block, wait_until
+from mailguard.stores import redis as mg_redis
+from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store, StoreBug
 
 T0 = 1_700_000_000.0
 _prefixes = itertools.count()
@@ -1042,6 +1043,128 @@ def test_block_cache_is_bounded_and_can_be_off(server: RedisServer, prefix: str)
     assert off._cache == {}
 
 
+# ---------------------------------------------------------- refusal cache
+
+
+def test_refusal_cache_answers_exactly_without_a_round_trip(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    clock = FakeClock(T0)
+    store = RedisStore(server.url, prefix=prefix, clock=clock)
+    memory = MemoryStore(clock=clock)
+    for _ in range(3):
+        assert store.hit("dos", "k", 3, 1.0) == memory.hit("dos", "k", 3, 1.0)
+        clock.advance(0.1)
+    client.config_resetstat()
+    first = store.hit("dos", "k", 3, 1.0)  # asks Redis, which refuses
+    assert first == memory.hit("dos", "k", 3, 1.0) == (OVER, 0, pytest.approx(0.7))
+    assert evalsha_calls(client) == 1
+    waits = [first[2]]
+    while clock() + 0.01 < T0 + 1.0:
+        clock.advance(0.01)
+        got = store.hit("dos", "k", 3, 1.0)
+        assert got == memory.hit("dos", "k", 3, 1.0)  # the very answer, to the bit
+        assert got[0] == OVER and got[2] == wait_until(T0 + 1.0, clock())
+        waits.append(got[2])
+    assert evalsha_calls(client) == 1  # every one of those refusals was local
+    assert waits == sorted(waits, reverse=True) and len(set(waits)) == len(waits)
+    # once the wait is over, the next request goes to Redis and is allowed
+    clock.set(T0 + 1.0)
+    assert store.hit("dos", "k", 3, 1.0) == (OK, 0, pytest.approx(0.1))
+    assert evalsha_calls(client) == 2
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER  # Redis refuses: cached again
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER
+    assert evalsha_calls(client) == 3
+    # another limit or window is not this refusal: Redis is asked
+    assert store.hit("dos", "k", 4, 1.0)[0] == OK
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER  # still cached
+    assert evalsha_calls(client) == 4
+    assert store.hit("dos", "k", 3, 2.0)[0] == OVER  # one refusal per key: this one now
+    assert store.hit("dos", "k", 3, 2.0)[0] == OVER
+    assert evalsha_calls(client) == 5
+    assert store.hit("dos", "k", 3, 1.0)[0] == OVER
+    assert evalsha_calls(client) == 6
+
+    async def asynchronous() -> None:  # the coroutine face shares the cache
+        assert (await store.ahit("dos", "k", 3, 1.0))[0] == OVER  # answered here
+        assert (await store.ahit("dos", "k", 3, 2.0))[0] == OVER  # asks Redis
+        assert (await store.ahit("dos", "k", 3, 2.0))[0] == OVER  # answered here
+        await store.aclose()
+
+    asyncio.run(asynchronous())
+    assert evalsha_calls(client) == 7
+    store.close()
+
+
+def test_refusal_cache_on_the_server_clock(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    """In real time: refused locally until the slot frees, then Redis allows the next one."""
+    store = RedisStore(server.url, prefix=prefix)
+    assert [store.hit("dos", "k", 2, 0.3)[0] for _ in range(2)] == [OK, OK]
+    client.config_resetstat()
+    refused_at = time.monotonic()
+    code, _, wait = store.hit("dos", "k", 2, 0.3)
+    assert code == OVER and 0.0 < wait <= 0.3
+    answers = []
+    deadline = refused_at + 5.0
+    while time.monotonic() < deadline:
+        answer = store.hit("dos", "k", 2, 0.3)
+        answers.append(answer)
+        if answer[0] == OK:
+            break
+    assert answers[-1][0] == OK
+    allowed_after = time.monotonic() - refused_at
+    assert allowed_after >= wait * 0.9  # not before the slot freed
+    assert allowed_after < wait + 1.0
+    waits = [w for code, _, w in answers if code == OVER]
+    assert len(waits) > 100  # a busy loop of refusals...
+    assert evalsha_calls(client) <= 10  # ...nearly all answered here
+    # a refusal's wait never grows while cached: it counts down
+    assert all(a >= b for a, b in itertools.pairwise(waits[:-2]))
+    store.close()
+
+
+def test_refusal_cache_is_bounded_forgotten_on_unblock_and_can_be_off(
+    server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    clock = FakeClock(T0)
+    store = RedisStore(server.url, prefix=prefix, clock=clock, refusal_cache_size=10)
+    for i in range(30):
+        store.hit("dos", f"c{i}", 1, 60.0)
+        assert store.hit("dos", f"c{i}", 1, 60.0)[0] == OVER
+    assert list(store._refusals) == [("dos", f"c{i}") for i in range(20, 30)]  # the newest
+    assert store.unblock("c29", "dos") == 0  # no block, but the cached refusal goes
+    assert ("dos", "c29") not in store._refusals
+    assert store.unblock_all("dos") == 0
+    assert not store._refusals
+    client.config_resetstat()
+    assert store.hit("dos", "c29", 1, 60.0)[0] == OVER  # unblock leaves windows alone
+    assert evalsha_calls(client) == 1
+
+    off = RedisStore(server.url, prefix=prefix, clock=clock, refusal_cache_size=0)
+    client.config_resetstat()
+    for _ in range(5):
+        assert off.hit("dos", "c0", 1, 60.0)[0] == OVER
+    assert evalsha_calls(client) == 5 and not off._refusals
+    store.close()
+    off.close()
+
+
+def test_a_jailing_hit_through_the_store_drops_the_refusal(
+    store: RedisStore, clock: FakeClock
+) -> None:
+    """A jail empties the window: a cached refusal of the same key must not outlive it."""
+    memory = MemoryStore(clock=clock)
+    codes = []
+    for jail in (0.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0):
+        expected = memory.hit("dos", "k", 2, 1.0, jail)
+        assert store.hit("dos", "k", 2, 1.0, jail) == pytest.approx(expected)
+        codes.append(expected[0])
+        clock.advance(0.05)
+    assert codes == [OK, OK, OVER, OVER, JAILED, OK, OK, OVER]
+
+
 # ---------------------------------------------------------------- outages
 
 
@@ -1180,6 +1303,65 @@ def test_error_replies_raise_store_error_without_opening_the_breaker(
     with pytest.raises(StoreError, match="WRONGTYPE"):
         store.hit("dos", "k", 3, 1.0)
     assert store.hit("dos", "other", 3, 1.0)[0] == OK  # not failing fast
+
+
+def test_programming_errors_raise_store_bug_and_leave_the_breaker_closed(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect (here: a redis-py without an attribute the store reads) is no outage."""
+    assert store.hit("dos", "k", 3, 1.0)[0] == OK
+
+    def broken(conn: Any, commands: Any) -> Any:
+        raise AttributeError("'Connection' object has no attribute 'is_connected'")
+
+    monkeypatch.setattr(mg_redis, "_talk", broken)
+    for _ in range(3):
+        with pytest.raises(StoreBug, match="AttributeError") as caught:
+            store.hit("dos", "k", 3, 1.0)
+        assert isinstance(caught.value.__cause__, AttributeError)
+    assert store._breaker.open_until == 0.0  # every call is tried: no "outage" to wait out
+    monkeypatch.undo()
+    assert store.hit("dos", "k", 3, 1.0)[0] == OK
+
+    async def asynchronous() -> None:
+        async def broken_batch(conn: Any, commands: Any) -> Any:
+            raise TypeError("get_connection() missing 1 required positional argument")
+
+        monkeypatch.setattr(mg_redis._AsyncLane, "_write_read", staticmethod(broken_batch))
+        with pytest.raises(StoreBug, match="TypeError"):
+            await store.ahit("dos", "k", 3, 1.0)
+        monkeypatch.undo()
+        await store.aclose()
+
+    asyncio.run(asynchronous())
+
+
+def test_error_replies_are_not_store_bugs(
+    store: RedisStore, client: redis.Redis, prefix: str
+) -> None:
+    client.set(f"{prefix}{{dos:k}}:w", "not a list")
+    with pytest.raises(StoreError) as caught:
+        store.hit("dos", "k", 3, 1.0)
+    assert not isinstance(caught.value, StoreBug)
+
+
+def test_get_connection_arguments_fit_every_redis_py() -> None:
+    class Before53:  # redis-py 5.0 to 5.2: the command name is required
+        def get_connection(self, command_name: str, *keys: Any, **options: Any) -> None: ...
+
+    class From53:  # 5.3 on: optional, and deprecated when given
+        def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> None: ...
+
+    class Bare:
+        def get_connection(self) -> None: ...
+
+    assert mg_redis._take_args(Before53()) == ("EVALSHA",)
+    assert mg_redis._take_args(From53()) == ()
+    assert mg_redis._take_args(Bare()) == ()
+    installed = redis.Redis().connection_pool  # no connection is opened
+    assert mg_redis._take_args(installed) == (
+        ("EVALSHA",) if tuple(map(int, redis.__version__.split(".")[:2])) < (5, 3) else ()
+    )
 
 
 def test_failure_block_never_shortens_a_longer_block(store: RedisStore) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store, StoreError
+from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store, StoreBug, StoreError
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     "Store",
+    "StoreBug",
     "StoreError",
 ]
 

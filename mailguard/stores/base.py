@@ -36,11 +36,21 @@ from abc import ABC, abstractmethod
 
 from ..core import BLOCKED, BUSY, JAILED, OK, OVER, Block
 
-__all__ = ["BLOCKED", "BUSY", "JAILED", "OK", "OVER", "Store", "StoreError"]
+__all__ = ["BLOCKED", "BUSY", "JAILED", "OK", "OVER", "Store", "StoreBug", "StoreError"]
 
 
 class StoreError(Exception):
     """A store could not answer (for Redis: connection lost, timeout, ...)."""
+
+
+class StoreBug(StoreError):
+    """A store call failed by a defect, not an outage.
+
+    A programming error (``AttributeError``, ``TypeError``, ...) in mailguard
+    or an incompatible client library: the cause is chained.  It is a
+    :class:`StoreError`, so the filter's ``on_store_error`` still applies,
+    but it is never taken for an outage: a filter logs every one at ERROR.
+    """
 
 
 class Store(ABC):

@@ -16,6 +16,11 @@ filter's chosen mode to each failed call:
 One line is logged when an outage starts and one when it ends.  The store
 itself keeps its socket timeouts short and opens a circuit breaker, so an
 outage costs a failed call, not a timeout, on each request.
+
+A :class:`~mailguard.stores.base.StoreBug` (a programming error in the
+store or an incompatible client library, not an outage) gets the same mode,
+but is logged at ERROR every time it happens, the first time with its
+traceback: a defect must not pass for an outage that nobody notices.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import Store, StoreError
+from .base import Store, StoreBug, StoreError
 from .memory import MemoryStore
 
 __all__ = ["STORE_ERROR_MODES", "GuardedStore", "StoreDown"]
@@ -81,10 +86,13 @@ class GuardedStore(Store):
         self.primary = primary
         self.mode = mode
         self.down = False
+        self.bugs = 0  # StoreBugs seen
         self._memory: MemoryStore | None = None
 
     def fallback_for(self, exc: StoreError) -> Store:
-        if not self.down:
+        if isinstance(exc, StoreBug):
+            self.bug(exc)
+        elif not self.down:
             self.down = True
             _log.error("mailguard store down mode=%s error=%s", self.mode, exc)
         if self.mode != "memory":
@@ -93,6 +101,16 @@ class GuardedStore(Store):
             self._memory = MemoryStore()
         return self._memory
 
+    def bug(self, exc: StoreBug) -> None:
+        """Log a defect at ERROR, every time (with the traceback the first time)."""
+        self.bugs += 1
+        _log.error(
+            "mailguard store bug (not an outage) mode=%s error=%s",
+            self.mode,
+            exc,
+            exc_info=exc if self.bugs == 1 else None,
+        )
+
     def recovered(self) -> None:
         self.down = False
         _log.warning("mailguard store up mode=%s", self.mode)
@@ -100,6 +118,9 @@ class GuardedStore(Store):
     def now(self) -> float:
         try:
             return self.primary.now()
+        except StoreBug as exc:
+            self.bug(exc)
+            return time.time()
         except StoreError:
             return time.time()
 

@@ -41,9 +41,14 @@ Connections
     flight per loop; later requests wait for the next), in a task of its
     own.  A caller cancelled before its batch is written is left out of it;
     one cancelled later only loses its answer; the connection is never left
-    with a reply half read.  A connection that fails is closed, and reopens
-    on its next use; a reused one that the server had closed (its idle
-    ``timeout``, a restart) is retried once on a new connection.
+    with a reply half read.  A connection that fails is closed and handed
+    back to the pool; an idle one that the server had closed meanwhile (its
+    idle ``timeout``, a restart) is retried once on a new connection.
+
+    Supported redis-py: 5.0.1 to 8.x (``scripts/test.sh`` runs the Redis
+    tests against the oldest and the newest).  Only connection and pool
+    methods present in all of them are used (``get_connection`` needs a
+    command name before 5.3 and warns about one from 5.3: both are met).
 
 Keys
     ``prefix + "{" + ns + ":" + key + "}:" + suffix``, e.g.
@@ -88,8 +93,12 @@ Failures
     Every connection, timeout or server failure raises
     :class:`~mailguard.StoreError`, never a redis-py exception, for the
     filters' ``on_store_error``.  An error reply that does not mean an
-    outage (someone else's key of the wrong type) raises StoreError too.  A
-    circuit breaker keeps an outage from costing a timeout per request:
+    outage (someone else's key of the wrong type) raises StoreError too.  Any
+    other exception (``AttributeError``, ``TypeError``...: a defect here, or
+    a redis-py this code does not fit) raises
+    :class:`~mailguard.stores.StoreBug`, a StoreError that the filters log at
+    ERROR every time; it is never taken for an outage.  A circuit breaker
+    keeps an outage from costing a timeout per request:
     after a failed call every call fails at once for ``breaker_cooldown``
     seconds (default 1), then one trial call goes through; its success
     closes the breaker, its failure opens it for another cooldown.  Recovery
@@ -110,16 +119,41 @@ Block cache
     does not matter.  The cache serves ``hit`` with ``jail > 0``, ``attempt``
     and ``get_block``, also while Redis is unreachable;
     ``block_cache_ttl=0`` turns it off.
+
+Refusal cache
+    A ``hit`` without jail that Redis answers ``OVER`` says exactly when the
+    key's next slot frees: when the request it names leaves the window.
+    Until then the store refuses the same ``(ns, key, limit, window)``
+    locally, without a round trip, with the wait left, so a flood from one
+    client costs Redis one call per freed slot, not one per request.  This
+    is exact, not a guess: a refusal records nothing, and other processes
+    can only add requests to the window, never free a slot earlier (only
+    time does; ``unblock`` leaves windows alone).  The end is counted on
+    this host's monotonic clock from the moment the call was *sent*, so the
+    cache never refuses after the slot has freed on the server's clock;
+    with ``clock=`` it is kept in store time and the answer is the very one
+    Redis would give (a clock stepped back asks Redis).  Outside this model,
+    and so able to free a slot early: a ``hit`` with ``jail > 0`` on the same
+    key, which empties the window (one made through this store drops the
+    entry; mailguard's filters never mix the two in one namespace), and
+    Redis losing the window (a restart without persistence, a flush, an
+    eviction), noticed within ``window`` seconds.  The cache answers also
+    while Redis is unreachable.  It holds ``refusal_cache_size`` keys
+    (default 10,000; the oldest go first; 0 turns it off), one limit and
+    window each (another limit or window asks Redis); ``unblock`` and
+    ``unblock_all`` through this store drop the matching entries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
@@ -137,6 +171,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TimeoutError,
     TryAgainError,
@@ -144,7 +179,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from ..core import Block, Clock, wait_until
-from .base import BLOCKED, JAILED, OK, Store, StoreError
+from .base import BLOCKED, JAILED, OK, OVER, Store, StoreBug, StoreError
 
 __all__ = ["RedisStore"]
 
@@ -312,6 +347,21 @@ class _Breaker:
 
 
 # ----------------------------------------------------------------- lanes
+def _take_args(pool: Any) -> tuple[str, ...]:
+    """What ``pool.get_connection`` needs: a command name before redis-py 5.3, nothing after.
+
+    From 5.3 any argument is deprecated (a warning per call); before, the
+    command name is required (it was never used by a plain pool).
+    """
+    try:
+        param = inspect.signature(pool.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):  # no signature to read: assume the current API
+        return ()
+    if param is not None and param.default is inspect.Parameter.empty:
+        return ("EVALSHA",)
+    return ()
+
+
 def _talk(conn: Any, commands: Sequence[bytes]) -> list[Any]:
     """Write ``commands`` at once on a sync connection; read their replies."""
     conn.send_packed_command(commands if len(commands) == 1 else (b"".join(commands),))
@@ -339,20 +389,22 @@ class _SyncLane:
         self.client = client
         self.owned = owned
         self.pool = client.connection_pool
+        self.take_args = _take_args(self.pool)
         self.breaker = breaker
         self.outages = breaker.outages
-        self.idle: list[Any] = []
+        self.idle: list[Any] = []  # each finished its last exchange cleanly
 
     def exchange(self, commands: Sequence[bytes]) -> list[Any]:
         if self.outages != self.breaker.outages:
             self.outages = self.breaker.outages
-            for conn in self.idle:
-                conn.disconnect()
+            idle, self.idle = self.idle, []
+            for conn in idle:
+                self.drop(conn)
         try:
             conn = self.idle.pop()
-            reused = conn.is_connected
+            reused = True  # was open after its last exchange; the server may have closed it
         except IndexError:
-            conn = self.pool.get_connection()
+            conn = self.pool.get_connection(*self.take_args)  # connected by the pool
             reused = False
         try:
             try:
@@ -360,14 +412,18 @@ class _SyncLane:
             except ConnectionError:
                 if not reused:
                     raise
-                conn.disconnect()
+                conn.disconnect()  # closed by the server while idle: once more, anew
                 replies = _talk(conn, commands)
         except BaseException:
-            conn.disconnect()
-            self.put(conn)
+            self.drop(conn)
             raise
         self.put(conn)
         return replies
+
+    def drop(self, conn: Any) -> None:
+        """Close ``conn`` and hand it back to the pool (which reconnects it when next taken)."""
+        conn.disconnect()
+        self.pool.release(conn)
 
     def put(self, conn: Any) -> None:
         if len(self.idle) < _MAX_IDLE:
@@ -404,6 +460,7 @@ class _AsyncLane:
         # a client made here has no socket timeout of its own: the lane times each batch
         self.timeout = store.socket_timeout if owned else None
         self.pool = client.connection_pool
+        self.take_args = _take_args(self.pool)
         self.loop = asyncio.get_running_loop()
         self.idle: list[Any] = []
         self.outages = store._breaker.outages
@@ -465,13 +522,14 @@ class _AsyncLane:
         breaker = self.store._breaker
         if self.outages != breaker.outages:
             self.outages = breaker.outages
-            for conn in self.idle:
-                await conn.disconnect(nowait=True)
+            idle, self.idle = self.idle, []
+            for conn in idle:
+                await self.drop(conn)
         try:
             conn = self.idle.pop()
-            reused = conn.is_connected
+            reused = True  # was open after its last exchange; the server may have closed it
         except IndexError:
-            conn = await self.pool.get_connection()
+            conn = await self.pool.get_connection(*self.take_args)  # connected by the pool
             reused = False
         try:
             try:
@@ -488,11 +546,15 @@ class _AsyncLane:
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except BaseException:
-            await conn.disconnect(nowait=True)
-            self.idle.append(conn)  # reconnects on its next use
+            await self.drop(conn)
             raise
         self.idle.append(conn)  # never more than _MAX_INFLIGHT of them
         return replies
+
+    async def drop(self, conn: Any) -> None:
+        """Close ``conn`` and hand it back to the pool (which reconnects it when next taken)."""
+        await conn.disconnect(nowait=True)
+        await self.pool.release(conn)
 
     @staticmethod
     async def _write_read(conn: Any, commands: list[bytes]) -> list[Any]:
@@ -554,6 +616,9 @@ class RedisStore(Store):
         before Redis is asked again (default 2.0; 0 turns the cache off).
         An unblock made elsewhere reaches this process within this time.
     :param block_cache_size: the most blocks cached (default 10,000).
+    :param refusal_cache_size: the most refusals cached (default 10,000; 0
+        turns the cache off): a key refused by ``hit`` is refused again
+        without a round trip until its next slot frees (see "Refusal cache").
     """
 
     def __init__(
@@ -569,6 +634,7 @@ class RedisStore(Store):
         breaker_cooldown: float = 1.0,
         block_cache_ttl: float = 2.0,
         block_cache_size: int = 10_000,
+        refusal_cache_size: int = 10_000,
     ) -> None:
         if isinstance(url, redis.asyncio.Redis):
             if async_client is not None:
@@ -597,14 +663,12 @@ class RedisStore(Store):
             _seconds("connect_timeout", connect_timeout, zero=False)
         _seconds("breaker_cooldown", breaker_cooldown, zero=True)
         _seconds("block_cache_ttl", block_cache_ttl, zero=True)
-        if (
-            isinstance(block_cache_size, bool)
-            or not isinstance(block_cache_size, int)
-            or block_cache_size < 0
+        for name, size in (
+            ("block_cache_size", block_cache_size),
+            ("refusal_cache_size", refusal_cache_size),
         ):
-            raise ValueError(
-                f"block_cache_size: must be a whole number >= 0, got {block_cache_size!r}"
-            )
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"{name}: must be a whole number >= 0, got {size!r}")
 
         self.url = url
         self.prefix = prefix
@@ -613,6 +677,7 @@ class RedisStore(Store):
         self.breaker_cooldown = float(breaker_cooldown)
         self.block_cache_ttl = float(block_cache_ttl)
         self.block_cache_size = block_cache_size if block_cache_ttl > 0 else 0
+        self.refusal_cache_size = refusal_cache_size
         self._clock = clock
         self._client = client
         self._async_client = async_client
@@ -627,6 +692,10 @@ class RedisStore(Store):
         )
         # (ns, key) -> (block, trusted until, ends at): both times time.monotonic()
         self._cache: dict[tuple[str, str], tuple[Block, float, float]] = {}
+        # (ns, key) -> (limit, window, until, since): see _refused
+        self._refusals: OrderedDict[tuple[str, str], tuple[int, float, float, float]] = (
+            OrderedDict()
+        )
         self._cache_lock = threading.Lock()
         _STORES.add(self)
 
@@ -711,8 +780,14 @@ class RedisStore(Store):
         if _is_outage(exc):
             self._breaker.opened(exc)
             return StoreError(f"redis unavailable: {type(exc).__name__}: {exc}")
-        self._success()
-        return StoreError(f"redis error: {type(exc).__name__}: {exc}")
+        if isinstance(exc, RedisError):  # the server answered, with an error
+            self._success()
+            return StoreError(f"redis error: {type(exc).__name__}: {exc}")
+        # Neither an outage nor Redis's answer: a defect here or in redis-py
+        # (an API this code misuses).  Never an outage: the breaker is left as it is.
+        bug = StoreBug(f"redis store bug: {type(exc).__name__}: {exc}")
+        bug.__cause__ = exc
+        return bug
 
     def _call(self, packed: bytes) -> Any:
         """One packed command on the synchronous path: one round trip."""
@@ -799,13 +874,52 @@ class RedisStore(Store):
             cache[name] = (block, mono + self.block_cache_ttl, mono + left)
 
     def _forget(self, key: str | None, kind: str | None) -> None:
+        """Drop the cached blocks and refusals of ``key`` / ``kind`` (None: any)."""
         with self._cache_lock:
-            for name in [
-                n
-                for n in self._cache
-                if (key is None or n[1] == key) and (kind is None or n[0] == kind)
-            ]:
-                del self._cache[name]
+            for cache in (self._cache, self._refusals):
+                for name in [
+                    n
+                    for n in cache
+                    if (key is None or n[1] == key) and (kind is None or n[0] == kind)
+                ]:
+                    del cache[name]
+
+    # ----------------------------------------------------- refusal cache
+    def _refused(self, ns: str, key: str, limit: int, window: float) -> float | None:
+        """The wait of a cached refusal of this hit that still holds, else None."""
+        name = (ns, key)
+        entry = self._refusals.get(name)
+        if entry is None or entry[0] != limit or entry[1] != window:
+            return None
+        _, _, until, since = entry
+        if self._clock is None:  # until: time.monotonic() when the slot frees, or earlier
+            left = until - time.monotonic()
+            if left > 0.0:
+                return left
+        else:  # store time: exactly what Redis (and a MemoryStore) would answer
+            now = float(self._clock())
+            if since <= now < until:  # a clock stepped back asks Redis
+                return wait_until(until, now)
+        self._refusals.pop(name, None)
+        return None
+
+    def _refuse(
+        self, ns: str, key: str, limit: int, window: float, fields: list[Any], sent: float
+    ) -> None:
+        """Cache an OVER reply 'code 0 wait until t', asked at ``time.monotonic()`` ``sent``."""
+        name = (ns, key)
+        if self._clock is None:
+            # Counted from before the request was sent, so never later than
+            # the slot frees on the server's clock.
+            entry = (limit, window, sent + float(fields[2]), 0.0)
+        else:
+            entry = (limit, window, float(fields[3]), float(fields[4]))
+        with self._cache_lock:
+            refusals = self._refusals
+            refusals.pop(name, None)
+            while len(refusals) >= self.refusal_cache_size:
+                refusals.popitem(last=False)  # the oldest
+            refusals[name] = entry
 
     # ------------------------------------------------- commands and replies
     # Each primitive is a packed EVALSHA (built by a *_command method, shared
@@ -826,11 +940,17 @@ class RedisStore(Store):
             )
         return _HIT.call(1, tag + ":w", self._now_arg(), limit, window, 0)
 
-    def _hit_result(self, ns: str, key: str, reply: Any) -> tuple[int, int, float]:
+    def _hit_result(
+        self, ns: str, key: str, limit: int, window: float, reply: Any, sent: float
+    ) -> tuple[int, int, float]:
         fields = reply.split(None, 6)
         code = int(fields[0])
         if code >= JAILED:
+            if code == JAILED and self._refusals:  # the jail emptied the window
+                self._refusals.pop((ns, key), None)
             return self._blocked(ns, key, fields)
+        if code == OVER and self.refusal_cache_size:
+            self._refuse(ns, key, limit, window, fields, sent)
         return code, int(fields[1]), float(fields[2])
 
     def _attempt_command(
@@ -925,15 +1045,21 @@ class RedisStore(Store):
         jail: float = 0.0,
         detail: bool = True,  # the script always works out remaining and wait
     ) -> tuple[int, int, float]:
-        if jail > 0.0 and self._cache:
-            cached = self._cached(ns, key)
-            if cached is not None:
-                return BLOCKED, 0, cached[1]
+        if jail > 0.0:
+            if self._cache:
+                cached = self._cached(ns, key)
+                if cached is not None:
+                    return BLOCKED, 0, cached[1]
+        elif self._refusals:
+            wait = self._refused(ns, key, limit, window)
+            if wait is not None:
+                return OVER, 0, wait
+        sent = time.monotonic()
         reply = self._call(self._hit_command(ns, key, limit, window, jail))
         if reply[0] == 48:  # b"0": allowed, the common answer
             fields = reply.split()
             return OK, int(fields[1]), float(fields[2])
-        return self._hit_result(ns, key, reply)
+        return self._hit_result(ns, key, limit, window, reply, sent)
 
     def peek(self, ns: str, key: str, window: float) -> int:
         tag = self._tag(ns, key)
@@ -1037,14 +1163,20 @@ class RedisStore(Store):
         jail: float = 0.0,
         detail: bool = True,  # the script always works out remaining and wait
     ) -> tuple[int, int, float]:
-        if jail > 0.0 and self._cache:
-            cached = self._cached(ns, key)
-            if cached is not None:
-                return BLOCKED, 0, cached[1]
+        if jail > 0.0:
+            if self._cache:
+                cached = self._cached(ns, key)
+                if cached is not None:
+                    return BLOCKED, 0, cached[1]
+        elif self._refusals:
+            wait = self._refused(ns, key, limit, window)
+            if wait is not None:
+                return OVER, 0, wait
         if self._threaded:
             return await asyncio.to_thread(self.hit, ns, key, limit, window, jail)
+        sent = time.monotonic()
         reply = await self._acall(self._hit_command(ns, key, limit, window, jail))
-        return self._hit_result(ns, key, reply)
+        return self._hit_result(ns, key, limit, window, reply, sent)
 
     async def apeek(self, ns: str, key: str, window: float) -> int:
         if self._threaded:

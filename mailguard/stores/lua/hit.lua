@@ -6,8 +6,10 @@
 -- KEYS[2]  the block hash of the same (ns, key) (only given when jail > 0)
 -- ARGV     now, limit, window, jail, kind, key
 --
--- Returns one string: 'code remaining wait' for OK (0) and OVER (1), and
--- 'code 0 wait now since until reason' for JAILED (2) and BLOCKED (3).
+-- Returns one string: 'code remaining wait' for OK (0), 'code 0 wait until t'
+-- for OVER (1) (until: when the request that frees a slot leaves the window;
+-- t: the time the wait counts from), and 'code 0 wait now since until reason'
+-- for JAILED (2) and BLOCKED (3).
 
 local limit = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
@@ -56,7 +58,8 @@ if count > 0 and count >= limit then
   -- limit went down since these were counted
   local first = oldest
   if count > limit then first = tonumber(redis.call('LINDEX', log, count - limit)) end
-  return '1 0 ' .. num(wait_until(leaves(first, window), t))
+  local untl = leaves(first, window)
+  return '1 0 ' .. num(wait_until(untl, t)) .. ' ' .. num(untl) .. ' ' .. num(t)
 end
 
 redis.call('RPUSH', log, num(t))
