@@ -110,6 +110,8 @@ from typing import Any, Final, NamedTuple
 
 import netaddr
 
+from .options import option_error
+
 __all__ = [
     "CACHE_SIZE",
     "MAX_ADDRESS_LENGTH",
@@ -267,9 +269,10 @@ def _ipv6_text(packed: bytes) -> str:
 def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
     """Parse one configuration entry into a network, or raise ValueError."""
     if not isinstance(entry, str):
-        raise ValueError(
-            f"{name}: {entry!r} is not an IP address or CIDR network "
-            f"(expected a string, got {type(entry).__name__})"
+        raise option_error(
+            name,
+            f"{entry!r} is not an IP address or CIDR network "
+            f"(expected a string, got {type(entry).__name__})",
         )
     text = entry.strip()
     address, slash, prefix = text.partition("/")
@@ -278,7 +281,7 @@ def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
             raise ValueError(address)
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise ValueError(f"{name}: {entry!r} is not an IP address or CIDR network") from None
+        raise option_error(name, f"{entry!r} is not an IP address or CIDR network") from None
     if not slash:
         return netaddr.IPNetwork(f"{ip}/{ip.max_prefixlen}")
     if (
@@ -286,15 +289,17 @@ def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
         or len(prefix) > 3
         or int(prefix) > ip.max_prefixlen
     ):
-        raise ValueError(
-            f"{name}: {entry!r} is not an IP address or CIDR network "
-            f"(the prefix length must be a number from 0 to {ip.max_prefixlen})"
+        raise option_error(
+            name,
+            f"{entry!r} is not an IP address or CIDR network "
+            f"(the prefix length must be a number from 0 to {ip.max_prefixlen})",
         )
     network = netaddr.IPNetwork(f"{ip}/{int(prefix)}")
     if network.ip != network.network:
-        raise ValueError(
-            f"{name}: {entry!r} has bits set after the /{network.prefixlen} prefix;"
-            f" did you mean '{network.cidr}'?"
+        raise option_error(
+            name,
+            f"{entry!r} has bits set after the /{network.prefixlen} prefix;"
+            f" did you mean '{network.cidr}'?",
         )
     return network
 
@@ -364,16 +369,17 @@ class AddressSet:
     def __init__(self, entries: Iterable[str] = (), *, name: str = "safe_ips") -> None:
         self.name = name
         if isinstance(entries, (str, bytes, bytearray)):
-            raise ValueError(
-                f"{name}: expected a list of IP addresses or CIDR networks, got the"
-                f" single string {entries!r}; write [{entries!r}] instead"
+            raise option_error(
+                name,
+                f"expected a list of IP addresses or CIDR networks, got the"
+                f" single string {entries!r}; write [{entries!r}] instead",
             )
         try:
             items = list(entries)
         except TypeError:
-            raise ValueError(
-                f"{name}: expected a list of IP addresses or CIDR networks,"
-                f" got {type(entries).__name__}"
+            raise option_error(
+                name,
+                f"expected a list of IP addresses or CIDR networks, got {type(entries).__name__}",
             ) from None
         shown: dict[str, None] = {}
         networks: list[netaddr.IPNetwork] = []
@@ -531,12 +537,14 @@ class ClientResolver:
             or not isinstance(ipv6_prefix, int)
             or not 32 <= ipv6_prefix <= 128
         ):
-            raise ValueError(f"ipv6_prefix: {ipv6_prefix!r} is not a prefix length from 32 to 128")
+            raise option_error(
+                "ipv6_prefix", f"{ipv6_prefix!r} is not a prefix length from 32 to 128"
+            )
         header = forwarded_header.lower() if isinstance(forwarded_header, str) else None
         if header not in _HEADERS:
-            raise ValueError(
-                f"forwarded_header: {forwarded_header!r} is not one of"
-                f" {', '.join(repr(h) for h in _HEADERS)}"
+            raise option_error(
+                "forwarded_header",
+                f"{forwarded_header!r} is not one of {', '.join(repr(h) for h in _HEADERS)}",
             )
         self.trusted_proxies = AddressSet(trusted_proxies, name="trusted_proxies")
         self.ipv6_prefix = ipv6_prefix
