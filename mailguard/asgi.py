@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .config import Config, load_policies
 from .core import ALLOW, Verdict
 from .events import EventHook
+from .identity import Client
 from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
 from .request import AsgiRequest
 from .stores.base import Store
@@ -73,7 +74,13 @@ class GuardMiddleware:
             raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
         self.app = app
         self.policy = policy
-        self._resolve = policy.resolver.from_asgi
+        self._resolve: Callable[[Scope], Client] = policy.resolver.from_asgi
+        if isinstance(app, GuardMiddleware) and app.policy.resolver is policy.resolver:
+            # Stacked on a filter with the same client settings: the client is
+            # resolved once per request, here, and the inner one reads it from
+            # the request (mailguard.identity, "Stacked filters").  A lone
+            # filter keeps the plain call: no cost when nothing is shared.
+            self._resolve = app._resolve = policy.resolver.from_asgi_shared
         self._reads_body = type(policy).wants_body is not Policy.wants_body
         self._local = policy.store.local
         self._by_client = policy.by_client

@@ -110,7 +110,8 @@ class Policy:
     ) -> None:
         if store is not None and not isinstance(store, Store):
             raise option_error("store", f"must be a mailguard store, got {store!r}")
-        self.resolver = ClientResolver(
+        # one resolver (and cache) per settings, shared with every filter that has them
+        self.resolver = ClientResolver.shared(
             trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header
         )
         self.safe_ips = AddressSet(safe_ips, name="safe_ips")
