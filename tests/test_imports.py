@@ -88,7 +88,7 @@ def imports_of(module: str) -> set[str]:
         argument = _dynamic_import(stmt)
         if argument is not None:
             if not (isinstance(argument, ast.Constant) and isinstance(argument.value, str)):
-                DYNAMIC.append(f"{module}:{stmt.lineno}")
+                DYNAMIC.append(f"{module}:{getattr(stmt, 'lineno', '?')}")
             elif not argument.value.startswith("."):
                 named.append(argument.value)
         if isinstance(stmt, ast.Import):
