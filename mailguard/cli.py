@@ -47,6 +47,7 @@ from . import __version__
 from .admin import block_record, keys_to_lift
 from .config import ConfigError, load, redact
 from .events import quote
+from .policies import KINDS
 from .stores.base import Store, StoreError
 from .stores.memory import MemoryStore
 from .zimbra import ImportFailed, import_text
@@ -57,8 +58,6 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
-
-KINDS = ("dos", "login", "device")
 
 _EPILOG = """\
 exit codes:
@@ -110,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     blocks.add_argument(
-        "--kind", metavar="KIND", help="only blocks of this filter: dos, login, device"
+        "--kind", metavar="KIND", help=f"only blocks of this filter: {', '.join(KINDS)}"
     )
     blocks.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -128,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an address (an IPv6 address also lifts a block on its /64) or a device id",
     )
     unblock.add_argument(
-        "--kind", metavar="KIND", help="only blocks of this filter: dos, login, device"
+        "--kind", metavar="KIND", help=f"only blocks of this filter: {', '.join(KINDS)}"
     )
     unblock.add_argument("--all", action="store_true", help="lift every block (of --kind)")
 

@@ -57,9 +57,13 @@ Rules:
 - ``[common]`` takes ``safe_ips``, ``trusted_proxies``, ``forwarded_header``,
   ``ipv6_prefix`` and ``on_store_error``.  A filter that sets one of them
   itself replaces the common value (lists are not merged).
-- Durations (keys ending in ``_duration``, ``_interval``, ``_window``,
-  ``_ttl`` or ``_timeout``, and ``offender_memory``) take seconds or a string
-  with a unit: ``"1500ms"``, ``"600s"``, ``"25m"``, ``"1h"``, ``"2d"``.
+- Durations (the options a constructor declares as
+  :data:`~mailguard.options.Duration` or :data:`~mailguard.options.Seconds`,
+  see :mod:`mailguard.options`) take seconds or a string with a unit:
+  ``"1500ms"``, ``"600s"``, ``"25m"``, ``"1h"``, ``"2d"``.
+- Which keys a table takes, and which are durations, is read from the
+  constructors themselves (:func:`mailguard.options.declared`); the filter
+  tables and their order come from :data:`mailguard.policies.FILTERS`.
 
 Environment overrides
 =====================
@@ -83,7 +87,9 @@ Errors
 ======
 
 Every mistake raises :class:`ConfigError` (a ``ValueError``) once, at load,
-naming where it is, the key and the problem::
+naming where it is, the key and the problem (a constructor's
+:func:`~mailguard.options.option_error` names the option; the key is where
+that option was set)::
 
     mailguard.toml: dos.max_requests_per_sec: must be a whole number >= 1, got 0
     mailguard.toml: login.block_duration: 'soon' is not a duration (use ...)
@@ -105,6 +111,15 @@ hook that looks at ``event.action``::
 
     app = mailguard.asgi.protect(app, "mailguard.toml", on_event=alert)
 
+Using it from Python
+====================
+
+The adapters wrap an app with what this module builds
+(:func:`load_policies`); this module imports neither adapter::
+
+    policies = load_policies("mailguard.toml", store=store)   # outermost first
+    app = mailguard.asgi.protect(app, "mailguard.toml", store=store)
+
 What needs a restart
 ====================
 
@@ -120,18 +135,17 @@ processes notice a lifted block within ``block_cache_ttl``, 2 s by default).
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any
 
 from .events import EventHook
-from .options import duration
-from .policies import DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
+from .options import Option, declared, named_option
+from .policies import KINDS, POLICIES, Policy
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
@@ -141,13 +155,13 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from .asgi import ASGIApp
-    from .wsgi import WSGIApp
+    from .stores.redis import RedisStore
 
 __all__ = [
     "COMMON_KEYS",
     "ENV_PREFIX",
     "FILTERS",
+    "POLICIES",
     "Config",
     "ConfigError",
     "FilterSettings",
@@ -155,9 +169,9 @@ __all__ = [
     "env_value",
     "is_duration_key",
     "load",
+    "load_policies",
     "loads",
     "redact",
-    "wrap",
 ]
 
 _log = logging.getLogger("mailguard.config")
@@ -165,16 +179,8 @@ _log = logging.getLogger("mailguard.config")
 ENV_PREFIX = "MAILGUARD_"
 """Environment variables ``MAILGUARD_<TABLE>__<KEY>`` override the file."""
 
-FILTERS: tuple[str, ...] = ("dos", "device", "login")
-"""The filter tables, outermost first: the order in which they see a request."""
-
-POLICIES: dict[str, type[Policy]] = {
-    "dos": DosPolicy,
-    "device": DeviceJailPolicy,
-    "login": InvalidLoginPolicy,
-}
-
-_CLASS_NAMES = {"dos": "DosFilter", "device": "DeviceJail", "login": "InvalidLoginFilter"}
+FILTERS: tuple[str, ...] = KINDS
+"""The filter tables, outermost first (:data:`mailguard.policies.KINDS`)."""
 
 COMMON_KEYS: tuple[str, ...] = (
     "safe_ips",
@@ -190,10 +196,8 @@ TABLES: tuple[str, ...] = ("store", "common", *FILTERS)
 STORE_TYPES = ("memory", "redis")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
-_DURATION_SUFFIXES = ("_duration", "_interval", "_window", "_ttl", "_timeout")
-_DURATION_NAMES = frozenset({"offender_memory"})
-
-# Filter-table keys that only Python code can supply, with the reason.
+# Keys that only Python code can supply, with the reason (any other option
+# that takes a callable gets _CALLABLE).
 _NOT_IN_FILES = {
     "store": "the store is configured once, in [store]",
     "on_event": "a hook is a Python callable: pass on_event= to protect()",
@@ -201,6 +205,7 @@ _NOT_IN_FILES = {
     "policy": "build the filter in code to pass a ready policy",
     "clock": "a Python callable: pass store= to protect() for a store with a clock",
 }
+_CALLABLE = "a Python callable: build the filter in code to use it"
 
 
 class ConfigError(ValueError):
@@ -217,8 +222,24 @@ class ConfigError(ValueError):
 
 
 def is_duration_key(key: str) -> bool:
-    """Whether a filter option holds a duration (seconds, or a string such as ``"25m"``)."""
-    return key in _DURATION_NAMES or key.endswith(_DURATION_SUFFIXES)
+    """Whether a filter or store option of this name holds a duration.
+
+    Read from the declarations (:func:`mailguard.options.declared`), not from
+    the name: kept for code that asked before they existed.
+    """
+    classes: list[type] = [*POLICIES.values(), MemoryStore]
+    try:
+        from .stores.redis import RedisStore
+    except ImportError:  # pragma: no cover - without the redis extra
+        pass
+    else:
+        classes.append(RedisStore)
+    return any(
+        option.is_duration
+        for cls in classes
+        for option in declared(cls).values()
+        if option.name == key
+    )
 
 
 # ------------------------------------------------------------------ settings
@@ -248,29 +269,16 @@ class FilterSettings:
         """The policy, on ``store``; a bad option raises :class:`ConfigError`."""
         try:
             return self.policy_type(store=store, on_event=on_event, **self.options)
-        except TypeError as exc:
-            raise self._error(exc, unknown=True) from None
-        except ValueError as exc:
-            raise self._error(exc, unknown=False) from None
+        except (TypeError, ValueError) as exc:
+            raise self._error(exc) from None
 
-    def _origin(self, key: str) -> tuple[str, str]:
-        return self.origins.get(key, ("?", f"{self.name}.{key}"))
-
-    def _error(self, exc: Exception, *, unknown: bool) -> ConfigError:
-        text = str(exc)
-        if unknown:
-            found = re.search(r"keyword argument '(\w+)'", text)
-            if found and found.group(1) in self.options:
-                where, label = self._origin(found.group(1))
-                return ConfigError(
-                    where, label, _unknown(found.group(1), accepted_options(self.policy_type) or ())
-                )
-        found = re.match(r"(\w+): (.*)", text, re.DOTALL)
-        if found and found.group(1) in self.options:
-            where, label = self._origin(found.group(1))
-            return ConfigError(where, label, found.group(2))
+    def _error(self, exc: Exception) -> ConfigError:
+        named = named_option(exc)
+        if named is not None and named[0] in self.origins:
+            where, label = self.origins[named[0]]
+            return ConfigError(where, label, named[1])
         where = next(iter(self.origins.values()))[0] if self.origins else "?"
-        return ConfigError(where, f"[{self.name}]", text)
+        return ConfigError(where, f"[{self.name}]", str(exc))
 
 
 @dataclass(frozen=True)
@@ -313,13 +321,12 @@ class StoreSettings:
         return store
 
     def _error(self, exc: Exception) -> ConfigError:
-        text = str(exc)
-        found = re.match(r"(\w+): (.*)", text, re.DOTALL)
-        if found and found.group(1) in self.options:
-            key = found.group(1)
-            return ConfigError(self.origins.get(key, "?"), f"store.{key}", found.group(2))
+        named = named_option(exc)
+        if named is not None and named[0] in self.options:
+            key = named[0]
+            return ConfigError(self.origins.get(key, "?"), f"store.{key}", named[1])
         where = next(iter(self.origins.values()), "?") if self.origins else "?"
-        return ConfigError(where, "[store]", text)
+        return ConfigError(where, "[store]", str(exc))
 
     def describe(self) -> str:
         if self.type == "memory":
@@ -367,8 +374,6 @@ class Config:
         scratch = MemoryStore(max_keys=16)
         for settings in self.filters:
             settings.build(scratch)
-        if self.store.type == "redis":
-            _check_redis_options(self.store)  # names first: a clearer message
         self.store.build().close()  # a RedisStore connects on first use, not here
 
     def describe(self) -> str:
@@ -442,7 +447,7 @@ def _build(data: dict[str, Any], source: str, env: Mapping[str, str] | None) -> 
                 _unknown(key, COMMON_KEYS, what="key for [common]"),
             )
     filters = []
-    for name in FILTERS:
+    for name in KINDS:
         if name not in tables:
             filters.append(FilterSettings(name, False))
             continue
@@ -460,8 +465,9 @@ def _store_settings(table: dict[str, Any], origins: dict[str, str], source: str)
     if kind not in STORE_TYPES:
         raise ConfigError(kind_from, "store.type", f'must be "memory" or "redis", got {kind!r}')
     if kind == "memory":
+        accepted = declared(MemoryStore)
         for key in table:
-            if key != "max_keys":
+            if key not in accepted or key == "clock":
                 hint = ' (set type = "redis" to use Redis)' if key in ("url", "prefix") else ""
                 raise ConfigError(
                     origins[key], f"store.{key}", f"not an option of the memory store{hint}"
@@ -481,9 +487,11 @@ def _store_settings(table: dict[str, Any], origins: dict[str, str], source: str)
             raise ConfigError(
                 origins["prefix"], "store.prefix", f"must be a string, got {prefix!r}"
             )
+        accepted = declared(_redis_store_class(kind_from))
         for key, value in list(table.items()):
-            if is_duration_key(key):
-                table[key] = _duration(key, value, origins.get(key, source), "store")
+            origin = origins.get(key, source)
+            option = _file_option(accepted, key, origin, f"store.{key}")
+            table[key] = _parse(option, value, origin, f"store.{key}")
     return StoreSettings(kind, table, {"type": kind_from, **origins})
 
 
@@ -502,7 +510,7 @@ def _filter_settings(
             f"{name}.enabled",
             f"must be true or false, got {enabled!r}",
         )
-    accepted = accepted_options(POLICIES[name])
+    accepted = declared(POLICIES[name])
     options: dict[str, Any] = {}
     where: dict[str, tuple[str, str]] = {}
     for key, value in common.items():
@@ -512,21 +520,30 @@ def _filter_settings(
     for key, value in table.items():
         origin = origins.get(key, source)
         label = f"{name}.{key}"
-        if key in _NOT_IN_FILES:
-            raise ConfigError(origin, label, f"cannot be set here: {_NOT_IN_FILES[key]}")
-        if accepted is not None and key not in accepted:
-            raise ConfigError(origin, label, _unknown(key, accepted))
-        options[key] = _duration(key, value, origin, name) if is_duration_key(key) else value
+        option = _file_option(accepted, key, origin, label)
+        options[key] = _parse(option, value, origin, label)
         where[key] = (origin, label)
     return FilterSettings(name, enabled, options, where)
 
 
-def _duration(key: str, value: Any, origin: str, table: str) -> float:
+def _file_option(accepted: Mapping[str, Option], key: str, origin: str, label: str) -> Option:
+    """The declared option ``key`` of a table, if a file may set it."""
+    if key in _NOT_IN_FILES:
+        raise ConfigError(origin, label, f"cannot be set here: {_NOT_IN_FILES[key]}")
+    option = accepted.get(key)
+    if option is None:
+        raise ConfigError(origin, label, _unknown(key, accepted))
+    if option.is_callable:
+        raise ConfigError(origin, label, f"cannot be set here: {_CALLABLE}")
+    return option
+
+
+def _parse(option: Option, value: Any, origin: str, label: str) -> Any:
     try:
-        return duration(key, value, allow_zero=True)
+        return option.parse(value)
     except ValueError as exc:
-        problem = str(exc).split(": ", 1)[-1]
-        raise ConfigError(origin, f"{table}.{key}", problem) from None
+        named = named_option(exc)
+        raise ConfigError(origin, label, named[1] if named else str(exc)) from None
 
 
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, tuple[str, str, Any]]]:
@@ -556,37 +573,8 @@ def env_value(text: str) -> Any:
 # ------------------------------------------------------------------- helpers
 
 
-def accepted_options(cls: type) -> frozenset[str] | None:
-    """The keyword options ``cls(...)`` accepts, or None when it takes any.
-
-    Follows ``**options`` up the class hierarchy, as the policies pass their
-    extra options on to :class:`~mailguard.policies.Policy`.
-    """
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        if klass is object:
-            return None
-        try:
-            params = inspect.signature(init).parameters.values()
-        except (TypeError, ValueError):
-            return None
-        more = False
-        for param in params:
-            if param.kind is param.VAR_KEYWORD:
-                more = True
-            elif param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
-                names.add(param.name)
-        if not more:
-            names.discard("self")
-            return frozenset(names)
-    return None
-
-
 def _unknown(key: str, known: Any, what: str = "option") -> str:
-    candidates = sorted(k for k in known if k not in _NOT_IN_FILES and k != "self")
+    candidates = sorted(k for k in known if k not in _NOT_IN_FILES)
     close = difflib.get_close_matches(key, candidates, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {what}{hint}"
@@ -603,7 +591,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def _redis_store_class(where: str) -> Callable[..., Store]:
+def _redis_store_class(where: str) -> type[RedisStore]:
     try:
         from .stores.redis import RedisStore
     except ImportError as exc:
@@ -615,60 +603,22 @@ def _redis_store_class(where: str) -> Callable[..., Store]:
     return RedisStore
 
 
-def _check_redis_options(settings: StoreSettings) -> None:
-    cls = _redis_store_class(settings.origins.get("type", "?"))
-    accepted = accepted_options(cls) if isinstance(cls, type) else None
-    if accepted is None:
-        return
-    for key in settings.options:
-        if key != "url" and key not in accepted:
-            raise ConfigError(
-                settings.origins.get(key, "?"), f"store.{key}", _unknown(key, accepted)
-            )
+# ------------------------------------------------------------------- building
 
 
-# ------------------------------------------------------------------- wrapping
-
-
-@overload
-def wrap(
-    app: ASGIApp,
+def load_policies(
     config: str | os.PathLike[str] | Config,
-    interface: Literal["asgi"],
     *,
     store: Store | None = None,
     on_event: EventHook | None = None,
-) -> ASGIApp: ...
-
-
-@overload
-def wrap(
-    app: WSGIApp,
-    config: str | os.PathLike[str] | Config,
-    interface: Literal["wsgi"],
-    *,
-    store: Store | None = None,
-    on_event: EventHook | None = None,
-) -> WSGIApp: ...
-
-
-def wrap(
-    app: Any,
-    config: str | os.PathLike[str] | Config,
-    interface: Literal["asgi", "wsgi"],
-    *,
-    store: Store | None = None,
-    on_event: EventHook | None = None,
-) -> Any:
-    """Wrap ``app`` with every filter ``config`` enables, outermost first.
+) -> list[Policy]:
+    """The policies of every filter ``config`` enables, outermost first, on one store.
 
     This is what ``mailguard.asgi.protect`` and ``mailguard.wsgi.protect``
-    call.
+    wrap an app with, each in its own adapter classes.
 
-    :param app: the ASGI or WSGI app to protect.
     :param config: a path to a mailguard.toml (environment overrides
         applied), or a :class:`Config`.
-    :param interface: ``"asgi"`` or ``"wsgi"``.
     :param store: use this store instead of building the one ``[store]``
         describes (for a store with a :class:`~mailguard.FakeClock` in tests,
         or one shared with other code).
@@ -676,14 +626,18 @@ def wrap(
         every filter (alerting, :class:`mailguard.metrics.PrometheusHook`).
     :raises ConfigError: on any mistake in the file or the environment.
     """
-    if interface not in ("asgi", "wsgi"):
-        raise ValueError(f"interface: must be 'asgi' or 'wsgi', got {interface!r}")
     cfg = config if isinstance(config, Config) else load(config)
-    module = __import__(f"mailguard.{interface}", fromlist=["DosFilter"])
     shared = store if store is not None else cfg.build_store()
     policies = cfg.policies(shared, on_event)
     if not policies:
         _log.warning("mailguard: %s enables no filter; the app runs unprotected", cfg.source)
-    for policy in reversed(policies):
-        app = getattr(module, _CLASS_NAMES[policy.kind])(app, policy=policy)
-    return app
+    return policies
+
+
+def __getattr__(name: str) -> Any:
+    if name == "wrap":  # it needed the adapters: this module no longer imports them
+        raise AttributeError(
+            "mailguard.config.wrap is gone: use mailguard.asgi.protect or"
+            " mailguard.wsgi.protect (or mailguard.fronts.wrap)"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

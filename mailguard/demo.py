@@ -50,9 +50,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .asgi import ASGIApp, DeviceJail, DosFilter, InvalidLoginFilter, Message, Receive, Scope, Send
+from .asgi import FILTER_CLASSES, ASGIApp, Message, Receive, Scope, Send
 from .core import FakeClock
 from .events import Event
+from .policies import FILTERS as FILTER_KINDS
+from .policies import KINDS
 from .stores.memory import MemoryStore
 
 __all__ = ["DEFAULT_SEED", "LIMITS", "Report", "build_webmail", "main", "run"]
@@ -71,10 +73,10 @@ LIMITS: dict[str, dict[str, Any]] = {
 }
 """The options each filter gets in the demo (tighter than production defaults)."""
 
-FILTERS = ("dos", "device", "login")  # outermost first
-_TITLES = {"dos": "DosFilter", "device": "DeviceJail", "login": "InvalidLoginFilter"}
-_BLOCK_ACTION = {"dos": "refused", "device": "jailed", "login": "blocked"}
-_BLOCK_WORD = {"dos": "episodes", "device": "jails", "login": "blocks"}
+FILTERS = KINDS  # outermost first
+_TITLES = {f.kind: f.adapter for f in FILTER_KINDS}
+_BLOCK_ACTION = {f.kind: f.block_action for f in FILTER_KINDS}
+_BLOCK_WORD = {f.kind: f.block_word for f in FILTER_KINDS}
 _TRACE = "mailguard.demo.trace"  # scope key the probes write to
 
 OFFICE_NAT = "198.51.100.10"
@@ -498,11 +500,8 @@ class _Run:
         self.current: _Actor = self.report.actors["office"]
         self.told: set[tuple[str, str]] = set()
         app: ASGIApp = _Probe("app", build_webmail())
-        for name, middleware in (
-            ("login", InvalidLoginFilter),
-            ("device", DeviceJail),
-            ("dos", DosFilter),
-        ):
+        for name in reversed(FILTERS):  # the innermost first
+            middleware = FILTER_CLASSES[name]
             wrapped = middleware(app, store=self.store, on_event=self.on_event, **LIMITS[name])
             app = _Probe(name, wrapped)
         self.app = app

@@ -97,6 +97,32 @@ All caches are bounded: a cache is emptied when it reaches
 :data:`CACHE_SIZE` entries (fewer for the cache of header walks), so a
 flood of distinct addresses or headers costs some parsing but never
 unbounded memory.
+
+Stacked filters: one resolution per request
+===========================================
+
+Filters with the same settings (``trusted_proxies``, ``ipv6_prefix``,
+``forwarded_header``) share one resolver, and so one set of caches:
+:meth:`ClientResolver.shared` hands out the same instance for the same
+settings.  When such filters are stacked directly (``protect`` stacks
+``DosFilter`` -> ``DeviceJail`` -> ``InvalidLoginFilter``), the outermost
+resolves the client once and leaves it in the request for the ones inside
+(:meth:`~ClientResolver.from_asgi_shared`, :meth:`~ClientResolver.from_wsgi_shared`):
+``scope["mailguard.client"]`` in ASGI, ``environ["mailguard.client"]`` in
+WSGI (:data:`SHARED_KEY`).  A peer whose headers are never read (no trusted
+proxy) needs no sharing: each filter finds it with one lookup in the shared
+cache, which is all resolving it costs.
+
+What is stored there is ``(resolver, peer, client)``: the resolver object
+itself and the very peer object (``scope["client"]``,
+``environ["REMOTE_ADDR"]``) the client was resolved from.  A filter takes the
+stored client only when the resolver *is* its own (an identity test, not an
+equality) and the peer is still that same object, so nothing a request sends
+can ever be taken for a resolved client (a header never becomes that key,
+and no request can produce our resolver object), a value an upstream
+middleware left there is ignored unless it holds our resolver, and filters
+with other settings never use each other's result: they resolve for
+themselves.
 """
 
 from __future__ import annotations
@@ -104,17 +130,22 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
+import weakref
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import netaddr
+
+from .options import option_error
 
 __all__ = [
     "CACHE_SIZE",
     "MAX_ADDRESS_LENGTH",
     "MAX_HEADER_LENGTH",
     "MAX_HOPS",
+    "SHARED_KEY",
     "AddressSet",
     "Client",
     "ClientResolver",
@@ -162,6 +193,9 @@ _HEADERS: Final = {
     "forwarded": (b"forwarded", "HTTP_FORWARDED"),
     "x-real-ip": (b"x-real-ip", "HTTP_X_REAL_IP"),
 }
+
+#: The scope / environ key under which stacked filters share a resolved client.
+SHARED_KEY: Final = "mailguard.client"
 
 _canonical_cache: dict[str, str | None] = {}
 
@@ -267,9 +301,10 @@ def _ipv6_text(packed: bytes) -> str:
 def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
     """Parse one configuration entry into a network, or raise ValueError."""
     if not isinstance(entry, str):
-        raise ValueError(
-            f"{name}: {entry!r} is not an IP address or CIDR network "
-            f"(expected a string, got {type(entry).__name__})"
+        raise option_error(
+            name,
+            f"{entry!r} is not an IP address or CIDR network "
+            f"(expected a string, got {type(entry).__name__})",
         )
     text = entry.strip()
     address, slash, prefix = text.partition("/")
@@ -278,7 +313,7 @@ def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
             raise ValueError(address)
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise ValueError(f"{name}: {entry!r} is not an IP address or CIDR network") from None
+        raise option_error(name, f"{entry!r} is not an IP address or CIDR network") from None
     if not slash:
         return netaddr.IPNetwork(f"{ip}/{ip.max_prefixlen}")
     if (
@@ -286,15 +321,17 @@ def _parse_network(entry: object, name: str) -> netaddr.IPNetwork:
         or len(prefix) > 3
         or int(prefix) > ip.max_prefixlen
     ):
-        raise ValueError(
-            f"{name}: {entry!r} is not an IP address or CIDR network "
-            f"(the prefix length must be a number from 0 to {ip.max_prefixlen})"
+        raise option_error(
+            name,
+            f"{entry!r} is not an IP address or CIDR network "
+            f"(the prefix length must be a number from 0 to {ip.max_prefixlen})",
         )
     network = netaddr.IPNetwork(f"{ip}/{int(prefix)}")
     if network.ip != network.network:
-        raise ValueError(
-            f"{name}: {entry!r} has bits set after the /{network.prefixlen} prefix;"
-            f" did you mean '{network.cidr}'?"
+        raise option_error(
+            name,
+            f"{entry!r} has bits set after the /{network.prefixlen} prefix;"
+            f" did you mean '{network.cidr}'?",
         )
     return network
 
@@ -364,16 +401,17 @@ class AddressSet:
     def __init__(self, entries: Iterable[str] = (), *, name: str = "safe_ips") -> None:
         self.name = name
         if isinstance(entries, (str, bytes, bytearray)):
-            raise ValueError(
-                f"{name}: expected a list of IP addresses or CIDR networks, got the"
-                f" single string {entries!r}; write [{entries!r}] instead"
+            raise option_error(
+                name,
+                f"expected a list of IP addresses or CIDR networks, got the"
+                f" single string {entries!r}; write [{entries!r}] instead",
             )
         try:
             items = list(entries)
         except TypeError:
-            raise ValueError(
-                f"{name}: expected a list of IP addresses or CIDR networks,"
-                f" got {type(entries).__name__}"
+            raise option_error(
+                name,
+                f"expected a list of IP addresses or CIDR networks, got {type(entries).__name__}",
             ) from None
         shown: dict[str, None] = {}
         networks: list[netaddr.IPNetwork] = []
@@ -507,6 +545,7 @@ class ClientResolver:
     """
 
     __slots__ = (
+        "__weakref__",
         "_asgi_name",
         "_by_address",
         "_direct",
@@ -531,12 +570,14 @@ class ClientResolver:
             or not isinstance(ipv6_prefix, int)
             or not 32 <= ipv6_prefix <= 128
         ):
-            raise ValueError(f"ipv6_prefix: {ipv6_prefix!r} is not a prefix length from 32 to 128")
+            raise option_error(
+                "ipv6_prefix", f"{ipv6_prefix!r} is not a prefix length from 32 to 128"
+            )
         header = forwarded_header.lower() if isinstance(forwarded_header, str) else None
         if header not in _HEADERS:
-            raise ValueError(
-                f"forwarded_header: {forwarded_header!r} is not one of"
-                f" {', '.join(repr(h) for h in _HEADERS)}"
+            raise option_error(
+                "forwarded_header",
+                f"{forwarded_header!r} is not one of {', '.join(repr(h) for h in _HEADERS)}",
             )
         self.trusted_proxies = AddressSet(trusted_proxies, name="trusted_proxies")
         self.ipv6_prefix = ipv6_prefix
@@ -552,6 +593,29 @@ class ClientResolver:
         self._by_address: dict[str, Client] = {}
         # Short header value -> the client it names (None: the peer itself).
         self._walked: dict[str, Client | None] = {}
+
+    @classmethod
+    def shared(
+        cls,
+        trusted_proxies: Iterable[str] = (),
+        *,
+        ipv6_prefix: int = 64,
+        forwarded_header: str = "x-forwarded-for",
+    ) -> ClientResolver:
+        """The resolver for these settings, one instance (and one set of caches) for all.
+
+        Takes and checks the same arguments as the constructor.  Settings are
+        the same when the proxies are the same entries in any order, the
+        prefix the same number and the header the same name in any case.
+        An instance lives as long as someone uses it.
+        """
+        fresh = cls(trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header)
+        key = (cls, frozenset(fresh.trusted_proxies), fresh.ipv6_prefix, fresh.forwarded_header)
+        with _SHARED_LOCK:
+            found = _SHARED.get(key)
+            if found is None:
+                _SHARED[key] = found = fresh
+        return found
 
     def __repr__(self) -> str:
         return (
@@ -597,6 +661,57 @@ class ClientResolver:
             # Headers that cannot be read count as garbage: the proxy itself.
             return hit
         return self._walk(hit, values)
+
+    def from_asgi_shared(self, scope: MutableMapping[str, Any]) -> Client:
+        """:meth:`from_asgi`, once per request for every filter on this resolver.
+
+        A peer whose headers are never read costs one lookup in this
+        resolver's cache, as with :meth:`from_asgi`, and nothing is stored.
+        Otherwise the first call for a request resolves the client and stores
+        ``(self, scope["client"], client)`` under ``scope["mailguard.client"]``;
+        later calls with the same resolver and the same peer object return
+        it.  Anything else found there is ignored and replaced.
+        """
+        peer = scope.get("client")
+        try:
+            hit = _UNKNOWN_CLIENT if peer is None else self._direct.get(peer[0])
+        except Exception:
+            hit = None
+        if hit is not None:
+            return hit
+        held = scope.get(SHARED_KEY)
+        if held is not None:
+            try:
+                if held[0] is self and held[1] is peer:
+                    client: Client = held[2]
+                    return client
+            except Exception:  # not ours: resolve and replace it
+                pass
+        client = self.from_asgi(scope)
+        scope[SHARED_KEY] = (self, peer, client)
+        return client
+
+    def from_wsgi_shared(self, environ: MutableMapping[str, Any]) -> Client:
+        """:meth:`from_wsgi`, once per request: as :meth:`from_asgi_shared`, in
+        ``environ["mailguard.client"]``, tied to ``environ["REMOTE_ADDR"]``."""
+        peer = environ.get("REMOTE_ADDR")
+        try:
+            hit = self._direct.get(peer)
+        except Exception:
+            hit = None
+        if hit is not None:
+            return hit
+        held = environ.get(SHARED_KEY)
+        if held is not None:
+            try:
+                if held[0] is self and held[1] is peer:
+                    client: Client = held[2]
+                    return client
+            except Exception:  # not ours: resolve and replace it
+                pass
+        client = self.from_wsgi(environ)
+        environ[SHARED_KEY] = (self, peer, client)
+        return client
 
     def from_wsgi(self, environ: Mapping[str, Any]) -> Client:
         """Resolve the client of a WSGI *environ*.
@@ -747,6 +862,13 @@ class ClientResolver:
             if not is_trusted:
                 break
         return None if last is None else self._client_for(last)
+
+
+# ClientResolver.shared: one resolver per settings, while anyone uses it.
+_SHARED: weakref.WeakValueDictionary[tuple[object, ...], ClientResolver] = (
+    weakref.WeakValueDictionary()
+)
+_SHARED_LOCK = threading.Lock()
 
 
 def _split_header(joined: str) -> list[str]:

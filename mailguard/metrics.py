@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .events import Event, EventHook
+from .policies import KINDS as FILTER_KINDS
 from .stores.base import Store, StoreError
 from .stores.memory import MemoryStore
 
@@ -68,7 +69,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["MetricsCollector", "PrometheusHook", "asgi_app", "instrument", "wsgi_app"]
 
-KINDS = ("dos", "login", "device")
+KINDS = FILTER_KINDS
+"""The filter kinds whose blocks are always exported (:data:`mailguard.policies.KINDS`)."""
 
 
 class PrometheusHook:

@@ -48,6 +48,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from .options import option_error
+
 __all__ = ["PRESETS", "Preset", "nextcloud_failure", "preset_options", "zimbra_failure"]
 
 _ZM_AUTH_TOKEN = re.compile(r"(?:^|[\s,;])ZM_AUTH_TOKEN=[^\s;,]")
@@ -173,7 +175,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
 
 
 def preset_options(name: object) -> dict[str, Any]:
-    """The options of preset ``name``; ValueError naming ``preset`` when unknown."""
+    """The options of preset ``name``; a ``ValueError`` naming ``preset`` when unknown."""
     if not isinstance(name, str) or name.lower() not in PRESETS:
-        raise ValueError(f"preset: must be one of {', '.join(sorted(PRESETS))}, got {name!r}")
+        raise option_error("preset", f"must be one of {', '.join(sorted(PRESETS))}, got {name!r}")
     return dict(PRESETS[name.lower()].options)

@@ -18,15 +18,34 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from .config import Config, load_policies
 from .core import ALLOW, Verdict
-from .policies import DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
+from .events import EventHook
+from .identity import Client
+from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
 from .request import WsgiRequest
+from .stores.base import Store
 from .stores.guard import StoreDown
 
-__all__ = ["DeviceJail", "DosFilter", "GuardMiddleware", "InvalidLoginFilter", "protect"]
+if TYPE_CHECKING:
+    import os
+
+    from typing_extensions import Unpack
+
+    from .policies import DeviceOptions, DosOptions, LoginOptions
+
+__all__ = [
+    "FILTER_CLASSES",
+    "DeviceJail",
+    "DosFilter",
+    "GuardMiddleware",
+    "InvalidLoginFilter",
+    "protect",
+]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -47,7 +66,13 @@ class GuardMiddleware:
             raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
         self.app = app
         self.policy = policy
-        self._resolve = policy.resolver.from_wsgi
+        self._resolve: Callable[[Environ], Client] = policy.resolver.from_wsgi
+        if isinstance(app, GuardMiddleware) and app.policy.resolver is policy.resolver:
+            # Stacked on a filter with the same client settings: the client is
+            # resolved once per request, here, and the inner one reads it from
+            # the request (mailguard.identity, "Stacked filters").  A lone
+            # filter keeps the plain call: no cost when nothing is shared.
+            self._resolve = app._resolve = policy.resolver.from_wsgi_shared
         self._reads_body = type(policy).wants_body is not Policy.wants_body
         self._by_client = policy.by_client
 
@@ -207,11 +232,21 @@ class DosFilter(GuardMiddleware):
 
     policy_type = DosPolicy
 
+    def __init__(
+        self, app: WSGIApp, /, *, policy: Policy | None = None, **options: Unpack[DosOptions]
+    ) -> None:
+        super().__init__(app, policy=policy, **options)
+
 
 class InvalidLoginFilter(GuardMiddleware):
     """Blocks addresses after failed logins: :class:`~mailguard.policies.InvalidLoginPolicy`."""
 
     policy_type = InvalidLoginPolicy
+
+    def __init__(
+        self, app: WSGIApp, /, *, policy: Policy | None = None, **options: Unpack[LoginOptions]
+    ) -> None:
+        super().__init__(app, policy=policy, **options)
 
 
 class DeviceJail(GuardMiddleware):
@@ -219,9 +254,37 @@ class DeviceJail(GuardMiddleware):
 
     policy_type = DeviceJailPolicy
 
+    def __init__(
+        self, app: WSGIApp, /, *, policy: Policy | None = None, **options: Unpack[DeviceOptions]
+    ) -> None:
+        super().__init__(app, policy=policy, **options)
 
-def protect(app: WSGIApp, config: Any, **options: Any) -> WSGIApp:
-    """Wrap ``app`` in the filters a mailguard.toml enables: :func:`mailguard.config.wrap`."""
-    from .config import wrap
 
-    return wrap(app, config, "wsgi", **options)
+FILTER_CLASSES: Mapping[str, type[GuardMiddleware]] = MappingProxyType(
+    {entry.kind: globals()[entry.adapter] for entry in FILTERS}
+)
+"""The class of each filter kind (:data:`mailguard.policies.FILTERS`), by kind."""
+
+
+def protect(
+    app: WSGIApp,
+    config: str | os.PathLike[str] | Config,
+    *,
+    store: Store | None = None,
+    on_event: EventHook | None = None,
+) -> WSGIApp:
+    """Wrap ``app`` in every filter a mailguard.toml enables, outermost first.
+
+    :param config: a path to a mailguard.toml (``MAILGUARD_*`` environment
+        overrides applied), or a :class:`~mailguard.config.Config`.
+    :param store: use this store instead of the one ``[store]`` describes.
+    :param on_event: a hook given every event of every filter.
+    :raises ~mailguard.config.ConfigError: on any mistake in the file or the
+        environment, before any request is served.
+
+    See :mod:`mailguard.config` for the file; the filters are built by
+    :func:`mailguard.config.load_policies`.
+    """
+    for policy in reversed(load_policies(config, store=store, on_event=on_event)):
+        app = FILTER_CLASSES[policy.kind](app, policy=policy)
+    return app

@@ -15,8 +15,9 @@ from werkzeug.test import Client
 
 import mailguard.asgi
 import mailguard.wsgi
-from mailguard.config import Config, ConfigError, env_value, load, loads, wrap
+from mailguard.config import Config, ConfigError, env_value, load, loads
 from mailguard.core import FakeClock
+from mailguard.fronts import wrap
 from mailguard.policies import DeviceJailPolicy, DosPolicy, InvalidLoginPolicy
 from mailguard.stores.memory import MemoryStore
 

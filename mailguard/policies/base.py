@@ -22,18 +22,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 from ..core import ALLOW, Verdict, retry_after
 from ..events import Event, EventHook, Reporter
 from ..identity import AddressSet, Client, ClientResolver
+from ..options import option_error
 from ..options import status_code as check_status
 from ..request import Request
 from ..stores.base import Store
 from ..stores.guard import STORE_ERROR_MODES, GuardedStore, StoreDown
 from ..stores.memory import MemoryStore
 
-__all__ = ["Policy", "Refusal"]
+__all__ = ["Policy", "PolicyOptions", "Refusal"]
 
 _log = logging.getLogger("mailguard")
 
@@ -50,6 +51,20 @@ class Refusal:
         self.headers = [*headers, ("content-length", str(len(body)))]
         self.status_line = f"{status} {HTTPStatus(status).phrase}"
         self.asgi_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
+
+
+class PolicyOptions(TypedDict, total=False):
+    """The keywords of :class:`Policy` (every filter takes them), for ``**options``."""
+
+    store: Store | None
+    safe_ips: Iterable[str]
+    trusted_proxies: Iterable[str]
+    forwarded_header: str
+    ipv6_prefix: int
+    status_code: int
+    namespace: str | None
+    on_store_error: str | None
+    on_event: EventHook | None
 
 
 class Policy:
@@ -94,8 +109,9 @@ class Policy:
         on_event: EventHook | None = None,
     ) -> None:
         if store is not None and not isinstance(store, Store):
-            raise ValueError(f"store: must be a mailguard store, got {store!r}")
-        self.resolver = ClientResolver(
+            raise option_error("store", f"must be a mailguard store, got {store!r}")
+        # one resolver (and cache) per settings, shared with every filter that has them
+        self.resolver = ClientResolver.shared(
             trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header
         )
         self.safe_ips = AddressSet(safe_ips, name="safe_ips")
@@ -103,11 +119,11 @@ class Policy:
         self.status_code = check_status("status_code", status_code)
         self.namespace = self.kind if namespace is None else namespace
         if not isinstance(self.namespace, str) or not self.namespace.isidentifier():
-            raise ValueError(f"namespace: must be a short identifier, got {namespace!r}")
+            raise option_error("namespace", f"must be a short identifier, got {namespace!r}")
         mode = self.default_on_store_error if on_store_error is None else on_store_error
         if mode not in STORE_ERROR_MODES:
-            raise ValueError(
-                f"on_store_error: must be one of {', '.join(STORE_ERROR_MODES)}, got {mode!r}"
+            raise option_error(
+                "on_store_error", f"must be one of {', '.join(STORE_ERROR_MODES)}, got {mode!r}"
             )
         self.on_store_error = mode
         primary = store if store is not None else MemoryStore()

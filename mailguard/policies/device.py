@@ -97,22 +97,26 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..activesync import NO_DEVICE, ActiveSyncRequest, parse_query
 from ..core import ALLOW, Block, Verdict, retry_after
-from ..options import duration, positive_int
+from ..options import Duration, duration, option_error, positive_int
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule
 from ..request import Request
 from ..stores.base import JAILED, OK
-from .base import Policy
+from .base import Policy, PolicyOptions
 from .steps import Steps, arun, call, run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_PATHS",
     "Device",
     "DeviceJailPolicy",
+    "DeviceOptions",
     "account_key",
     "basic_auth_user",
     "device_key",
@@ -224,6 +228,22 @@ class Device:
 
 
 # -------------------------------------------------------------------- policy
+class DeviceOptions(PolicyOptions, total=False):
+    """The keywords of :class:`DeviceJailPolicy` (and of the ``DeviceJail`` adapters)."""
+
+    max_requests: int
+    time_window: Duration
+    jail_duration: Duration
+    paths: Iterable[str]
+    header_paths: Iterable[str] | None
+    per_account: bool
+    device_func: DeviceFunc | None
+    identity_changes: bool
+    max_identity_changes: int
+    identity_window: Duration
+    identity_jail: Duration
+
+
 class DeviceJailPolicy(Policy):
     """Per-device request cap with a jail.  Options as in :class:`Policy`, plus:
 
@@ -266,17 +286,17 @@ class DeviceJailPolicy(Policy):
         self,
         *,
         max_requests: int = 150,
-        time_window: float | str = 30.0,
-        jail_duration: float | str = 600.0,
+        time_window: Duration = 30.0,
+        jail_duration: Duration = 600.0,
         paths: Iterable[str] = DEFAULT_PATHS,
         header_paths: Iterable[str] | None = None,
         per_account: bool = True,
         device_func: DeviceFunc | None = None,
         identity_changes: bool = False,
         max_identity_changes: int = 2,
-        identity_window: float | str = 86400.0,
-        identity_jail: float | str = 50400.0,
-        **options: Any,
+        identity_window: Duration = 86400.0,
+        identity_jail: Duration = 50400.0,
+        **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
         self.max_requests = positive_int("max_requests", max_requests)
@@ -289,21 +309,24 @@ class DeviceJailPolicy(Policy):
         )
         self.header_paths = None if header_paths is None else self._header_paths.entries
         if not isinstance(per_account, bool):
-            raise ValueError(f"per_account: must be True or False, got {per_account!r}")
+            raise option_error("per_account", f"must be True or False, got {per_account!r}")
         self.per_account = per_account
         if device_func is not None and not callable(device_func):
-            raise ValueError(f"device_func: must be callable, got {device_func!r}")
+            raise option_error("device_func", f"must be callable, got {device_func!r}")
         self.device_func = device_func
         if not isinstance(identity_changes, bool):
-            raise ValueError(f"identity_changes: must be True or False, got {identity_changes!r}")
+            raise option_error(
+                "identity_changes", f"must be True or False, got {identity_changes!r}"
+            )
         self.identity_changes = identity_changes
         self.max_identity_changes = positive_int("max_identity_changes", max_identity_changes)
         self.identity_window = duration("identity_window", identity_window)
         self.identity_jail = duration("identity_jail", identity_jail)
         if not self.paths and self.header_paths == () and device_func is None:
-            raise ValueError(
-                "paths: is empty while header_paths is [] and there is no device_func,"
-                " so no request could ever name a device"
+            raise option_error(
+                "paths",
+                "is empty while header_paths is [] and there is no device_func,"
+                " so no request could ever name a device",
             )
         self._header_anywhere = self.header_paths is None
         self._ident_ns = self.namespace + "_ident"

@@ -30,20 +30,35 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..core import ALLOW, Verdict, retry_after
 from ..identity import Client
-from ..options import positive_int, whole
+from ..options import option_error, positive_int, whole
 from ..reading import PathRule
 from ..request import Request
-from .base import Policy
+from .base import Policy, PolicyOptions
 
-__all__ = ["DosPolicy"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["DosOptions", "DosPolicy"]
 
 _EPISODES_MAX = 10_000  # clients remembered as "in a refusal episode" at once
 
 KeyFunc = Callable[[Request], "str | None"]
+
+
+class DosOptions(PolicyOptions, total=False):
+    """The keywords of :class:`DosPolicy` (and of the ``DosFilter`` adapters)."""
+
+    max_requests_per_sec: int
+    delay_ms: int
+    max_delayed: int
+    max_delayed_per_client: int
+    exempt_paths: Iterable[str]
+    headers: bool
+    key_func: KeyFunc | None
 
 
 class DosPolicy(Policy):
@@ -78,7 +93,7 @@ class DosPolicy(Policy):
         exempt_paths: Iterable[str] = (),
         headers: bool = False,
         key_func: KeyFunc | None = None,
-        **options: Any,
+        **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
         self.limit = positive_int("max_requests_per_sec", max_requests_per_sec)
@@ -87,10 +102,10 @@ class DosPolicy(Policy):
         self.max_delayed_per_client = positive_int("max_delayed_per_client", max_delayed_per_client)
         self.exempt_paths = PathRule("exempt_paths", exempt_paths, protective=False)
         if not isinstance(headers, bool):
-            raise ValueError(f"headers: must be True or False, got {headers!r}")
+            raise option_error("headers", f"must be True or False, got {headers!r}")
         self.headers = headers
         if key_func is not None and not callable(key_func):
-            raise ValueError(f"key_func: must be callable, got {key_func!r}")
+            raise option_error("key_func", f"must be callable, got {key_func!r}")
         self.key_func = key_func
         # No exemptions and no key_func: the client alone decides.
         self.by_client = not (self.exempt_paths or key_func)

@@ -119,20 +119,30 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..identity import Client
-from ..options import duration, positive_int, strings, whole
+from ..options import Duration, duration, option_error, positive_int, strings, whole
 from ..presets import preset_options
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
 from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
 from ..stores.guard import StoreDown
-from .base import Policy
+from .base import Policy, PolicyOptions
 from .steps import Steps, arun, call, run
 
-__all__ = ["InvalidLoginPolicy", "LoginVerdict", "Outcome", "basic_account", "normalize_account"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "InvalidLoginPolicy",
+    "LoginOptions",
+    "LoginVerdict",
+    "Outcome",
+    "basic_account",
+    "normalize_account",
+]
 
 _log = logging.getLogger("mailguard.login")
 
@@ -190,6 +200,33 @@ def basic_account(token: str) -> str | None:
 
 
 # ------------------------------------------------------------------- policy
+class LoginOptions(PolicyOptions, total=False):
+    """The keywords of :class:`InvalidLoginPolicy` (and of the ``InvalidLoginFilter`` adapters)."""
+
+    max_failed_logins: int
+    failure_interval: Duration
+    block_duration: Duration
+    preset: str | None
+    login_paths: Iterable[str] | None
+    login_methods: Iterable[str] | None
+    login_fields: Mapping[str, str] | None
+    failure_statuses: Iterable[int] | None
+    is_failure: IsFailure | None
+    count_basic_auth: bool | None
+    auth_paths: Iterable[str] | None
+    account_fields: Iterable[str] | None
+    result_header: str | None
+    max_body_bytes: int
+    reset_on_success: bool
+    block_scope: str
+    repeat_factor: float
+    max_block_duration: Duration
+    offender_memory: Duration
+    account_tarpit: tuple[int, float | str] | None
+    max_delayed: int
+    attempt_timeout: Duration
+
+
 class InvalidLoginPolicy(Policy):
     """Blocks an address after repeated failed logins.  Options as in :class:`Policy`, plus:
 
@@ -255,8 +292,8 @@ class InvalidLoginPolicy(Policy):
         self,
         *,
         max_failed_logins: int = 10,
-        failure_interval: float | str = 300.0,
-        block_duration: float | str = 900.0,
+        failure_interval: Duration = 300.0,
+        block_duration: Duration = 900.0,
         preset: str | None = None,
         login_paths: Iterable[str] | None = None,
         login_methods: Iterable[str] | None = None,
@@ -271,12 +308,12 @@ class InvalidLoginPolicy(Policy):
         reset_on_success: bool = False,
         block_scope: str = "login",
         repeat_factor: float = 1.0,
-        max_block_duration: float | str = 86400.0,
-        offender_memory: float | str = 86400.0,
+        max_block_duration: Duration = 86400.0,
+        offender_memory: Duration = 86400.0,
         account_tarpit: tuple[int, float | str] | None = None,
         max_delayed: int = 50,
-        attempt_timeout: float | str = 30.0,
-        **options: Any,
+        attempt_timeout: Duration = 30.0,
+        **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
         shape = preset_options(preset) if preset is not None else {}
@@ -294,27 +331,27 @@ class InvalidLoginPolicy(Policy):
         methods = strings("login_methods", pick("login_methods", login_methods, ("POST",)))
         for method in methods:
             if not _METHOD.fullmatch(method.upper()):
-                raise ValueError(f"login_methods: {method!r} is not an HTTP method")
+                raise option_error("login_methods", f"{method!r} is not an HTTP method")
         self.login_methods = frozenset(m.upper() for m in methods)
         fields = pick("login_fields", login_fields, {})
         if not isinstance(fields, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
         ):
-            raise ValueError(f"login_fields: must map field names to strings, got {fields!r}")
+            raise option_error("login_fields", f"must map field names to strings, got {fields!r}")
         self.login_fields = {k: v.strip().lower() for k, v in fields.items()}
         statuses = pick("failure_statuses", failure_statuses, (401, 403))
         if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
-            raise ValueError(f"failure_statuses: must be a list of statuses, got {statuses!r}")
+            raise option_error("failure_statuses", f"must be a list of statuses, got {statuses!r}")
         self.failure_statuses = frozenset(
             whole("failure_statuses", s, low=100, high=599) for s in statuses
         )
         check_failure = pick("is_failure", is_failure, None)
         if check_failure is not None and not callable(check_failure):
-            raise ValueError(f"is_failure: must be callable, got {check_failure!r}")
+            raise option_error("is_failure", f"must be callable, got {check_failure!r}")
         self.is_failure: IsFailure | None = check_failure
         basic = pick("count_basic_auth", count_basic_auth, False)
         if not isinstance(basic, bool):
-            raise ValueError(f"count_basic_auth: must be True or False, got {basic!r}")
+            raise option_error("count_basic_auth", f"must be True or False, got {basic!r}")
         self.count_basic_auth = basic
         self.auth_paths = PathRule(
             "auth_paths", pick("auth_paths", auth_paths, ("*",)), protective=True
@@ -326,7 +363,9 @@ class InvalidLoginPolicy(Policy):
         if result_header is not None and (
             not isinstance(result_header, str) or not _HEADER_NAME.fullmatch(result_header)
         ):
-            raise ValueError(f"result_header: must be a header name or None, got {result_header!r}")
+            raise option_error(
+                "result_header", f"must be a header name or None, got {result_header!r}"
+            )
         self.result_header = result_header.lower() if result_header is not None else None
         self.strip_headers = (
             frozenset({self.result_header}) if self.result_header is not None else frozenset()
@@ -334,10 +373,12 @@ class InvalidLoginPolicy(Policy):
         self.max_body_bytes = whole("max_body_bytes", max_body_bytes, low=0, high=1 << 20)
         self._body_wanted = self.max_body_bytes if (self.login_fields or self.account_fields) else 0
         if not isinstance(reset_on_success, bool):
-            raise ValueError(f"reset_on_success: must be True or False, got {reset_on_success!r}")
+            raise option_error(
+                "reset_on_success", f"must be True or False, got {reset_on_success!r}"
+            )
         self.reset_on_success = reset_on_success
         if block_scope not in ("login", "all"):
-            raise ValueError(f"block_scope: must be 'login' or 'all', got {block_scope!r}")
+            raise option_error("block_scope", f"must be 'login' or 'all', got {block_scope!r}")
         self.block_scope = block_scope
         self._block_all = block_scope == "all"
         if (
@@ -345,21 +386,23 @@ class InvalidLoginPolicy(Policy):
             or not isinstance(repeat_factor, (int, float))
             or not 1.0 <= repeat_factor <= 100.0
         ):
-            raise ValueError(
-                f"repeat_factor: must be a number from 1 to 100, got {repeat_factor!r}"
+            raise option_error(
+                "repeat_factor", f"must be a number from 1 to 100, got {repeat_factor!r}"
             )
         self.repeat_factor = float(repeat_factor)
         self.max_block_duration = duration("max_block_duration", max_block_duration)
         if self.max_block_duration < self.block_duration:
-            raise ValueError(
-                f"max_block_duration: must be at least block_duration ({self.block_duration:g}),"
-                f" got {max_block_duration!r}"
+            raise option_error(
+                "max_block_duration",
+                f"must be at least block_duration ({self.block_duration:g}),"
+                f" got {max_block_duration!r}",
             )
         self.offender_memory = duration("offender_memory", offender_memory)
         if self.repeat_factor > 1.0 and self.offender_memory <= self.block_duration:
-            raise ValueError(
-                f"offender_memory: must be longer than block_duration ({self.block_duration:g})"
-                f" for repeat_factor to matter, got {offender_memory!r}"
+            raise option_error(
+                "offender_memory",
+                f"must be longer than block_duration ({self.block_duration:g})"
+                f" for repeat_factor to matter, got {offender_memory!r}",
             )
         self.tarpit_after = 0
         self.tarpit_delay = 0.0
@@ -369,16 +412,17 @@ class InvalidLoginPolicy(Policy):
                 or not isinstance(account_tarpit, (tuple, list))
                 or len(account_tarpit) != 2
             ):
-                raise ValueError(
-                    f"account_tarpit: must be (failures, delay_seconds) or None,"
-                    f" got {account_tarpit!r}"
+                raise option_error(
+                    "account_tarpit",
+                    f"must be (failures, delay_seconds) or None, got {account_tarpit!r}",
                 )
             self.tarpit_after = positive_int("account_tarpit", account_tarpit[0])
             self.tarpit_delay = duration("account_tarpit", account_tarpit[1])
             if self.tarpit_delay > _MAX_TARPIT_DELAY:
-                raise ValueError(
-                    f"account_tarpit: the delay must be at most {_MAX_TARPIT_DELAY:g} seconds,"
-                    f" got {account_tarpit[1]!r}"
+                raise option_error(
+                    "account_tarpit",
+                    f"the delay must be at most {_MAX_TARPIT_DELAY:g} seconds,"
+                    f" got {account_tarpit[1]!r}",
                 )
         self.account_namespace = f"{self.namespace}_account"
         self.max_delayed = positive_int("max_delayed", max_delayed)

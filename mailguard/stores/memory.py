@@ -53,6 +53,7 @@ from ..core import (
     slide,
     wait_until,
 )
+from ..options import option_error
 from .base import BLOCKED, JAILED, OK, OVER, Store
 
 __all__ = ["MemoryStore"]
@@ -84,9 +85,9 @@ class MemoryStore(Store):
 
     def __init__(self, max_keys: int = 100_000, *, clock: Clock | None = None) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
-            raise ValueError(f"max_keys: must be a whole number >= 1, got {max_keys!r}")
+            raise option_error("max_keys", f"must be a whole number >= 1, got {max_keys!r}")
         if clock is not None and not callable(clock):
-            raise ValueError(f"clock: must be a callable returning seconds, got {clock!r}")
+            raise option_error("clock", f"must be a callable returning seconds, got {clock!r}")
         self.max_keys = max_keys
         self._clock: Clock = time.time if clock is None else _float_clock(clock)
         self._lock = threading.Lock()

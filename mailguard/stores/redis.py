@@ -179,6 +179,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from ..core import Block, Clock, wait_until
+from ..options import Seconds, option_error
 from .base import BLOCKED, JAILED, OK, OVER, Store, StoreBug, StoreError
 
 __all__ = ["RedisStore"]
@@ -629,35 +630,39 @@ class RedisStore(Store):
         client: redis.Redis | None = None,
         async_client: redis.asyncio.Redis | None = None,
         clock: Clock | None = None,
-        socket_timeout: float = 0.25,
-        connect_timeout: float | None = None,
-        breaker_cooldown: float = 1.0,
-        block_cache_ttl: float = 2.0,
+        socket_timeout: Seconds = 0.25,
+        connect_timeout: Seconds | None = None,
+        breaker_cooldown: Seconds = 1.0,
+        block_cache_ttl: Seconds = 2.0,
         block_cache_size: int = 10_000,
         refusal_cache_size: int = 10_000,
     ) -> None:
         if isinstance(url, redis.asyncio.Redis):
             if async_client is not None:
-                raise ValueError("async_client: given twice (as url and as async_client)")
+                raise option_error("async_client", "given twice (as url and as async_client)")
             url, async_client = None, url
         elif isinstance(url, redis.Redis):
             if client is not None:
-                raise ValueError("client: given twice (as url and as client)")
+                raise option_error("client", "given twice (as url and as client)")
             url, client = None, url
         elif url is not None and not isinstance(url, str):
-            raise ValueError(f"url: must be a Redis URL or client, got {url!r}")
+            raise option_error("url", f"must be a Redis URL or client, got {url!r}")
         if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url: must start with redis://, rediss:// or unix://, got {url!r}")
+            raise option_error(
+                "url", f"must start with redis://, rediss:// or unix://, got {url!r}"
+            )
         if url is None and client is None and async_client is None:
             raise ValueError("RedisStore needs a url, a client or an async_client")
         if client is not None and not isinstance(client, redis.Redis):
-            raise ValueError(f"client: must be a redis.Redis, got {client!r}")
+            raise option_error("client", f"must be a redis.Redis, got {client!r}")
         if async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
-            raise ValueError(f"async_client: must be a redis.asyncio.Redis, got {async_client!r}")
+            raise option_error(
+                "async_client", f"must be a redis.asyncio.Redis, got {async_client!r}"
+            )
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix: must be a string without braces, got {prefix!r}")
+            raise option_error("prefix", f"must be a string without braces, got {prefix!r}")
         if clock is not None and not callable(clock):
-            raise ValueError(f"clock: must be a callable returning seconds, got {clock!r}")
+            raise option_error("clock", f"must be a callable returning seconds, got {clock!r}")
         _seconds("socket_timeout", socket_timeout, zero=False)
         if connect_timeout is not None:
             _seconds("connect_timeout", connect_timeout, zero=False)
@@ -668,7 +673,7 @@ class RedisStore(Store):
             ("refusal_cache_size", refusal_cache_size),
         ):
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ValueError(f"{name}: must be a whole number >= 0, got {size!r}")
+                raise option_error(name, f"must be a whole number >= 0, got {size!r}")
 
         self.url = url
         self.prefix = prefix
@@ -1333,4 +1338,4 @@ def _seconds(name: str, value: float, *, zero: bool) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
     if not ok or not (value >= 0 if zero else value > 0):
         bound = ">= 0" if zero else "> 0"
-        raise ValueError(f"{name}: must be a number of seconds {bound}, got {value!r}")
+        raise option_error(name, f"must be a number of seconds {bound}, got {value!r}")
