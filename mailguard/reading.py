@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
-from .options import strings
+from .options import option_error, strings
 from .request import Request
 
 __all__ = [
@@ -174,14 +174,14 @@ class PathRule:
         for entry in self.entries:
             if entry == "*" or (not protective and entry == "/*"):
                 if not protective:
-                    raise ValueError(
-                        f"{name}: {entry!r} would match every path and switch the filter off"
+                    raise option_error(
+                        name, f"{entry!r} would match every path and switch the filter off"
                     )
                 self.any = True
                 continue
             if not entry.startswith("/"):
                 extra = " (or be '*')" if protective else ""
-                raise ValueError(f"{name}: {entry!r} must start with '/'{extra}")
+                raise option_error(name, f"{entry!r} must start with '/'{extra}")
             if entry.endswith("*"):
                 prefixes.append(_fold(entry[:-1]) if protective else entry[:-1])
             elif entry == "/" or not entry.endswith("/"):
@@ -336,14 +336,14 @@ class AccountRule:
 
     def __post_init__(self) -> None:
         if not isinstance(self.strip_domain, bool):
-            raise ValueError(f"strip_domain: must be True or False, got {self.strip_domain!r}")
+            raise option_error("strip_domain", f"must be True or False, got {self.strip_domain!r}")
         domain = self.default_domain
         if domain is None:
             return
         folded = normalize_account(domain, strip_domain=False) if isinstance(domain, str) else None
         if folded is None or any(c in folded for c in "@\\/ ") or len(folded) > 200:
-            raise ValueError(
-                f"default_domain: must be a domain such as 'example.com', got {domain!r}"
+            raise option_error(
+                "default_domain", f"must be a domain such as 'example.com', got {domain!r}"
             )
         object.__setattr__(self, "default_domain", folded)
 
