@@ -7,7 +7,7 @@ import random
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +29,10 @@ def make(max_keys: int = 1000, start: float = T0) -> tuple[MemoryStore, FakeCloc
 
 def counters_consistent(store: MemoryStore) -> bool:
     """The store's running count of counters matches what its namespaces hold."""
-    return store._counters == sum(len(space) for space in store._spaces.values())
+    held = [*store._spaces.values(), *store._aged.values()]
+    return store._counters == sum(len(space) for space in held) and store._sizes == {
+        ns: len(store._spaces[ns]) + len(store._aged[ns]) for ns in store._spaces
+    }
 
 
 @pytest.fixture
@@ -505,6 +508,44 @@ def test_eviction_takes_least_recently_seen() -> None:
     store.hit("dos", "e", 5, 60.0)  # then c
     assert store.peek("dos", "c", 60.0) == 0
     assert store.peek("dos", "a", 60.0) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_keys=st.integers(min_value=1, max_value=12),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["dos", "dos", "dev"]), st.integers(min_value=0, max_value=20)),
+        max_size=300,
+    ),
+)
+def test_eviction_is_exactly_least_recently_seen(max_keys: int, ops: list[tuple[str, int]]) -> None:
+    """Against a model (one OrderedDict per namespace, least recently seen
+    first): the store holds exactly the model's keys, with the model's counts,
+    through every turn-over of its recent and aged counters."""
+    store, clock = make(max_keys=max_keys)
+    model: dict[str, OrderedDict[str, int]] = {}
+    for ns, i in ops:
+        clock.advance(0.001)  # within the window: nothing expires
+        key = f"k{i}"
+        space = model.setdefault(ns, OrderedDict())
+        if key in space:
+            space.move_to_end(key)
+        else:
+            if sum(map(len, model.values())) >= max_keys:
+                # the largest namespace (the first made, on a tie) loses its oldest
+                largest = max(model, key=lambda n: len(model[n]))
+                model[largest].popitem(last=False)
+            space[key] = 0
+        code, _, _ = store.hit(ns, key, 5, 600.0)
+        if space[key] < 5:
+            assert code == OK
+            space[key] += 1
+        else:
+            assert code == OVER
+        assert counters_consistent(store)
+        for name, held in model.items():
+            for j in range(21):
+                assert store.peek(name, f"k{j}", 600.0) == held.get(f"k{j}", 0)
 
 
 def test_flood_in_one_namespace_spares_another_namespaces_streak() -> None:

@@ -1,10 +1,19 @@
 """MemoryStore: the embedded default, bounded, thread-safe, no timers.
 
 Layout
-    *Counters* live in one plain dict per namespace, kept in least-recently-
-    seen order (a touched key is popped and re-inserted at the end, which
-    CPython dicts do in O(1)).  A key seen once costs one dict entry and one
-    float; see :mod:`mailguard.core` for the sliding-window state.
+    *Counters* of each namespace live in two plain dicts, both in least-
+    recently-seen order: the *recent* dict, into which every new or touched
+    key goes (popped and put back at the end, which CPython dicts do in
+    O(1)), and the *aged* dict, the keys not seen since the two last turned
+    over.  When the aged dict runs empty, the recent one becomes the aged
+    one and a queue of its keys, in order, is taken once.  The least recently
+    seen counter of a namespace is then the first key of that queue still in
+    the aged dict: found in O(1) amortised.  (Walking a dict from its front
+    would not do: a dict deletes by leaving a dummy slot, and its iterator
+    steps over every dummy left since the dict last resized, so each new key
+    would cost time in proportion to the recent churn.)  A key seen once
+    costs one dict entry and one float; see :mod:`mailguard.core` for the
+    sliding-window state.
     *Blocks* live in a :class:`cachetools.TLRUCache` whose per-item expiry is
     the block's end, so ended blocks drop out by themselves.
 
@@ -15,11 +24,10 @@ Bounds
     wears out that filter's own oldest counters and cannot wash out another
     filter's login streaks).  A live block is never evicted: when every key
     is a live block, a new block is refused and counted in :attr:`dropped`.
-    Memory: about 150 bytes per key seen once (measured by
+    Memory: about 120 bytes per key seen once (measured by
     ``benchmarks/core.py``); a busier key holds a ring of at most its limit
     slots, 8 bytes a slot plus 24 per recorded time (see
-    :data:`mailguard.core.Ring`); the default of 100,000 keys is roughly
-    15-20 MB when most keys are seen once.
+    :data:`mailguard.core.Ring`).
 
 Time
     Every decision reads the store's clock (``time.time`` by default), so a
@@ -34,6 +42,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from cachetools import TLRUCache
@@ -54,7 +63,7 @@ from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store
 
 __all__ = ["MemoryStore"]
 
-_PURGE_PER_INSERT = 2  # expired keys checked at the front of a namespace per new key
+_PURGE_EVERY = 32  # new keys between two purges of expired counters (up to twice as many)
 
 
 def _float_clock(clock: Clock) -> Clock:
@@ -72,7 +81,8 @@ class MemoryStore(Store):
     """Counters and blocks in this process's memory.
 
     :param max_keys: the most counters and blocks held at once (default
-        100,000, about 15-20 MB).  Never exceeded.
+        100,000, about 12-20 MB when most keys are seen once).  Never
+        exceeded.
     :param clock: where time comes from (default ``time.time``); pass a
         :class:`~mailguard.FakeClock` in tests.
     """
@@ -87,13 +97,20 @@ class MemoryStore(Store):
         self.max_keys = max_keys
         self._clock: Clock = time.time if clock is None else _float_clock(clock)
         self._lock = threading.Lock()
+        # Per namespace: the recent and the aged counters, the aged keys in
+        # least-recently-seen order (some since seen again or dropped: those
+        # are skipped), the longest window seen, and how many counters it holds.
         self._spaces: dict[str, dict[str, Any]] = {}
-        self._ttl: dict[str, float] = {}  # longest window seen per namespace
+        self._aged: dict[str, dict[str, Any]] = {}
+        self._queue: dict[str, deque[str]] = {}
+        self._ttl: dict[str, float] = {}
+        self._sizes: dict[str, int] = {}
         self._counters = 0
         self._blocks: TLRUCache[tuple[str, str], Block] = TLRUCache(
             maxsize=max_keys, ttu=_block_end, timer=self._clock
         )
         self._nblocks = 0  # blocks held, ended ones included until dropped (cheap to read)
+        self._purge_in = _PURGE_EVERY  # new keys until the next purge
         self._latest = -math.inf  # the latest clock reading hit() has used
         self.dropped = 0
         """Blocks that could not be recorded because every key was a live block."""
@@ -111,12 +128,27 @@ class MemoryStore(Store):
         return self._clock()
 
     def _space(self, ns: str, ttl: float) -> dict[str, Any]:
+        """The recent counters of ``ns`` (made when new); ``ttl`` is a window
+        of its, the longest of which says when its counters have expired."""
         space = self._spaces.get(ns)
         if space is None:
             space = self._spaces[ns] = {}
-        if ttl > self._ttl.get(ns, -1.0):
+            self._aged[ns] = {}
+            self._queue[ns] = deque()
+            self._ttl[ns] = ttl
+            self._sizes[ns] = 0
+        elif ttl > self._ttl[ns]:
             self._ttl[ns] = ttl
         return space
+
+    def _take(self, ns: str, key: str) -> Any:
+        """Pop the counter of ``key`` from ``ns`` (None when it has none)."""
+        found = self._spaces[ns].pop(key, None)
+        if found is None:
+            aged = self._aged[ns]
+            if aged:
+                found = aged.pop(key, None)
+        return found
 
     @staticmethod
     def _expired(value: Any, now: float, ttl: float) -> bool:
@@ -124,27 +156,87 @@ class MemoryStore(Store):
             return bool(value[0] <= now)
         return log_last(value) + ttl <= now
 
-    def _room(self, space: dict[str, Any], ns: str, now: float) -> bool:
-        """Make room for one new counter in ``space``; False if impossible."""
+    def _turn(self, ns: str) -> bool:
+        """Make the recent counters of ``ns`` the aged ones, when it has no
+        aged counters left; False when it holds no counter at all.  (Whoever
+        holds the recent dict must fetch it again.)"""
+        if self._aged[ns]:
+            return True
+        recent = self._spaces[ns]
+        if not recent:
+            return False
+        self._aged[ns] = recent
+        self._spaces[ns] = {}
+        self._queue[ns] = deque(recent)
+        return True
+
+    def _evict(self, ns: str) -> None:
+        """Drop the least recently seen counter of ``ns``, which has one.
+
+        O(1) amortised: each key is queued once per turn-over, and leaves
+        the queue once."""
+        aged = self._aged[ns]
+        if not aged:
+            self._turn(ns)
+            aged = self._aged[ns]
+        queue = self._queue[ns]
+        # (a counter is never None; a key no longer aged was seen again or dropped)
+        while aged.pop(queue.popleft(), None) is None:
+            pass
+        self._counters -= 1
+        self._sizes[ns] -= 1
+
+    def _purge(self, ns: str, now: float, most: int) -> int:
+        """Drop up to ``most`` expired counters first in line in ``ns``;
+        return how many went."""
         ttl = self._ttl[ns]
-        for _ in range(_PURGE_PER_INSERT):
-            if not space:
+        gone = 0
+        while gone < most and self._turn(ns):
+            aged = self._aged[ns]
+            queue = self._queue[ns]
+            while queue[0] not in aged:
+                queue.popleft()
+            if not self._expired(aged[queue[0]], now, ttl):
                 break
-            first = next(iter(space))
-            if not self._expired(space[first], now, ttl):
-                break
-            del space[first]
-            self._counters -= 1
-        # currsize counts ended blocks not yet dropped: cheap, and on the safe
-        # side; they are dropped for real before any counter is evicted.
+            del aged[queue.popleft()]
+            gone += 1
+        self._counters -= gone
+        self._sizes[ns] -= gone
+        return gone
+
+    def _room(self, ns: str, now: float) -> bool:
+        """Make room for one new counter in ``ns``; False if impossible.
+
+        Every few new keys, drops the expired counters first in line in
+        ``ns``.  When the store is full: an expired counter first in line
+        in ``ns``, else the least recently seen counter of the largest
+        namespace.  May turn ``ns`` over: fetch its recent dict afterwards.
+        """
+        self._purge_in -= 1
+        if self._purge_in <= 0:
+            self._purge_in = _PURGE_EVERY
+            self._purge(ns, now, 2 * _PURGE_EVERY)
         if self._counters + self._nblocks >= self.max_keys:
-            self._drop_ended(now)
+            # _nblocks counts ended blocks not yet dropped: cheap, and on the
+            # safe side; they are dropped for real before a counter is evicted.
+            if self._nblocks:
+                self._drop_ended(now)
             while self._counters + self._nblocks >= self.max_keys:
                 if self._counters == 0:
                     return False
-                victim = max(self._spaces.values(), key=len)
-                del victim[next(iter(victim))]
+                sizes = self._sizes
+                largest = ns if len(sizes) == 1 else max(sizes, key=sizes.__getitem__)
+                if largest != ns and self._purge(ns, now, 1):
+                    continue
+                aged = self._aged[largest]
+                if not aged:
+                    self._turn(largest)
+                    aged = self._aged[largest]
+                queue = self._queue[largest]  # _evict(largest), inlined: this is a flood
+                while aged.pop(queue.popleft(), None) is None:
+                    pass
                 self._counters -= 1
+                sizes[largest] -= 1
         return True
 
     def _drop_ended(self, now: float) -> None:
@@ -170,9 +262,8 @@ class MemoryStore(Store):
                 if not self._counters:
                     self.dropped += 1
                     return made
-                victim = max(self._spaces.values(), key=len)
-                del victim[next(iter(victim))]
-                self._counters -= 1
+                sizes = self._sizes
+                self._evict(max(sizes, key=sizes.__getitem__))
         if (ns, key) not in self._blocks:
             self._nblocks += 1
         self._blocks[(ns, key)] = made
@@ -203,8 +294,14 @@ class MemoryStore(Store):
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
             space = self._spaces.get(ns)
-            # popped and put back: the dict stays in least-recently-seen order
-            before: Log = None if space is None else space.pop(key, None)
+            # popped and put back: the dicts stay in least-recently-seen order
+            before: Log = None
+            if space is not None:
+                before = space.pop(key, None)
+                if before is None:
+                    aged = self._aged[ns]
+                    if aged:
+                        before = aged.pop(key, None)
             if type(before) is list and not detail:
                 # The O(1) case of core.slide, inlined because it is the whole
                 # work of most requests from a busy client: the oldest slot has
@@ -219,15 +316,21 @@ class MemoryStore(Store):
                     space[key] = before  # type: ignore[index]
                     return OK, -1, 0.0
             if before is None:  # a new key (or a new namespace): make room first
-                space = self._space(ns, window)
-                if not self._room(space, ns, now):
+                if space is None:
+                    self._space(ns, window)
+                elif window > self._ttl[ns]:
+                    self._ttl[ns] = window
+                if not self._room(ns, now):
                     return OK, limit - 1, window
+                space = self._spaces[ns]  # _room may have turned the namespace over
                 self._counters += 1
+                self._sizes[ns] += 1
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
                 space[key] = log  # type: ignore[index]
                 return (OK, remaining, wait) if allowed else (OVER, 0, wait)
             self._counters -= 1
+            self._sizes[ns] -= 1
             self._put_block(ns, key, now, jail, "rate")
             return JAILED, 0, jail
         finally:
@@ -240,6 +343,8 @@ class MemoryStore(Store):
             if space is None:
                 return 0
             value = space.get(key)
+            if value is None:
+                value = self._aged[ns].get(key)
             if value is None or value.__class__ is tuple:
                 return 0
             return log_count(value, now, window)
@@ -252,12 +357,13 @@ class MemoryStore(Store):
             found = self._live_block(ns, key, now)
             if found is not None:
                 return BLOCKED, 0, wait_until(found.until, now)
-            space = self._space(ns, 0.0)
-            state = space.pop(key, None)
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
             if state is None:
-                if not self._room(space, ns, now):
+                if not self._room(ns, now):
                     return OK, limit - 1, 0.0
                 self._counters += 1
+                self._sizes[ns] += 1
                 count, last, pending, pending_until = 0, -math.inf, 0, 0.0
             else:
                 _, count, last, pending, pending_until = state
@@ -265,6 +371,7 @@ class MemoryStore(Store):
                 count = 0
             if pending and now >= pending_until:
                 pending = 0
+            space = self._spaces[ns]
             if count + pending >= limit:
                 space[key] = (
                     max(last + interval, pending_until),
@@ -295,12 +402,13 @@ class MemoryStore(Store):
     ) -> tuple[int, int, float]:
         now = self._clock()
         with self._lock:
-            space = self._space(ns, 0.0)
-            state = space.pop(key, None)
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
             if state is None:
                 count, last, pending, pending_until = 0, -math.inf, 0, 0.0
             else:
                 self._counters -= 1
+                self._sizes[ns] -= 1
                 _, count, last, pending, pending_until = state
             if pending and now < pending_until:
                 pending -= 1
@@ -322,9 +430,10 @@ class MemoryStore(Store):
                         self._put_block(ns, key, now, blocked_for, "failures")
                     count, last = 0, -math.inf
             streak_now = count
-            if (count or pending) and self._room(space, ns, now):
+            if (count or pending) and self._room(ns, now):
                 self._counters += 1
-                space[key] = (
+                self._sizes[ns] += 1
+                self._spaces[ns][key] = (
                     max(last + interval, pending_until if pending else -math.inf),
                     count,
                     last,
@@ -338,32 +447,35 @@ class MemoryStore(Store):
     ) -> float:
         if factor <= 1.0 or memory <= 0.0:
             return base
-        space = self._space(ns + "!offences", memory)
-        state = space.pop(key, None)
+        ns += "!offences"
+        self._space(ns, memory)
+        state = self._take(ns, key)
         if state is None:
             earlier = 0
-            if not self._room(space, ns + "!offences", now):
+            if not self._room(ns, now):
                 return base
             self._counters += 1
+            self._sizes[ns] += 1
         else:
             earlier = state[1] if state[0] > now else 0
-        space[key] = (now + memory, earlier + 1)
+        self._spaces[ns][key] = (now + memory, earlier + 1)
         seconds = base * factor**earlier
         return min(seconds, cap) if cap > 0 else seconds
 
     def swap(self, ns: str, key: str, value: str, ttl: float) -> str | None:
         now = self._clock()
         with self._lock:
-            space = self._space(ns, 0.0)
-            state = space.pop(key, None)
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
             if state is None:
-                if not self._room(space, ns, now):
+                if not self._room(ns, now):
                     return None
                 self._counters += 1
+                self._sizes[ns] += 1
                 previous = None
             else:
                 previous = state[1] if state[0] > now else None
-            space[key] = (now + ttl, value)
+            self._spaces[ns][key] = (now + ttl, value)
             return previous
 
     # ------------------------------------------------------------- blocks
@@ -405,12 +517,17 @@ class MemoryStore(Store):
         now = self._clock()
         gone = 0
         with self._lock:
-            for ns, space in self._spaces.items():
+            for ns, recent in self._spaces.items():
                 ttl = self._ttl[ns]
-                dead = [k for k, v in space.items() if self._expired(v, now, ttl)]
-                for k in dead:
-                    del space[k]
-                gone += len(dead)
+                aged = self._aged[ns]
+                for space in (recent, aged):
+                    dead = [k for k, v in space.items() if self._expired(v, now, ttl)]
+                    for k in dead:
+                        del space[k]
+                    gone += len(dead)
+                    self._sizes[ns] -= len(dead)
+                # let go of the dropped keys' strings now
+                self._queue[ns] = deque(k for k in self._queue[ns] if k in aged)
             self._counters -= gone
             gone += len(self._blocks.expire(now))  # len() would expire them first
             self._nblocks = len(self._blocks)
@@ -420,6 +537,9 @@ class MemoryStore(Store):
         """Forget every counter and block."""
         with self._lock:
             self._spaces.clear()
+            self._aged.clear()
+            self._queue.clear()
+            self._sizes.clear()
             self._counters = 0
             self._blocks.clear()
             self._nblocks = 0
