@@ -14,7 +14,8 @@ and the ratios the issues set as targets:
   (every decision allowed and recorded);
 - *N distinct keys* (default 1,000,000), each seen once at a limit of 100 per
   60 s (so every key stays live): decisions/s with ``MemoryStore()`` as
-  shipped (``max_keys`` 100,000: past that, each new key evicts one), with
+  shipped (``max_keys`` 100,000: past that, new keys evict the least
+  recently seen), with
   ``MemoryStore(max_keys=N + 10)`` (no eviction), and with ``limits``
   (unbounded); the new-key cost of the default store over the first and the
   last 10% of the keys; and the memory held per key (tracemalloc, key
@@ -25,7 +26,8 @@ and the ratios the issues set as targets:
   in a dict under the client's key: what any per-client store must at least
   do, with no bound and no expiry);
 - *busy keys*: bytes held per key when every key sends its limit (100 in one
-  1 s window), with ``MemoryStore()`` as shipped (tracemalloc).
+  1 s window), with ``MemoryStore()`` as shipped (tracemalloc), against the
+  bytes it counts and its ``max_bytes``.
 
 Every pass is bounded by count and by ``--budget`` seconds (a pass that hits
 the budget is reported over the keys it got through, and marked).
@@ -276,9 +278,10 @@ def churn(clients: list[int], rounds: int, budget: float) -> dict[int, dict[str,
     return got
 
 
-def busy_keys(count: int, limit: int = 100) -> tuple[int, float]:
-    """(keys held, bytes held) by ``MemoryStore()`` after ``count`` keys each
-    send ``limit`` requests inside one window (``limit`` per second)."""
+def busy_keys(count: int, limit: int = 100) -> tuple[int, float, float, float]:
+    """(keys held, bytes held, bytes counted, max_bytes) for ``MemoryStore()``
+    after ``count`` keys each send ``limit`` requests inside one window
+    (``limit`` per second)."""
     clock = SimClock(1_700_000_000.0)
     gc.collect()
     tracemalloc.start()
@@ -297,9 +300,11 @@ def busy_keys(count: int, limit: int = 100) -> tuple[int, float]:
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     held = len(store)
+    counted = float(getattr(store, "counted_bytes", "nan"))
+    most = float(getattr(store, "max_bytes", "nan"))
     del store, hit
     gc.collect()
-    return held, after - before
+    return held, after - before, counted, most
 
 
 def bounded(max_keys: int, n: int) -> int:
@@ -398,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {fl:.2f} ({spread(row['plain dict floor'], '{:.2f}')}) | {mg / fl:.2f}x |"
         )
 
-    held, total = busy_keys(busy)
+    held, total, counted, most_bytes = busy_keys(busy)
     print(f"\n## Busy keys: {busy:,} keys x 100 requests in one window, limit 100/s\n")
     print(
-        f"`MemoryStore()` holds {held:,} keys in {total / 2**20:,.1f} MiB: "
-        f"{total / held:,.0f} bytes per held key"
+        f"`MemoryStore()` holds {held:,} keys in {total / 2**20:,.1f} MiB (tracemalloc): "
+        f"{total / held:,.0f} bytes per held key; counted {counted / 2**20:,.1f} MiB, "
+        f"max_bytes {most_bytes / 2**20:,.1f} MiB"
     )
 
     cap = 10_000
@@ -432,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{churn_ratio[100_000]:.2f}x, {churn_ratio[1_000_000]:.2f}x",
         ),
         ("max_keys never exceeded", most <= cap, f"{most:,} <= {cap:,}"),
+        (
+            "busy keys held within max_bytes (tracemalloc)",
+            total <= most_bytes,
+            f"{total / 2**20:,.1f} MiB <= {most_bytes / 2**20:,.1f} MiB",
+        ),
     ]
     for label, ok, value in checks:
         print(f"- [{'x' if ok else ' '}] {label}: {value}")
