@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sys
 import threading
 import time
-from collections import Counter
+import tracemalloc
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +19,15 @@ from hypothesis import strategies as st
 
 from mailguard.core import Block, FakeClock
 from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
-from mailguard.stores.memory import MemoryStore
+from mailguard.stores.memory import (
+    BLOCK_BYTES,
+    KEY_BYTES,
+    RING_BYTES,
+    SLOT_BYTES,
+    STATE_BYTES,
+    MemoryStore,
+    _extra,
+)
 
 T0 = 1_700_000_000.0
 
@@ -28,8 +38,21 @@ def make(max_keys: int = 1000, start: float = T0) -> tuple[MemoryStore, FakeCloc
 
 
 def counters_consistent(store: MemoryStore) -> bool:
-    """The store's running count of counters matches what its namespaces hold."""
-    return store._counters == sum(len(space) for space in store._spaces.values())
+    """The store's running counts (counters, the bytes counted beyond
+    KEY_BYTES per namespace and in all, and the cap they make) match what its
+    namespaces hold."""
+    held = {ns: [*store._spaces[ns].values(), *store._aged[ns].values()] for ns in store._spaces}
+    extras = {ns: sum(map(_extra, values)) for ns, values in held.items()}
+    cap = min(
+        store.max_keys - store._nblocks,
+        (store.max_bytes - store._extra - BLOCK_BYTES * store._nblocks) // KEY_BYTES,
+    )
+    return (
+        store._counters == sum(map(len, held.values()))
+        and store._extras == extras
+        and store._extra == sum(extras.values())
+        and store._cap == cap
+    )
 
 
 @pytest.fixture
@@ -507,6 +530,52 @@ def test_eviction_takes_least_recently_seen() -> None:
     assert store.peek("dos", "a", 60.0) == 2
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    max_keys=st.integers(min_value=1, max_value=12),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["dos", "dos", "dev"]), st.integers(min_value=0, max_value=20)),
+        max_size=300,
+    ),
+)
+def test_eviction_is_exactly_least_recently_seen(max_keys: int, ops: list[tuple[str, int]]) -> None:
+    """Against a model (one OrderedDict per namespace, least recently seen
+    first): the store holds exactly the model's keys, with the model's counts,
+    through every turn-over of its recent and aged counters."""
+    store, clock = make(max_keys=max_keys)
+    model: dict[str, OrderedDict[str, int]] = {}
+    slots = {0: 0, 1: 0, 2: 2, 3: 4, 4: 4, 5: 5}  # ring slots at a limit of 5 (core.slide)
+
+    def weight(ns: str) -> int:
+        held = model[ns].values()
+        return sum(
+            KEY_BYTES + (RING_BYTES + SLOT_BYTES * (slots[c] + 1) if c > 1 else 0) for c in held
+        )
+
+    for ns, i in ops:
+        clock.advance(0.001)  # within the window: nothing expires
+        key = f"k{i}"
+        space = model.setdefault(ns, OrderedDict())
+        if key in space:
+            space.move_to_end(key)
+        else:
+            if sum(map(len, model.values())) >= max_keys:
+                # the heaviest namespace (the first made, on a tie) loses its oldest
+                heaviest = max(model, key=weight)
+                model[heaviest].popitem(last=False)
+            space[key] = 0
+        code, _, _ = store.hit(ns, key, 5, 600.0)
+        if space[key] < 5:
+            assert code == OK
+            space[key] += 1
+        else:
+            assert code == OVER
+        assert counters_consistent(store)
+        for name, held in model.items():
+            for j in range(21):
+                assert store.peek(name, f"k{j}", 600.0) == held.get(f"k{j}", 0)
+
+
 def test_flood_in_one_namespace_spares_another_namespaces_streak() -> None:
     store, _ = make(max_keys=20)
     for _ in range(LIMIT - 1):
@@ -579,10 +648,17 @@ def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     return draw(st.lists(op, max_size=120))
 
 
-@settings(max_examples=150, deadline=None)
-@given(max_keys=st.integers(min_value=1, max_value=8), ops=operations())
-def test_bounds_hold_under_random_interleavings(max_keys: int, ops: list[tuple[Any, ...]]) -> None:
-    store, clock = make(max_keys=max_keys)
+@settings(max_examples=200, deadline=None)
+@given(
+    max_keys=st.integers(min_value=1, max_value=8),
+    max_bytes=st.sampled_from([None, 1500, 2500, 4000]),
+    ops=operations(),
+)
+def test_bounds_hold_under_random_interleavings(
+    max_keys: int, max_bytes: int | None, ops: list[tuple[Any, ...]]
+) -> None:
+    clock = FakeClock(T0)
+    store = MemoryStore(max_keys, max_bytes=max_bytes, clock=clock)
     live: dict[tuple[str, str], float] = {}  # blocks we know were recorded
     for op in ops:
         kind = op[0]
@@ -599,7 +675,10 @@ def test_bounds_hold_under_random_interleavings(max_keys: int, ops: list[tuple[A
             touched = (ns, key)
             if store.get_block(ns, key) is None:
                 assert store.dropped == dropped + 1
-                assert len(store.blocks()) == max_keys  # only when all are live blocks
+                # only when all are live blocks, and no room for one more
+                held = len(store.blocks())
+                assert len(store) == held
+                assert held == max_keys or (held + 1) * BLOCK_BYTES > store.max_bytes
         elif kind == "attempt":
             store.attempt("login", op[1], 3, 10.0, 5.0)
         elif kind == "settle":
@@ -621,6 +700,7 @@ def test_bounds_hold_under_random_interleavings(max_keys: int, ops: list[tuple[A
             else:
                 live.pop(touched, None)
         assert len(store) <= max_keys
+        assert store.counted_bytes <= store.max_bytes
         assert counters_consistent(store)
         now = clock()
         for (ns, key), until in list(live.items()):
@@ -632,6 +712,109 @@ def test_bounds_hold_under_random_interleavings(max_keys: int, ops: list[tuple[A
                 assert store.get_block(ns, key) is None
                 del live[(ns, key)]
         assert len(store.blocks()) == len(live)
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def test_max_bytes_default_and_validation() -> None:
+    assert MemoryStore().max_bytes == 512 * 100_000
+    assert MemoryStore(10).max_bytes == 1 << 20  # at least 1 MiB
+    assert MemoryStore(max_bytes=5000).max_bytes == 5000
+    assert "max_bytes=5000" in repr(MemoryStore(max_bytes=5000))
+    for bad in (0, -1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="max_bytes"):
+            MemoryStore(max_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_counted_bytes_follow_what_is_held() -> None:
+    store, clock = make()
+    assert store.counted_bytes == 0
+    store.hit("dos", "a", 100, 1.0)
+    assert store.counted_bytes == KEY_BYTES  # one float
+    store.hit("dos", "a", 100, 1.0)
+    ring = RING_BYTES + SLOT_BYTES * 3  # two slots and the index
+    assert store.counted_bytes == KEY_BYTES + ring
+    store.attempt("login", "alice", 5, 60.0, 30.0)
+    assert store.counted_bytes == 2 * KEY_BYTES + ring + STATE_BYTES
+    store.block("login", "mallory", 10.0, "r")
+    assert store.counted_bytes == 2 * KEY_BYTES + ring + STATE_BYTES + BLOCK_BYTES
+    clock.advance(30.0)
+    assert store.expire() == 3
+    assert store.counted_bytes == 0
+    assert counters_consistent(store)
+
+
+def test_flood_of_busy_keys_stays_within_max_bytes() -> None:
+    """Issue #19: every key sends its limit inside one window, so each holds a
+    full ring.  The store evicts the least recently seen ones and stays
+    within max_bytes, as counted and as tracemalloc measures it."""
+    limit, keys = 100, 3000  # 300,000 decisions; 4 MiB hold about 1,100 such keys
+    clock = FakeClock(T0)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        store = MemoryStore(100_000, max_bytes=4 << 20, clock=clock)
+        most = 0
+        for i in range(keys):
+            key = f"198.51.{i >> 8}.{i & 255}"
+            for _ in range(limit):
+                clock.advance(1e-6)  # a new float each time, as time.time() gives
+                store.hit("dos", key, limit, 1.0)
+            if i % 100 == 99:
+                most = max(most, tracemalloc.get_traced_memory()[0] - start)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert max(most, held) <= store.max_bytes
+    assert store.counted_bytes <= store.max_bytes
+    assert 1000 < len(store) < keys
+    # the most recent keys are still counted exactly
+    assert store.peek("dos", key, 1.0) == limit
+    assert store.hit("dos", key, limit, 1.0)[0] == OVER
+    assert counters_consistent(store)
+
+
+def test_a_busy_namespace_pays_for_its_own_rings() -> None:
+    """Room for rings is made in the namespace counted the most bytes, not
+    the one with the most keys: a flood of busy keys against one filter
+    does not wash out another filter's login streaks."""
+    store = MemoryStore(100_000, max_bytes=256 * 1024, clock=FakeClock(T0))
+    for i in range(200):
+        store.settle("login", f"user{i}", True, 5, 60.0, 900.0)  # 200 streaks of 1
+    for i in range(300):
+        for _ in range(100):
+            store.hit("dos", f"10.0.{i >> 8}.{i & 255}", 100, 60.0)
+        assert store.counted_bytes <= store.max_bytes
+    assert len(store._spaces["dos"]) + len(store._aged["dos"]) < 300
+    for i in range(200):  # every streak is still there
+        assert store.settle("login", f"user{i}", True, 2, 60.0, 900.0)[0] == JAILED
+    assert counters_consistent(store)
+
+
+def test_a_ring_larger_than_max_bytes_stays_exact_on_its_own() -> None:
+    store = MemoryStore(1000, max_bytes=8 * 1024, clock=FakeClock(T0))
+    for i in range(10):
+        store.hit("dos", f"idle{i}", 1000, 60.0)
+    for _ in range(150):  # the ring doubles to 256 slots: over 8 KiB alone
+        assert store.hit("dos", "busy", 1000, 60.0)[0] == OK
+    assert store.peek("dos", "busy", 60.0) == 150
+    assert all(store.peek("dos", f"idle{i}", 60.0) == 0 for i in range(10))
+    assert store.counted_bytes > store.max_bytes  # the one exception to the bound
+    assert len(store) == 1
+    assert counters_consistent(store)
+
+
+def test_expired_counters_are_purged_as_new_keys_come() -> None:
+    """Under churn the store holds about one window of keys, not max_keys."""
+    store, clock = make(max_keys=10_000)
+    for i in range(20_000):  # 1,000 new keys a second, 1 s window
+        clock.advance(0.001)
+        store.hit("dos", f"k{i}", 5, 1.0)
+        assert len(store) <= 1000 + 128
+    assert counters_consistent(store)
 
 
 def test_idle_keys_expire() -> None:

@@ -1,39 +1,74 @@
 """MemoryStore: the embedded default, bounded, thread-safe, no timers.
 
 Layout
-    *Counters* live in one plain dict per namespace, kept in least-recently-
-    seen order (a touched key is popped and re-inserted at the end, which
-    CPython dicts do in O(1)).  A key seen once costs one dict entry and one
-    float; see :mod:`mailguard.core` for the sliding-window state.
+    *Counters* of each namespace live in two plain dicts, both in least-
+    recently-seen order: the *recent* dict, into which every new or touched
+    key goes (popped and put back at the end, which CPython dicts do in
+    O(1)), and the *aged* dict, the keys not seen since the two last turned
+    over.  When the aged dict runs empty, the recent one becomes the aged
+    one and a queue of its keys, in order, is taken once.  The least recently
+    seen counter of a namespace is then the first key of that queue still in
+    the aged dict: found in O(1) amortised.  (Walking a dict from its front
+    would not do: a dict deletes by leaving a dummy slot, and its iterator
+    steps over every dummy left since the dict last resized, so each new key
+    would cost time in proportion to the recent churn.)  A key seen once
+    costs one dict entry and one float; see :mod:`mailguard.core` for the
+    sliding-window state.
     *Blocks* live in a :class:`cachetools.TLRUCache` whose per-item expiry is
     the block's end, so ended blocks drop out by themselves.
 
 Bounds
-    ``max_keys`` caps counters and blocks together.  When a new key needs
-    room, expired counters go first, then the least recently seen counter of
-    the largest namespace (so a flood of fresh addresses against one filter
-    wears out that filter's own oldest counters and cannot wash out another
-    filter's login streaks).  A live block is never evicted: when every key
-    is a live block, a new block is refused and counted in :attr:`dropped`.
-    Memory: about 150 bytes per key seen once (measured by
-    ``benchmarks/core.py``); a busier key holds a ring of at most its limit
-    slots, 8 bytes a slot plus 24 per recorded time (see
-    :data:`mailguard.core.Ring`); the default of 100,000 keys is roughly
-    15-20 MB when most keys are seen once.
+    ``max_keys`` caps counters and blocks together; ``max_bytes`` caps the
+    bytes counted for them: :data:`KEY_BYTES` (256) per counter; for a busy
+    key's ring, :data:`RING_BYTES` (96) plus :data:`SLOT_BYTES` (32) per
+    item (a slot holds a float: 8 bytes in the list, 24 for the float; a
+    ring has at most its limit slots, plus one item for its index); for a
+    login streak, an offence count or a remembered value,
+    :data:`STATE_BYTES` (192) plus the remembered string's size; and
+    :data:`BLOCK_BYTES` (512) per block.  These are upper bounds of what
+    Python allocates for them (tracemalloc, keys of up to 64 characters;
+    the process's RSS grows by up to about 1.2 times as much, the
+    allocator's own overhead).  By default ``max_bytes`` is 512 per key of
+    ``max_keys``, at least 1 MiB: 51.2 MB for 100,000 keys.
+
+    So the worst case an admin plans for is ``max_bytes``, whatever the
+    limits: a key seen once counts 256 bytes (it holds about 115-190); a key
+    that sends its whole limit L inside one window counts 384 + 32 L bytes
+    (3.6 KB at a limit of 100), so the default store keeps about 14,000 such
+    keys and evicts the least recently seen beyond that.  (Measured with
+    ``benchmarks/core.py``: 20,000 keys sending 100 requests each in one
+    window leave 14,285 keys held in 47.4 MiB, RSS up 58 MiB; before this
+    bound, 100,000 such keys took 417 MiB.)
+
+    When a new key needs room, expired counters go first, then the least
+    recently seen counters of the namespace counted the most bytes (so a
+    flood against one filter, of fresh addresses or of busy ones, wears out
+    that filter's own oldest counters and cannot wash out another filter's
+    login streaks).  A flood of new keys into a full store evicts a few at a
+    time (one per 1,024 of ``max_keys``, at most 64), so it then holds up to
+    that many fewer.  When a ring grows past ``max_bytes``, least recently
+    seen counters go the same way, never that ring; a single ring larger
+    than ``max_bytes`` is the one thing that takes the store over it, until
+    the next new key needs room (size ``max_bytes`` for many rings of your
+    highest limit).  A live block is never evicted: when every key is a live
+    block, a new block is refused and counted in :attr:`dropped`.
 
 Time
     Every decision reads the store's clock (``time.time`` by default), so a
     :class:`~mailguard.FakeClock` given here drives every filter on the store.
 
-Nothing runs in the background: expired keys are dropped as new keys need
-room, by :meth:`MemoryStore.expire`, and when blocks are listed.
+Nothing runs in the background: expired counters are dropped as new keys
+come (every 32 new keys, up to 64 of them first in line) and need room, by
+:meth:`MemoryStore.expire`, and ended blocks when blocks are listed.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from cachetools import TLRUCache
@@ -56,9 +91,47 @@ from ..core import (
 from ..options import option_error
 from .base import BLOCKED, JAILED, OK, OVER, Store
 
-__all__ = ["MemoryStore"]
+__all__ = [
+    "BLOCK_BYTES",
+    "DEFAULT_BYTES_PER_KEY",
+    "KEY_BYTES",
+    "RING_BYTES",
+    "SLOT_BYTES",
+    "STATE_BYTES",
+    "MemoryStore",
+]
 
-_PURGE_PER_INSERT = 2  # expired keys checked at the front of a namespace per new key
+_PURGE_EVERY = 32  # new keys between two purges of expired counters (up to twice as many)
+_EVICT_BATCH = 64  # the most counters evicted at a time when a new key finds the store full,
+_EVICT_BATCH_PER = 1024  # one for each this many of max_keys (so 1 below 2048)
+
+# What max_bytes counts (see "Bounds" above, and the README for the
+# measurements these are upper bounds of).
+KEY_BYTES = 256
+"""Bytes counted for each counter: its share of the namespace's dicts and
+queue, its key (a string of up to 64 ASCII characters) and one float."""
+SLOT_BYTES = 32
+"""Bytes counted for each slot of a busy key's ring: a list item and a float."""
+RING_BYTES = 96
+"""Bytes counted for a ring's list, on top of its slots."""
+STATE_BYTES = 192
+"""Bytes counted for a login streak, an offence count or a remembered value
+(a tuple and its floats), on top of the remembered string's own size."""
+BLOCK_BYTES = 512
+"""Bytes counted for each block (a :class:`~mailguard.core.Block` in a TLRU cache)."""
+DEFAULT_BYTES_PER_KEY = 512
+"""``max_bytes`` by default: this many bytes per key of ``max_keys``, at least 1 MiB."""
+
+
+def _extra(value: Any) -> int:
+    """The bytes counted for a counter holding ``value`` beyond KEY_BYTES."""
+    kind = value.__class__
+    if kind is float:
+        return 0
+    if kind is list:
+        return RING_BYTES + SLOT_BYTES * len(value)
+    remembered = value[1]
+    return STATE_BYTES + (sys.getsizeof(remembered) if remembered.__class__ is str else 0)
 
 
 def _float_clock(clock: Clock) -> Clock:
@@ -76,28 +149,60 @@ class MemoryStore(Store):
     """Counters and blocks in this process's memory.
 
     :param max_keys: the most counters and blocks held at once (default
-        100,000, about 15-20 MB).  Never exceeded.
+        100,000).  Never exceeded.
+    :param max_bytes: the most bytes counted for them (default 512 per key
+        of ``max_keys``, at least 1 MiB: 51.2 MB for the default
+        ``max_keys``), whatever the limits.  What is counted is an upper
+        bound of what Python allocates for them (see "Bounds" in
+        :mod:`mailguard.stores.memory`); only a single ring larger than
+        ``max_bytes`` on its own takes the store over it.
     :param clock: where time comes from (default ``time.time``); pass a
         :class:`~mailguard.FakeClock` in tests.
     """
 
     local = True
 
-    def __init__(self, max_keys: int = 100_000, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        max_keys: int = 100_000,
+        *,
+        max_bytes: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise option_error("max_keys", f"must be a whole number >= 1, got {max_keys!r}")
+        if max_bytes is None:
+            max_bytes = max(DEFAULT_BYTES_PER_KEY * max_keys, 1 << 20)
+        elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise option_error("max_bytes", f"must be a whole number >= 1, got {max_bytes!r}")
         if clock is not None and not callable(clock):
             raise option_error("clock", f"must be a callable returning seconds, got {clock!r}")
         self.max_keys = max_keys
+        self.max_bytes = max_bytes
         self._clock: Clock = time.time if clock is None else _float_clock(clock)
         self._lock = threading.Lock()
+        # Per namespace: the recent and the aged counters, the aged keys in
+        # least-recently-seen order (some since seen again or dropped: those
+        # are skipped), the longest window seen, and the bytes counted for
+        # its counters beyond KEY_BYTES each (rings, login states).
         self._spaces: dict[str, dict[str, Any]] = {}
-        self._ttl: dict[str, float] = {}  # longest window seen per namespace
+        self._aged: dict[str, dict[str, Any]] = {}
+        self._queue: dict[str, deque[str]] = {}
+        self._ttl: dict[str, float] = {}
+        self._extras: dict[str, int] = {}
         self._counters = 0
+        self._extra = 0  # the extras of all namespaces
         self._blocks: TLRUCache[tuple[str, str], Block] = TLRUCache(
             maxsize=max_keys, ttu=_block_end, timer=self._clock
         )
         self._nblocks = 0  # blocks held, ended ones included until dropped (cheap to read)
+        # The store is full for a new counter of KEY_BYTES once it holds _cap
+        # counters (max_keys and max_bytes in one number; see _recap).
+        self._cap = 0
+        self._recap()
+        self._purge_in = _PURGE_EVERY  # new keys until the next purge
+        # counters evicted at a time when a new key finds the store full
+        self._batch = max(1, min(_EVICT_BATCH, max_keys // _EVICT_BATCH_PER))
         self._latest = -math.inf  # the latest clock reading hit() has used
         self.dropped = 0
         """Blocks that could not be recorded because every key was a live block."""
@@ -109,51 +214,245 @@ class MemoryStore(Store):
             return self._counters + self._nblocks
 
     def __repr__(self) -> str:
-        return f"MemoryStore(max_keys={self.max_keys}, keys={len(self)})"
+        return (
+            f"MemoryStore(max_keys={self.max_keys}, max_bytes={self.max_bytes}, keys={len(self)})"
+        )
+
+    @property
+    def counted_bytes(self) -> int:
+        """Bytes counted now for the counters and blocks held (see ``max_bytes``)."""
+        with self._lock:
+            self._drop_ended(self._clock())
+            return self._bytes()
 
     def now(self) -> float:
         return self._clock()
 
+    def _bytes(self) -> int:
+        return KEY_BYTES * self._counters + self._extra + BLOCK_BYTES * self._nblocks
+
+    def _recap(self) -> None:
+        """Work out ``_cap`` again, after blocks or extras changed: a new
+        counter of KEY_BYTES fits while ``_counters < _cap``, that is, while
+        ``_counters + _nblocks < max_keys`` and ``_bytes() + KEY_BYTES <=
+        max_bytes``."""
+        self._cap = min(
+            self.max_keys - self._nblocks,
+            (self.max_bytes - self._extra - BLOCK_BYTES * self._nblocks) // KEY_BYTES,
+        )
+
     def _space(self, ns: str, ttl: float) -> dict[str, Any]:
+        """The recent counters of ``ns`` (made when new); ``ttl`` is a window
+        of its, the longest of which says when its counters have expired."""
         space = self._spaces.get(ns)
         if space is None:
             space = self._spaces[ns] = {}
-        if ttl > self._ttl.get(ns, -1.0):
+            self._aged[ns] = {}
+            self._queue[ns] = deque()
+            self._ttl[ns] = ttl
+            self._extras[ns] = 0
+        elif ttl > self._ttl[ns]:
             self._ttl[ns] = ttl
         return space
 
+    def _take(self, ns: str, key: str) -> Any:
+        """Pop the counter of ``key`` from ``ns`` (None when it has none); it
+        is still counted (see :meth:`_forget` and :meth:`_recount`)."""
+        found = self._spaces[ns].pop(key, None)
+        if found is None:
+            aged = self._aged[ns]
+            if aged:
+                found = aged.pop(key, None)
+        return found
+
+    def _forget(self, ns: str, value: Any) -> None:
+        """Stop counting a counter that was taken out (holding ``value``)."""
+        self._counters -= 1
+        extra = _extra(value)
+        if extra:
+            self._extra -= extra
+            self._extras[ns] -= extra
+            self._recap()
+
+    def _recount(self, ns: str, before: Any, after: Any) -> int:
+        """Count a counter's change from ``before`` to ``after``; return the
+        bytes it grew by."""
+        grown = _extra(after) - _extra(before)
+        if grown:
+            self._extra += grown
+            self._extras[ns] += grown
+            self._recap()
+        return grown
+
+    def _over(self) -> bool:
+        """Whether the store is over ``max_bytes``."""
+        return self._bytes() > self.max_bytes
+
+    def _heaviest(self, spare: str = "") -> str:
+        """The namespace whose counters are counted the most bytes (the
+        first made, on a tie), leaving out ``spare`` when it holds one
+        counter; "" when there is none."""
+        best, most = "", 0
+        for ns, recent in self._spaces.items():
+            held = len(recent) + len(self._aged[ns])
+            if held and not (ns == spare and held == 1):
+                weight = KEY_BYTES * held + self._extras[ns]
+                if weight > most:
+                    best, most = ns, weight
+        return best
+
     @staticmethod
     def _expired(value: Any, now: float, ttl: float) -> bool:
+        """Whether a counter holding ``value`` is as good as none: a login
+        state past its end, or a window whose every time has left the
+        longest window of its namespace (the test core.slide applies)."""
         if value.__class__ is tuple:
             return bool(value[0] <= now)
-        return log_last(value) + ttl <= now
+        return log_last(value) <= now - ttl
 
-    def _room(self, space: dict[str, Any], ns: str, now: float) -> bool:
-        """Make room for one new counter in ``space``; False if impossible."""
-        ttl = self._ttl[ns]
-        for _ in range(_PURGE_PER_INSERT):
-            if not space:
-                break
-            first = next(iter(space))
-            if not self._expired(space[first], now, ttl):
-                break
-            del space[first]
-            self._counters -= 1
-        # currsize counts ended blocks not yet dropped: cheap, and on the safe
-        # side; they are dropped for real before any counter is evicted.
-        if self._counters + self._nblocks >= self.max_keys:
-            self._drop_ended(now)
-            while self._counters + self._nblocks >= self.max_keys:
-                if self._counters == 0:
-                    return False
-                victim = max(self._spaces.values(), key=len)
-                del victim[next(iter(victim))]
-                self._counters -= 1
+    def _turn(self, ns: str) -> bool:
+        """Make the recent counters of ``ns`` the aged ones, when it has no
+        aged counters left; False when it holds no counter at all.  (Whoever
+        holds the recent dict must fetch it again.)"""
+        if self._aged[ns]:
+            return True
+        recent = self._spaces[ns]
+        if not recent:
+            return False
+        self._aged[ns] = recent
+        self._spaces[ns] = {}
+        self._queue[ns] = deque(recent)
         return True
+
+    def _purge(self, ns: str, now: float, most: int) -> int:
+        """Drop up to ``most`` expired counters first in line in ``ns``;
+        return how many went."""
+        ttl = self._ttl[ns]
+        cutoff = now - ttl  # as _expired works it out
+        gone = 0
+        aged = self._aged[ns]
+        queue = self._queue[ns]
+        while gone < most:
+            if not aged:
+                if not self._turn(ns):
+                    break
+                aged = self._aged[ns]
+                queue = self._queue[ns]
+            value = aged.get(queue[0])
+            if value is None:  # seen again since (so recent now), or dropped
+                queue.popleft()
+                continue
+            if value.__class__ is float:  # (_expired, inlined for the common case)
+                if value > cutoff:
+                    break
+                self._counters -= 1
+            elif self._expired(value, now, ttl):
+                self._forget(ns, value)
+            else:
+                break
+            del aged[queue.popleft()]
+            gone += 1
+        return gone
+
+    def _evict(self, ns: str, most: int, room: int) -> None:
+        """Evict the least recently seen counters of ``ns`` until the store
+        holds fewer than ``most`` counters and at most ``room`` bytes, or
+        ``ns`` has none left.
+
+        O(1) amortised per counter: each key is queued once per turn-over,
+        and leaves the queue once."""
+        counters = self._counters
+        extra = self._extra
+        freed = 0
+        room -= BLOCK_BYTES * self._nblocks
+        aged = self._aged[ns]
+        queue = self._queue[ns]
+        while counters >= most or KEY_BYTES * counters + extra > room:
+            if not aged:
+                if not self._turn(ns):
+                    break
+                aged = self._aged[ns]
+                queue = self._queue[ns]
+            value = aged.pop(queue.popleft(), None)
+            if value is None:  # seen again since (so recent now), or dropped
+                continue
+            counters -= 1
+            if value.__class__ is not float:
+                cost = _extra(value)
+                extra -= cost
+                freed += cost
+        self._counters = counters
+        if freed:
+            self._extra = extra
+            self._extras[ns] -= freed
+            self._recap()
+
+    def _room(self, ns: str, now: float, extra: int) -> bool:
+        """Make room for a new counter of ``KEY_BYTES + extra`` bytes in
+        ``ns``, and count it; False if impossible.
+
+        Every few new keys, drops the expired counters first in line in
+        ``ns``.  When the store is full: an expired counter first in line in
+        ``ns``, else the least recently seen counters of the heaviest
+        namespace.  May turn ``ns`` over: fetch its recent dict afterwards.
+        (:meth:`hit` has its own copy, for counters of KEY_BYTES.)
+        """
+        self._purge_in -= 1
+        if self._purge_in <= 0:
+            self._purge_in = _PURGE_EVERY
+            self._purge(ns, now, 2 * _PURGE_EVERY)
+        if (
+            self._counters >= self._cap
+            or (extra and self._bytes() + KEY_BYTES + extra > self.max_bytes)
+        ) and not self._make_room(ns, now, extra):
+            return False
+        self._counters += 1
+        if extra:
+            self._extra += extra
+            self._extras[ns] += extra
+            self._recap()
+        return True
+
+    def _make_room(self, ns: str, now: float, extra: int) -> bool:
+        """:meth:`_room` when the store is full."""
+        # _nblocks counts ended blocks not yet dropped: cheap, and on the safe
+        # side; they are dropped for real before a counter is evicted.
+        if self._nblocks:
+            self._drop_ended(now)
+        most = self.max_keys - self._nblocks  # counters, the new one included
+        room = self.max_bytes - KEY_BYTES - extra  # bytes for the rest
+        if self._counters < most and self._bytes() <= room:
+            return True  # ended blocks made room
+        # Room for this counter and, as a flood goes on, for the next few:
+        # evicting a few at a time costs a new key less than one at a time.
+        spare = self._batch - 1
+        most -= spare
+        room -= KEY_BYTES * spare
+        while self._counters and (self._counters >= most or self._bytes() > room):
+            heaviest = ns if len(self._spaces) == 1 else self._heaviest()
+            if heaviest != ns and self._purge(ns, now, 1):
+                continue
+            self._evict(heaviest, most, room)
+        return self._counters < most + spare and self._bytes() <= room + KEY_BYTES * spare
+
+    def _shed(self, ns: str) -> None:
+        """Evict least recently seen counters until the store is within
+        ``max_bytes`` again, after a ring of ``ns`` grew; never that ring,
+        the most recent counter of ``ns`` (which may stay over on its own)."""
+        while self._over():
+            heaviest = self._heaviest(ns)
+            if not heaviest:
+                return
+            if heaviest == ns:  # one at a time: the last one there is the ring
+                self._evict(ns, self._counters, self._bytes() - 1)
+            else:
+                self._evict(heaviest, self._counters + 1, self.max_bytes)
 
     def _drop_ended(self, now: float) -> None:
         self._blocks.expire(now)
-        self._nblocks = len(self._blocks)
+        if self._nblocks != len(self._blocks):
+            self._nblocks = len(self._blocks)
+            self._recap()
 
     def _live_block(self, ns: str, key: str, now: float) -> Block | None:
         if not self._nblocks:
@@ -165,20 +464,19 @@ class MemoryStore(Store):
 
     def _put_block(self, ns: str, key: str, now: float, seconds: float, reason: str) -> Block:
         made = Block(ns, key, reason, now, now + seconds)
-        if (
-            ns,
-            key,
-        ) not in self._blocks and self._counters + self._nblocks >= self.max_keys:
+        if (ns, key) not in self._blocks:
             self._drop_ended(now)
-            while self._counters + self._nblocks >= self.max_keys:
-                if not self._counters:
+            # room for one more block: a key, and BLOCK_BYTES
+            most = self.max_keys - 1
+            room = self.max_bytes - BLOCK_BYTES
+            while self._counters + self._nblocks > most or self._bytes() > room:
+                heaviest = self._heaviest()
+                if not heaviest:
                     self.dropped += 1
                     return made
-                victim = max(self._spaces.values(), key=len)
-                del victim[next(iter(victim))]
-                self._counters -= 1
-        if (ns, key) not in self._blocks:
+                self._evict(heaviest, most - self._nblocks + 1, room)
             self._nblocks += 1
+            self._recap()
         self._blocks[(ns, key)] = made
         return made
 
@@ -207,7 +505,7 @@ class MemoryStore(Store):
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
             space = self._spaces.get(ns)
-            # popped and put back: the dict stays in least-recently-seen order
+            # popped and put back: the dicts stay in least-recently-seen order
             before: Log = None if space is None else space.pop(key, None)
             if type(before) is list and not detail:
                 # The O(1) case of core.slide, inlined because it is the whole
@@ -222,16 +520,44 @@ class MemoryStore(Store):
                     before[0] = 1 if pos == end else pos
                     space[key] = before  # type: ignore[index]
                     return OK, -1, 0.0
-            if before is None:  # a new key (or a new namespace): make room first
-                space = self._space(ns, window)
-                if not self._room(space, ns, now):
+            if before is None:
+                if space is None:  # a new namespace
+                    self._space(ns, window)
+                else:
+                    aged = self._aged[ns]  # not seen since the namespace turned over?
+                    if aged:
+                        before = aged.pop(key, None)
+                    if window > self._ttl[ns]:
+                        self._ttl[ns] = window
+                if before is None:
+                    # A new key: make room and count it (_room, inlined: this
+                    # is the whole work of a flood of fresh addresses), then
+                    # record this request, as core.slide records a first one.
+                    self._purge_in -= 1
+                    if self._purge_in <= 0:
+                        self._purge_in = _PURGE_EVERY
+                        self._purge(ns, now, 2 * _PURGE_EVERY)
+                    if self._counters >= self._cap and not self._make_room(ns, now, 0):
+                        return OK, limit - 1, window
+                    self._counters += 1
+                    # (fetched again: making room may have turned the namespace over)
+                    self._spaces[ns][key] = now
                     return OK, limit - 1, window
-                self._counters += 1
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
                 space[key] = log  # type: ignore[index]
-                return (OK, remaining, wait) if allowed else (OVER, 0, wait)
-            self._counters -= 1
+                if not allowed:
+                    return OVER, 0, wait
+                # a ring made, grown, shrunk or given up: count its bytes
+                if (
+                    log is not before
+                    and (type(log) is list or type(before) is list)
+                    and self._recount(ns, before, log) > 0
+                    and self._over()
+                ):
+                    self._shed(ns)
+                return OK, remaining, wait
+            self._forget(ns, before)
             self._put_block(ns, key, now, jail, "rate")
             return JAILED, 0, jail
         finally:
@@ -244,6 +570,8 @@ class MemoryStore(Store):
             if space is None:
                 return 0
             value = space.get(key)
+            if value is None:
+                value = self._aged[ns].get(key)
             if value is None or value.__class__ is tuple:
                 return 0
             return log_count(value, now, window)
@@ -256,16 +584,14 @@ class MemoryStore(Store):
             found = self._live_block(ns, key, now)
             if found is not None:
                 return BLOCKED, 0, wait_until(found.until, now)
-            space = self._space(ns, 0.0)
-            state = space.pop(key, None)
-            if state is None:
-                if not self._room(space, ns, now):
-                    return OK, limit - 1, 0.0
-                self._counters += 1
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
+            if state is None and not self._room(ns, now, STATE_BYTES):
+                return OK, limit - 1, 0.0
             record, code, remaining, wait = begin_attempt(
                 None if state is None else state[1], now, limit, interval, pending_ttl
             )
-            space[key] = (record.expires(interval), record)
+            self._spaces[ns][key] = (record.expires(interval), record)
             return code, remaining, wait
 
     def settle(
@@ -284,10 +610,10 @@ class MemoryStore(Store):
     ) -> tuple[int, int, float]:
         now = self._clock()
         with self._lock:
-            space = self._space(ns, 0.0)
-            state = space.pop(key, None)
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
             if state is not None:
-                self._counters -= 1
+                self._forget(ns, state)
             record, reached, streak_now = end_attempt(
                 None if state is None else state[1], now, failed, limit, interval, reset
             )
@@ -298,9 +624,8 @@ class MemoryStore(Store):
                 held = self._live_block(ns, key, now)
                 if outlasts(None if held is None else held.until, now, blocked_for):
                     self._put_block(ns, key, now, blocked_for, "failures")
-            if record is not None and self._room(space, ns, now):
-                self._counters += 1
-                space[key] = (record.expires(interval), record)
+            if record is not None and self._room(ns, now, STATE_BYTES):
+                self._spaces[ns][key] = (record.expires(interval), record)
             return code, streak_now, blocked_for
 
     def _penalty(
@@ -308,30 +633,30 @@ class MemoryStore(Store):
     ) -> float:
         if factor <= 1.0 or memory <= 0.0:
             return base
-        offences = ns + "!offences"
-        space = self._space(offences, memory)
-        record = space.pop(key, None)
-        if record is None:
-            if not self._room(space, offences, now):
-                return base
-            self._counters += 1
+        ns += "!offences"
+        self._space(ns, memory)
+        record = self._take(ns, key)
+        if record is None and not self._room(ns, now, STATE_BYTES):
+            return base
         record, seconds = penalty(record, now, base, factor, cap, memory)
-        space[key] = record
+        self._spaces[ns][key] = record
         return seconds
 
     def swap(self, ns: str, key: str, value: str, ttl: float) -> str | None:
         now = self._clock()
         with self._lock:
-            space = self._space(ns, 0.0)
-            state = space.pop(key, None)
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
+            after = (now + ttl, value)
             if state is None:
-                if not self._room(space, ns, now):
+                if not self._room(ns, now, _extra(after)):
                     return None
-                self._counters += 1
-                previous = None
-            else:
-                previous = state[1] if state[0] > now else None
-            space[key] = (now + ttl, value)
+                self._spaces[ns][key] = after
+                return None
+            previous = state[1] if state[0] > now else None
+            self._spaces[ns][key] = after
+            if self._recount(ns, state, after) > 0 and self._over():
+                self._shed(ns)
             return previous
 
     # ------------------------------------------------------------- blocks
@@ -366,6 +691,7 @@ class MemoryStore(Store):
     def _lift(self, doomed: list[tuple[str, str]]) -> int:
         lifted = sum(self._blocks.pop(k, None) is not None for k in doomed)
         self._nblocks = len(self._blocks)
+        self._recap()
         return lifted
 
     def expire(self) -> int:
@@ -373,24 +699,34 @@ class MemoryStore(Store):
         now = self._clock()
         gone = 0
         with self._lock:
-            for ns, space in self._spaces.items():
+            for ns, recent in self._spaces.items():
                 ttl = self._ttl[ns]
-                dead = [k for k, v in space.items() if self._expired(v, now, ttl)]
-                for k in dead:
-                    del space[k]
-                gone += len(dead)
-            self._counters -= gone
+                aged = self._aged[ns]
+                for space in (recent, aged):
+                    dead = [k for k, v in space.items() if self._expired(v, now, ttl)]
+                    for k in dead:
+                        self._forget(ns, space.pop(k))
+                    gone += len(dead)
+                # let go of the dropped keys' strings now
+                self._queue[ns] = deque(k for k in self._queue[ns] if k in aged)
             gone += len(self._blocks.expire(now))  # len() would expire them first
             self._nblocks = len(self._blocks)
+            self._recap()
         return gone
 
     def clear(self) -> None:
         """Forget every counter and block."""
         with self._lock:
             self._spaces.clear()
+            self._aged.clear()
+            self._queue.clear()
+            self._ttl.clear()
+            self._extras.clear()
             self._counters = 0
+            self._extra = 0
             self._blocks.clear()
             self._nblocks = 0
+            self._recap()
 
     # -------------------------------------------------------------- async
     # Memory operations take microseconds and never wait on I/O, so the
