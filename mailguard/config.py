@@ -17,6 +17,7 @@ The file
     [store]                  # where counters and blocks live (one store for all)
     type = "memory"          # "memory" (default) or "redis"
     max_keys = 100000        # memory only: the most keys held at once
+    # max_bytes = 51200000   # memory only: the most bytes counted (default 512 a key)
     # url = "redis://127.0.0.1:6379/0"   # redis only (required)
     # prefix = "mailguard:"              # redis only
 
