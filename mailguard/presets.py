@@ -11,32 +11,55 @@ is Roundcube's shape at another path.  Limits (``max_failed_logins``,
 ===============  =============================================  ==================================
 preset           a login attempt is                             a failure is
 ===============  =============================================  ==================================
-``roundcube``    ``POST`` anywhere with ``_task=login`` in the  401 (success is a 302 to
-                 query *or* the form body (PHP lets the body     ``?_task=mail``; a ``GET`` of the
-                 win, so both are looked at)                      login page is also 401, and is not
-                                                                  an attempt)
-``sogo``         ``POST /SOGo/connect`` (JSON ``userName``)     401 or 403
+``roundcube``    ``POST`` anywhere with ``_action=login`` in    401 (success is a redirect; the
+                 the query, the form body *or a cookie*,        login page is a 200)
+                 whatever ``_task`` says; PHP's reading of
+                 names (``.action`` is ``_action``) and of
+                 the value (tags and non-word characters
+                 dropped: ``lo gin`` is ``login``)
+``sogo``         ``/SOGo/connect`` or ``/SOGo/changePassword``  401 or 403
+                 (``POST``, ``PUT``, ``PATCH`` or ``GET``;
+                 JSON ``userName``, whatever the type says)
 ``nextcloud``    ``POST /login``, ``/index.php/login``          a 303 whose ``Location`` leads back
-                 (form field ``user``)                          to ``/login``; 429 (Nextcloud's own
-                                                                throttling)
-``zimbra``       ``POST /`` or ``/zimbra/`` with                a 200 that sets no ``ZM_AUTH_TOKEN``
-                 ``loginOp=login`` (form field ``username``)    cookie (success: 302 + the cookie)
-``carbonio``     ``POST /zx/auth/v1/login``,                    401 (403 means "a second factor is
-                 ``/zx/auth/v2/login``, ``/service/auth/v2/``   needed": the password was right)
-                 ``login`` (JSON ``user``)
+                 (form field ``user``, PHP names); Basic or     to ``/login``; 401; 429
+                 Bearer credentials under ``/remote.php/``,     (Nextcloud's own throttling)
+                 ``/ocs/``, ``/public.php/``
+``zimbra``       ``POST /``, ``/zimbra/`` or                    a 200 HTML page that sets no
+                 ``/public/login.jsp`` with ``loginOp=login``;  ``ZM_AUTH_TOKEN`` cookie; a SOAP
+                 a SOAP ``AuthRequest`` (XML or JSON, also in   fault (500 or 422 in a SOAP
+                 a ``BatchRequest``) to ``/service/soap``;      content type); 401
+                 Basic credentials under ``/service/home/``,
+                 ``/home/`` (REST)
+``carbonio``     ``POST /zx/auth/v1/login``,                    401, a SOAP fault (403 means "a
+                 ``/zx/auth/v2/login``, ``.../otp/validate``,   second factor is needed": the
+                 ``/service/auth/v2/login``; SOAP and REST as   password was right)
+                 ``zimbra``
 ``activesync``   any request to ``/Microsoft-Server-            401 to a request that carried
-                 ActiveSync`` carrying Basic or Bearer          credentials (a 401 challenge to one
-                 credentials                                    without them is the handshake)
-``dav``          any request under ``/dav/``, ``/.well-known/``  as ``activesync``
-                 ``/principals/``, ``/remote.php/dav``,
-                 ``/remote.php/webdav`` or ``/SOGo/dav/``
+                 ActiveSync`` (also under ``/SOGo/``)           credentials (a 401 challenge to one
+                 carrying Basic or Bearer credentials           without them is the handshake)
+``dav``          any request to ``/dav``, ``/service/dav``,     as ``activesync``
+                 ``/.well-known``, ``/principals``,
+                 ``/remote.php``, ``/ocs``, ``/SOGo/dav`` or
+                 below, with or without the trailing slash,
                  carrying Basic or Bearer credentials
 ===============  =============================================  ==================================
 
+Each preset says, in a comment beside it, which source of the application it
+was read from (repository, file, function).  A body the preset needs to read
+and cannot (longer than ``max_body_bytes``, cut short, compressed, JSON that
+does not parse) makes the request count as an attempt.
+
 Each preset also names the one form field that holds the account, so an
 attacker cannot put a decoy in another field the application never reads.
-The two response predicates are ordinary functions of ``(status, headers)``
+The response predicates are ordinary functions of ``(status, headers)``
 (headers a lower-case name -> value map), usable as ``is_failure=`` alone.
+Where a request field alone cannot say whether a request is a login (a
+cookie, a SOAP body), a preset brings its own test, ``login_match(request,
+fields)`` (:data:`LoginMatch`); an explicit ``login_fields=`` replaces it.
+
+A SOAP fault's code (``account.AUTH_FAILED``) is in the response body, which
+the filter does not read: every fault to an ``AuthRequest`` counts, a 500 of
+another content type (a proxy's error page) does not.
 """
 
 from __future__ import annotations

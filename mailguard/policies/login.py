@@ -30,6 +30,11 @@ Login attempts
     ``/login;jsessionid=1``), ``"/zimbra/"`` that path and everything below
     it, ``"/dav*"`` a prefix, ``"*"`` every path; ``"/"`` is the root only.
 
+    A preset may bring its own test instead of ``login_fields``
+    (``login_match``, :data:`mailguard.presets.LoginMatch`), where a field
+    alone cannot say: Roundcube also reads ``_action`` from a cookie, Zimbra
+    a SOAP ``AuthRequest`` from the body.
+
     Fields are read from the query and from an urlencoded, multipart (CRLF or
     bare LF) or JSON body (JSON also when sent as ``text/plain``): see
     :func:`mailguard.reading.body_fields`.  When ``login_fields`` cannot be
