@@ -30,6 +30,11 @@ Login attempts
     ``/login;jsessionid=1``), ``"/zimbra/"`` that path and everything below
     it, ``"/dav*"`` a prefix, ``"*"`` every path; ``"/"`` is the root only.
 
+    A preset may bring its own test instead of ``login_fields``
+    (``login_match``, :data:`mailguard.presets.LoginMatch`), where a field
+    alone cannot say: Roundcube also reads ``_action`` from a cookie, Zimbra
+    a SOAP ``AuthRequest`` from the body.
+
     Fields are read from the query and from an urlencoded, multipart (CRLF or
     bare LF) or JSON body (JSON also when sent as ``text/plain``): see
     :func:`mailguard.reading.body_fields`.  When ``login_fields`` cannot be
@@ -124,7 +129,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..identity import Client
 from ..options import Duration, duration, option_error, positive_int, strings, whole
-from ..presets import preset_options
+from ..presets import LoginMatch, preset_options
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
 from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
@@ -339,6 +344,10 @@ class InvalidLoginPolicy(Policy):
         ):
             raise option_error("login_fields", f"must map field names to strings, got {fields!r}")
         self.login_fields = {k: v.strip().lower() for k, v in fields.items()}
+        # a preset's own test of "is this a login" (cookies, SOAP bodies: see
+        # mailguard.presets.LoginMatch); explicit login_fields replace it
+        match = shape.get("login_match") if login_fields is None else None
+        self.login_match: LoginMatch | None = match if callable(match) else None
         statuses = pick("failure_statuses", failure_statuses, (401, 403))
         if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
             raise option_error("failure_statuses", f"must be a list of statuses, got {statuses!r}")
@@ -371,7 +380,11 @@ class InvalidLoginPolicy(Policy):
             frozenset({self.result_header}) if self.result_header is not None else frozenset()
         )
         self.max_body_bytes = whole("max_body_bytes", max_body_bytes, low=0, high=1 << 20)
-        self._body_wanted = self.max_body_bytes if (self.login_fields or self.account_fields) else 0
+        self._body_wanted = (
+            self.max_body_bytes
+            if (self.login_fields or self.account_fields or self.login_match)
+            else 0
+        )
         if not isinstance(reset_on_success, bool):
             raise option_error(
                 "reset_on_success", f"must be True or False, got {reset_on_success!r}"
@@ -445,14 +458,11 @@ class InvalidLoginPolicy(Policy):
 
     def _form_attempt(self, request: Request) -> _Attempt | None:
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
-        for name, want in self.login_fields.items():
-            if any(v.strip().lower() == want for v in params.query().get(name, ())):
-                continue
-            if any(v.strip().lower() == want for v in params.body().get(name, ())):
-                continue
-            if params.complete:
+        if self.login_match is not None:
+            if not self.login_match(request, params):
                 return None
-            # the reader cannot tell (cut short, garbled): count it rather than be dodged
+        elif not self._fields_match(params):
+            return None
         account: str | None = None
         suspect = False
         if self.account_fields:
@@ -470,6 +480,17 @@ class InvalidLoginPolicy(Policy):
             if scheme.lower() == "basic":
                 account = self.accounts.basic(token)
         return _Attempt(account, bool(auth) or account is not None or suspect, suspect)
+
+    def _fields_match(self, params: RequestFields) -> bool:
+        for name, want in self.login_fields.items():
+            if any(v.strip().lower() == want for v in params.query().get(name, ())):
+                continue
+            if any(v.strip().lower() == want for v in params.body().get(name, ())):
+                continue
+            if params.complete:
+                return False
+            # the reader cannot tell (cut short, garbled): count it rather than be dodged
+        return True
 
     def _credential_attempt(self, request: Request) -> _Attempt | None:
         auth = request.header("authorization")
