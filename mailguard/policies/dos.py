@@ -37,7 +37,8 @@ from ..identity import Client
 from ..options import option_error, positive_int, whole
 from ..reading import PathRule
 from ..request import Request
-from .base import Policy, PolicyOptions
+from .base import Policy, PolicyOptions, wider_limit
+from .steps import Steps, arun, call, run
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -131,17 +132,30 @@ class DosPolicy(Policy):
             logging.getLogger("mailguard.dos").exception("mailguard dos key_func failed")
             return client.key
 
-    def judge(self, client: Client, key: str, code: int, remaining: int, wait: float) -> Verdict:
-        """Turn one sliding-window answer into a verdict."""
+    def judge(
+        self,
+        client: Client,
+        key: str,
+        code: int,
+        remaining: int,
+        wait: float,
+        limit: int | None = None,
+    ) -> Verdict:
+        """Turn one sliding-window answer into a verdict (``limit``: the key's
+        limit, when it is a wider IPv6 network's)."""
+        if limit is None:
+            limit, calm_at = self.limit, self._calm_at
+        else:
+            calm_at = limit // 2
         if code == 0:
             # An episode ends when the client has calmed down to half its
             # budget, not at the first request a steady flood gets through.
-            if self._episodes and remaining >= self._calm_at and key in self._episodes:
+            if self._episodes and remaining >= calm_at and key in self._episodes:
                 refused = self._episodes.pop(key)
                 self.emit("calm", client.key, logging.INFO, key=key, refused=refused)
             if not self.headers:
                 return ALLOW
-            return Verdict(True, "ok", key, remaining=remaining, reset=wait, limit=self.limit)
+            return Verdict(True, "ok", key, remaining=remaining, reset=wait, limit=limit)
         episode = self._episodes.get(key)
         if episode is None:
             if len(self._episodes) >= _EPISODES_MAX:
@@ -152,13 +166,13 @@ class DosPolicy(Policy):
                 "refused" if self.delay_ms < 0 else "over",
                 client.key,
                 key=key,
-                limit=f"{self.limit}/1s",
+                limit=f"{limit}/1s",
                 mode=mode,
             )
         else:
             self._episodes[key] = episode + 1
         if self.delay_ms == 0:
-            return Verdict(True, "over", key, remaining=0, reset=wait, limit=self.limit)
+            return Verdict(True, "over", key, remaining=0, reset=wait, limit=limit)
         if self.delay_ms > 0 and self._reserve(key):
             return Verdict(
                 True,
@@ -166,7 +180,7 @@ class DosPolicy(Policy):
                 key,
                 remaining=0,
                 reset=wait,
-                limit=self.limit,
+                limit=limit,
                 delay=self.delay_ms / 1000.0,
             )
         return Verdict(
@@ -176,7 +190,7 @@ class DosPolicy(Policy):
             retry_after=retry_after(wait),
             remaining=0,
             reset=wait,
-            limit=self.limit,
+            limit=limit,
         )
 
     def _reserve(self, key: str) -> bool:
@@ -202,6 +216,26 @@ class DosPolicy(Policy):
         """Requests held in delay right now."""
         return self._waiting_total
 
+    def wider(self, client: Client) -> Steps[Verdict | None]:
+        """Count a request its own network allowed in the client's wider IPv6
+        networks, narrowest first, each at the limit times its factor; the
+        refusal of the first that is over, or None.
+
+        The narrowest network is counted first and a refusal stops there, so
+        a wider network counts only requests every narrower one let through:
+        one flooding /64 uses up its own budget, never its /48's.
+        """
+        for key, factor in zip(client.wider, self.wider_factors, strict=False):
+            limit = wider_limit(self.limit, factor)
+            code, remaining, wait = yield call(
+                "hit", self.namespace, key, limit, 1.0, 0.0, self.headers or key in self._episodes
+            )
+            if code != 0:
+                return self.judge(client, key, code, remaining, wait, limit)
+            if self._episodes and key in self._episodes:
+                self.judge(client, key, code, remaining, wait, limit)  # may end its episode
+        return None
+
     # ---------------------------------------------------------------- faces
     def check_client(self, client: Client) -> Verdict:
         if self.any_safe and self.is_safe(client):
@@ -211,6 +245,10 @@ class DosPolicy(Policy):
         code, remaining, wait = self.store.hit(
             self.namespace, key, self.limit, 1.0, 0.0, self.headers or key in self._episodes
         )
+        if code == 0 and client.wider:
+            over = run(self.wider(client), self.store)
+            if over is not None:
+                return over
         if code == 0 and not self._episodes and not self.headers:
             return ALLOW
         return self.judge(client, key, code, remaining, wait)
@@ -220,6 +258,10 @@ class DosPolicy(Policy):
             return ALLOW
         key = client.key
         answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
+        if answer[0] == 0 and client.wider:
+            over = await arun(self.wider(client), self.store)
+            if over is not None:
+                return over
         return self.judge(client, key, *answer)
 
     def check(self, request: Request) -> Verdict:
@@ -227,14 +269,24 @@ class DosPolicy(Policy):
         if key is None:
             return ALLOW
         answer = self.store.hit(self.namespace, key, self.limit, 1.0)
-        return self.judge(request.client, key, *answer)
+        client = request.client
+        if answer[0] == 0 and client.wider and key == client.key:
+            over = run(self.wider(client), self.store)
+            if over is not None:
+                return over
+        return self.judge(client, key, *answer)
 
     async def acheck(self, request: Request) -> Verdict:
         key = self.key_of(request)
         if key is None:
             return ALLOW
         answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
-        return self.judge(request.client, key, *answer)
+        client = request.client
+        if answer[0] == 0 and client.wider and key == client.key:
+            over = await arun(self.wider(client), self.store)
+            if over is not None:
+                return over
+        return self.judge(client, key, *answer)
 
     # ------------------------------------------------------------ responses
     def allowed_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
