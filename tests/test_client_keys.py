@@ -309,3 +309,12 @@ def test_a_dos_block_behind_a_unix_socket_proxy_is_per_client(dos_kind: str) -> 
     assert stack.request(client=sock, headers={"X-Forwarded-For": "192.0.2.1"})[0] == 200
     assert stack.request(client=sock, headers={"X-Forwarded-For": "192.0.2.1"})[0] == 503
     assert stack.request(client=sock, headers={"X-Forwarded-For": "192.0.2.2"})[0] == 200
+
+
+def test_dos_wider_limit_in_ratelimit_headers(dos_kind: str) -> None:
+    store = MemoryStore(clock=FakeClock(1_700_000_000.0))
+    stack = build(dos_kind, max_requests_per_sec=1, headers=True, store=store)
+    replies = [stack.request(client=a) for a in rotate_56s(17)]
+    assert [r[0] for r in replies] == [200] * 16 + [503]
+    assert replies[-1][1]["ratelimit-limit"] == "16"  # the /48's limit refused it
+    assert replies[0][1]["ratelimit-limit"] == "1"  # an allowed one shows its own /64's
