@@ -18,6 +18,10 @@ request of its client within the last second (an exact sliding window,
     ``max_delayed_per_client`` of one client; beyond that they are refused
     as with -1, so delay mode cannot tie up every worker or grow memory.
 
+An IPv6 client is also counted in its wider networks (``ipv6_wider``: its
+/56 at 4x the limit, its /48 at 16x, by default), narrowest first, and refused
+at the first that is over (:meth:`DosPolicy.wider`).
+
 Refusals are logged at WARNING once per client per episode: the first
 refusal logs ``mailguard dos refused client=...``, the rest of the flood is
 counted silently, and the episode ends (``calm`` at INFO, with how many were

@@ -72,6 +72,9 @@ Blocks
     refuses only login attempts, so other people behind the same NAT can
     still read their mail; ``"all"`` refuses every request of a blocked
     address, as Zimbra does (one extra store lookup per request).
+    An IPv6 client's failures also extend the streaks of its wider networks
+    (``ipv6_wider``: its /56 and /48, at 4x and 16x ``max_failed_logins`` by
+    default); a block on any of them refuses the whole network.
     ``repeat_factor`` > 1 multiplies each new block of an address that was
     blocked within the last ``offender_memory`` seconds, up to
     ``max_block_duration``.
