@@ -318,3 +318,10 @@ def test_dos_wider_limit_in_ratelimit_headers(dos_kind: str) -> None:
     assert [r[0] for r in replies] == [200] * 16 + [503]
     assert replies[-1][1]["ratelimit-limit"] == "16"  # the /48's limit refused it
     assert replies[0][1]["ratelimit-limit"] == "1"  # an allowed one shows its own /64's
+
+
+def test_unblock_names_a_network_in_any_spelling() -> None:
+    store = MemoryStore()
+    store.block("login", "2001:db8:1::/48", 600, "failures")
+    assert main(["unblock", "2001:0db8:0001:0000::/48"], store=store) == 0
+    assert store.blocks() == []
