@@ -127,10 +127,10 @@ def keys_to_lift(blocks: Iterable[Block], key: str) -> list[str]:
     keys = [key]
     if "/" in key:
         try:  # a network in any spelling: 2001:0db8:0001::/48 is 2001:db8:1::/48
-            network = str(ipaddress.ip_network(key.strip(), strict=True))
+            spelled = str(ipaddress.ip_network(key.strip(), strict=True))
         except ValueError:
             return keys
-        return keys if network == key else [key, network]
+        return keys if spelled == key else [key, spelled]
     device = re.sub(r"[^a-z0-9]", "", key.lower())
     for block in blocks:
         if block.key in keys or not device:
