@@ -103,7 +103,9 @@ def keys_to_lift(blocks: Iterable[Block], key: str) -> list[str]:
     """The block keys that ``key``, as an admin types it, names.
 
     - an address: itself (canonical form), and any network block holding it
-      (IPv6 clients are blocked per network, ``2001:db8:1:2::/64``);
+      (IPv6 clients are blocked per network, ``2001:db8:1:2::/64``, and their
+      wider networks, ``2001:db8:1::/48``);
+    - a network: itself, in any spelling (``2001:0db8:0001::/48``);
     - a bare device id (``Appl-F17X``): every device block of it, whatever
       the account (DeviceJail keys devices as ``<device>/<account>``, the id
       lower-cased with only letters and digits kept);
@@ -124,7 +126,11 @@ def keys_to_lift(blocks: Iterable[Block], key: str) -> list[str]:
         return keys
     keys = [key]
     if "/" in key:
-        return keys
+        try:  # a network in any spelling: 2001:0db8:0001::/48 is 2001:db8:1::/48
+            spelled = str(ipaddress.ip_network(key.strip(), strict=True))
+        except ValueError:
+            return keys
+        return keys if spelled == key else [key, spelled]
     device = re.sub(r"[^a-z0-9]", "", key.lower())
     for block in blocks:
         if block.key in keys or not device:

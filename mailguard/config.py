@@ -23,9 +23,10 @@ The file
 
     [common]                 # applied to every filter unless the filter sets it
     safe_ips = ["127.0.0.1", "::1", "10.0.0.0/8"]
-    trusted_proxies = []
+    trusted_proxies = []     # ["unix"]: a proxy (nginx) reaching us over a unix socket
     # forwarded_header = "x-forwarded-for"
     # ipv6_prefix = 64
+    # ipv6_wider = [[56, 4.0], [48, 16.0]]   # also count the /56 at 4x, the /48 at 16x
     # on_store_error = "open"
 
     [dos]                    # mailguard.policies.DosPolicy
@@ -56,7 +57,7 @@ Rules:
   comes from ``[store]`` and hooks are Python callables (pass
   ``on_event=`` to ``protect``).
 - ``[common]`` takes ``safe_ips``, ``trusted_proxies``, ``forwarded_header``,
-  ``ipv6_prefix`` and ``on_store_error``.  A filter that sets one of them
+  ``ipv6_prefix``, ``ipv6_wider`` and ``on_store_error``.  A filter that sets one of them
   itself replaces the common value (lists are not merged).
 - Durations (the options a constructor declares as
   :data:`~mailguard.options.Duration` or :data:`~mailguard.options.Seconds`,
@@ -188,6 +189,7 @@ COMMON_KEYS: tuple[str, ...] = (
     "trusted_proxies",
     "forwarded_header",
     "ipv6_prefix",
+    "ipv6_wider",
     "on_store_error",
 )
 """Keys of ``[common]``: applied to every filter that does not set them itself."""

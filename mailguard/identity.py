@@ -25,8 +25,19 @@ So the rules are:
   is configured as trusted, or the peer is not one of them, the headers are
   ignored altogether and the peer is the client.  This is also the cheap
   path: its result is cached per peer string, so it costs one dict lookup.
-  Only IP peers can be trusted; a peer that is a unix socket path, or no
-  peer at all, never is.
+
+* **A unix socket is trusted only when named.**  A proxy that reaches us
+  over a unix socket (nginx ``proxy_pass http://unix:/run/app.sock``) has
+  no address; servers report no peer (uvicorn), an empty ``REMOTE_ADDR``
+  (gunicorn), ``<local>`` (werkzeug) or the socket's path
+  (:func:`is_unix_peer`).  ``trusted_proxies=["unix"]`` trusts such peers:
+  their forwarding header is walked as a trusted proxy's.  Without it they
+  are not trusted, and every one of them is the client ``"unix"``: one key
+  for all, logged once per resolver at WARNING naming the setting.  They
+  are counted, not waved through: failing open would let anyone behind the
+  socket guess without limit; one shared key at least still stops a flood,
+  its cost (one client's block refuses everybody) is loud in the log, and
+  the fix is one setting.
 
 * **Only the header your proxy writes may be believed.**  If the proxy sets
   ``X-Real-IP`` but we read ``X-Forwarded-For``, that header reaches us
@@ -72,10 +83,24 @@ The result is a :class:`Client`.  Its ``key`` is what limits count by.  An
 IPv4 client is keyed by its address.  An IPv6 client is keyed by the network
 of ``ipv6_prefix`` bits that contains it, because a single subscriber is
 usually handed a whole ``/64`` (or more) and can hop between its addresses
-at will.  IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``) are treated as
-the IPv4 address they carry.  A peer that is not an IP address at all (a
-unix socket path, the ``"testclient"`` name of a test client) is keyed by
-its own string, and a request without any peer by ``"unknown"``.
+at will.  Wider networks count too: with ``ipv6_wider`` (the filters
+pass ``(56, 48)`` by default) the client's :attr:`Client.wider` holds the keys
+of its ``/56`` and ``/48`` as well, for the policies to count with looser
+limits, since one subscriber often holds a whole ``/56`` or ``/48``.
+
+IPv6 addresses that carry an IPv4 address are that IPv4 address:
+IPv4-mapped (``::ffff:192.0.2.1``), NAT64's well-known prefix
+(``64:ff9b::c000:201``, RFC 6052) and the deprecated IPv4-compatible form
+(``::192.0.2.1``; ``::``, ``::1`` and the rest of ``::/104`` stay IPv6).
+Addresses in NAT64's local-use prefix ``64:ff9b:1::/48`` (RFC 8215) are keyed
+by the whole address, neither grouped nor unpacked: where the IPv4 address
+sits depends on the prefix length the operator chose, but each IPv4 client
+has an address of its own, and the prefix is not routed on the internet.
+
+A peer that is a unix socket is the client ``"unix"`` (see above).  Any other
+peer that is not an IP address (the ``"testclient"`` name of a test client)
+is keyed by its own string, and a peer that cannot be read at all by
+``"unknown"``.
 
 Classes
 =======
@@ -128,6 +153,7 @@ themselves.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 import threading
@@ -146,10 +172,13 @@ __all__ = [
     "MAX_HEADER_LENGTH",
     "MAX_HOPS",
     "SHARED_KEY",
+    "UNIX",
+    "UNIX_CLIENT",
     "AddressSet",
     "Client",
     "ClientResolver",
     "canonical_ip",
+    "is_unix_peer",
 ]
 
 #: Number of entries after which a cache is emptied and starts over.
@@ -177,6 +206,10 @@ _WALK_CACHE_SIZE: Final = 8192
 
 _UNKNOWN: Final = "unknown"
 
+#: The ``trusted_proxies`` entry for proxies that reach us over a unix
+#: socket, and the key of unix-socket clients when those are not trusted.
+UNIX: Final = "unix"
+
 # Stands in for a header entry that was cut off by a limit; never an address.
 _GARBAGE: Final = "\x00"
 
@@ -186,6 +219,14 @@ _PORT_RE: Final = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]+")
 # IPv4-mapped IPv6 range ::ffff:0:0/96, as integers.
 _MAPPED_FIRST: Final = 0xFFFF_0000_0000
 _MAPPED_LAST: Final = 0xFFFF_FFFF_FFFF
+# The IPv6 ranges whose addresses are canonicalised to the IPv4 address in
+# their last 32 bits, as (first, last) integers: IPv4-mapped, NAT64's
+# well-known prefix, IPv4-compatible (outside ::/104).
+_IPV4_CARRIERS: Final = (
+    (_MAPPED_FIRST, _MAPPED_LAST),
+    (0x64FF9B << 96, (0x64FF9B << 96) | 0xFFFF_FFFF),
+    (1 << 24, 0xFFFF_FFFF),
+)
 
 _HEADERS: Final = {
     # name -> (ASGI header name, WSGI environ key)
@@ -286,12 +327,29 @@ def _parse_ip(text: str) -> str | None:
 
 
 _MAPPED_PREFIX: Final = b"\x00" * 10 + b"\xff\xff"
+# NAT64's well-known prefix 64:ff9b::/96 (RFC 6052) and the IPv4-compatible
+# ::/96 (RFC 4291, deprecated): an IPv4 address in the last 32 bits.
+_NAT64_PREFIX: Final = b"\x00\x64\xff\x9b" + b"\x00" * 8
+_COMPAT_PREFIX: Final = b"\x00" * 12
+# NAT64's local-use 64:ff9b:1::/48 (RFC 8215): where the IPv4 address sits
+# depends on the prefix length the operator chose, so it is not unpacked.
+_NAT64_LOCAL: Final = b"\x00\x64\xff\x9b\x00\x01"
 
 
 def _ipv6_text(packed: bytes) -> str:
-    """Canonical text of a packed IPv6 address (IPv4 if it is mapped)."""
-    if packed[:12] == _MAPPED_PREFIX:
+    """Canonical text of a packed IPv6 address: the IPv4 address when it
+    carries one (IPv4-mapped, NAT64 well-known prefix, IPv4-compatible)."""
+    head = packed[:12]
+    if head in (_MAPPED_PREFIX, _NAT64_PREFIX):
         return socket.inet_ntop(socket.AF_INET, packed[12:])
+    if head == _COMPAT_PREFIX and packed[12]:
+        # ::a.b.c.d with a > 0: ``::``, ``::1`` and the rest of ::/104 stay IPv6
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return _network_text(packed)
+
+
+def _network_text(packed: bytes) -> str:
+    """Compressed lower-case text of 16 packed bytes, never turned into IPv4."""
     text = socket.inet_ntop(socket.AF_INET6, packed)
     if "." in text:  # some C libraries write a dotted tail; ipaddress never does
         text = str(ipaddress.IPv6Address(packed))
@@ -344,22 +402,25 @@ def _describe(network: netaddr.IPNetwork) -> str:
 
 
 def _with_ipv4_view(network: netaddr.IPNetwork) -> list[netaddr.IPNetwork]:
-    """*network*, plus its IPv4 equivalent if it is written in mapped form.
+    """*network*, plus its IPv4 equivalent if it is written in a form carrying IPv4.
 
     Addresses are canonicalised before membership tests, so a client at
-    ``::ffff:192.0.2.1`` is looked up as ``192.0.2.1``.  An entry written in
-    mapped form (inside ``::ffff:0:0/96``) therefore also has to match the
-    plain IPv4 addresses.  A wider IPv6 network that merely contains the
-    mapped range, such as ``::/0``, is taken to mean IPv6 only: these sets
+    ``::ffff:192.0.2.1`` (or ``64:ff9b::192.0.2.1``, ``::192.0.2.1``) is looked
+    up as ``192.0.2.1``.  An entry written in one of those forms (inside
+    ``::ffff:0:0/96``, ``64:ff9b::/96``, or ``::/96`` above ``::/104``)
+    therefore also has to match the plain IPv4 addresses.  A wider IPv6
+    network that merely contains such a range, such as ``::/0``, is taken to
+    mean IPv6 only: these sets
     grant privileges, and granting IPv4-wide trust by accident is worse
     than having to list ``0.0.0.0/0`` explicitly.
     """
     result = [network]
     if network.version == 6:
         first, last = network.first, network.last
-        if first >= _MAPPED_FIRST and last <= _MAPPED_LAST:
-            v4 = netaddr.IPAddress(first - _MAPPED_FIRST, 4)
-            result.append(netaddr.IPNetwork(f"{v4}/{network.prefixlen - 96}"))
+        for low, high in _IPV4_CARRIERS:
+            if first >= low and last <= high:
+                v4 = netaddr.IPAddress(first - (low & ~0xFFFF_FFFF), 4)
+                result.append(netaddr.IPNetwork(f"{v4}/{network.prefixlen - 96}"))
     return result
 
 
@@ -485,9 +546,27 @@ class Client(NamedTuple):
     address: str
     #: Whether :attr:`address` is an IP address.
     is_ip: bool
+    #: For IPv6, the keys of the wider networks that also count this client,
+    #: narrowest first (``("2001:db8:1::/56", "2001:db8:1::/48")``), one per
+    #: prefix of the resolver's ``ipv6_wider``; empty for everything else.
+    wider: tuple[str, ...] = ()
 
 
 _UNKNOWN_CLIENT: Final = Client(_UNKNOWN, _UNKNOWN, False)
+#: The client of a unix-socket peer whose headers are not believed (or say nothing).
+UNIX_CLIENT: Final = Client(UNIX, UNIX, False)
+_log = logging.getLogger("mailguard.identity")
+
+
+def is_unix_peer(peer: str) -> bool:
+    """Whether a peer string names a unix-socket connection.
+
+    What servers report for one: nothing (uvicorn gives ``scope["client"]``
+    None, its WSGI mode no ``REMOTE_ADDR``; callers pass ``""``), ``""``
+    (gunicorn's ``REMOTE_ADDR``), ``"<local>"`` (werkzeug), or a socket path
+    (``/run/app.sock``, an abstract ``@name``, ``unix:/run/app.sock``).
+    """
+    return not peer or peer == "<local>" or peer.startswith(("/", "@", "unix:"))
 
 
 class ClientResolver:
@@ -500,8 +579,8 @@ class ClientResolver:
         accepts (a list of strings; errors name ``trusted_proxies``).  Only
         when the connection's peer is one of them is the forwarding header
         read at all.  Leave empty (the default) when clients connect
-        directly; the header is then never read.  Only IP peers can be
-        trusted: a unix-socket peer never is.
+        directly; the header is then never read.  The entry ``"unix"``
+        trusts peers that are unix sockets (:func:`is_unix_peer`).
     :param ipv6_prefix: How many leading bits of an IPv6 address identify
         one client, from 32 to 128; default 64, the usual size of a single
         subscriber's network.  IPv6 clients are keyed by this network, so
@@ -509,6 +588,10 @@ class ClientResolver:
         addresses.  128 keys each address separately.  IPv4 is never
         grouped.  Anything else raises :class:`ValueError` naming
         ``ipv6_prefix``.
+    :param ipv6_wider: Wider prefix lengths (16 to 127) whose networks an
+        IPv6 client is also keyed by, in :attr:`Client.wider`, narrowest
+        first; lengths not shorter than ``ipv6_prefix`` are left out.
+        Default none.
     :param forwarded_header: The header the trusted proxies write, compared
         case-insensitively:
 
@@ -552,9 +635,13 @@ class ClientResolver:
         "_ipv6_mask",
         "_trusted_peers",
         "_walked",
+        "_warned_unix",
+        "_wider_masks",
         "_wsgi_key",
         "forwarded_header",
         "ipv6_prefix",
+        "ipv6_wider",
+        "trust_unix",
         "trusted_proxies",
     )
 
@@ -564,6 +651,7 @@ class ClientResolver:
         *,
         ipv6_prefix: int = 64,
         forwarded_header: str = "x-forwarded-for",
+        ipv6_wider: Iterable[int] = (),
     ) -> None:
         if (
             isinstance(ipv6_prefix, bool)
@@ -579,14 +667,17 @@ class ClientResolver:
                 "forwarded_header",
                 f"{forwarded_header!r} is not one of {', '.join(repr(h) for h in _HEADERS)}",
             )
-        self.trusted_proxies = AddressSet(trusted_proxies, name="trusted_proxies")
+        entries, self.trust_unix = _split_unix(trusted_proxies)
+        self.trusted_proxies = AddressSet(entries, name="trusted_proxies")
         self.ipv6_prefix = ipv6_prefix
+        self.ipv6_wider = _wider_prefixes(ipv6_wider, ipv6_prefix)
         self.forwarded_header = header
         self._asgi_name, self._wsgi_key = _HEADERS[header]
-        self._ipv6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
-        # Raw peer -> Client, for peers whose headers are never read.  The
-        # peer None (no peer) is kept here for good.
-        self._direct: dict[str | None, Client] = {None: _UNKNOWN_CLIENT}
+        self._ipv6_mask = _mask(ipv6_prefix)
+        self._wider_masks = tuple((p, _mask(p)) for p in self.ipv6_wider)
+        self._warned_unix = False
+        # Raw peer -> Client, for peers whose headers are never read.
+        self._direct: dict[str | None, Client] = {}
         # Raw peer -> Client of the peer itself, for trusted proxies.
         self._trusted_peers: dict[str, Client] = {}
         # Canonical address -> Client.
@@ -601,6 +692,7 @@ class ClientResolver:
         *,
         ipv6_prefix: int = 64,
         forwarded_header: str = "x-forwarded-for",
+        ipv6_wider: Iterable[int] = (),
     ) -> ClientResolver:
         """The resolver for these settings, one instance (and one set of caches) for all.
 
@@ -609,8 +701,20 @@ class ClientResolver:
         prefix the same number and the header the same name in any case.
         An instance lives as long as someone uses it.
         """
-        fresh = cls(trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header)
-        key = (cls, frozenset(fresh.trusted_proxies), fresh.ipv6_prefix, fresh.forwarded_header)
+        fresh = cls(
+            trusted_proxies,
+            ipv6_prefix=ipv6_prefix,
+            forwarded_header=forwarded_header,
+            ipv6_wider=ipv6_wider,
+        )
+        key = (
+            cls,
+            frozenset(fresh.trusted_proxies),
+            fresh.trust_unix,
+            fresh.ipv6_prefix,
+            fresh.ipv6_wider,
+            fresh.forwarded_header,
+        )
         with _SHARED_LOCK:
             found = _SHARED.get(key)
             if found is None:
@@ -618,9 +722,11 @@ class ClientResolver:
         return found
 
     def __repr__(self) -> str:
+        trusted = [*self.trusted_proxies, *([UNIX] if self.trust_unix else [])]
+        wider = f" ipv6_wider={self.ipv6_wider!r}," if self.ipv6_wider else ""
         return (
-            f"ClientResolver({list(self.trusted_proxies)!r},"
-            f" ipv6_prefix={self.ipv6_prefix!r},"
+            f"ClientResolver({trusted!r},"
+            f" ipv6_prefix={self.ipv6_prefix!r},{wider}"
             f" forwarded_header={self.forwarded_header!r})"
         )
 
@@ -640,7 +746,7 @@ class ClientResolver:
         """
         try:
             client = scope.get("client")
-            hit = _UNKNOWN_CLIENT if client is None else self._direct.get(client[0])
+            hit = self._direct.get("" if client is None else client[0])
         except Exception:
             hit = None
         if hit is not None:
@@ -674,7 +780,7 @@ class ClientResolver:
         """
         peer = scope.get("client")
         try:
-            hit = _UNKNOWN_CLIENT if peer is None else self._direct.get(peer[0])
+            hit = self._direct.get("" if peer is None else peer[0])
         except Exception:
             hit = None
         if hit is not None:
@@ -733,7 +839,7 @@ class ClientResolver:
             value: object = environ.get(self._wsgi_key)
         except Exception:
             return _UNKNOWN_CLIENT
-        client, trusted = self._peer(_as_text(peer))
+        client, trusted = self._peer("" if peer is None else _as_text(peer))
         if not trusted:
             return client
         text = _as_text(value)
@@ -760,7 +866,7 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
-        client, trusted = self._peer(_as_text(peer))
+        client, trusted = self._peer("" if peer is None else _as_text(peer))
         if not trusted:
             return client
         if isinstance(header_values, (str, bytes, bytearray)):
@@ -774,25 +880,41 @@ class ClientResolver:
     # -- internals -----------------------------------------------------------
 
     def _peer(self, peer: str | None) -> tuple[Client, bool]:
-        """The peer's own Client, and whether the peer is a trusted proxy."""
-        if not peer:
+        """The peer's own Client, and whether the peer is a trusted proxy.
+
+        ``peer`` None is a peer that could not be read (``"unknown"``);
+        ``""`` is a connection without a peer address: a unix socket.
+        """
+        if peer is None:
             return _UNKNOWN_CLIENT, False
         client = self._trusted_peers.get(peer)
         if client is not None:
             return client, True
-        canon = canonical_ip(peer)
-        if canon is None:
-            client = Client(peer, peer, False)
-            trusted = False
-        else:
+        canon = canonical_ip(peer) if peer else None
+        if canon is not None:
             client = self._client_for(canon)
             trusted = canon in self.trusted_proxies
+        elif is_unix_peer(peer):
+            client = UNIX_CLIENT
+            trusted = self.trust_unix
+            if not trusted and not self._warned_unix:
+                self._warned_unix = True
+                _log.warning(
+                    "mailguard: a request came over a unix socket (peer %r) and"
+                    ' trusted_proxies does not name "unix": every client is counted'
+                    ' under the one key "unix", so one client\'s block refuses everyone.'
+                    " If a proxy (nginx) forwards requests over this socket, set"
+                    ' trusted_proxies=["unix"] and forwarded_header to the header it'
+                    " writes (X-Forwarded-For by default).",
+                    peer,
+                )
+        else:
+            client = Client(peer, peer, False)
+            trusted = False
         if len(peer) <= _MAX_CACHED_PEER_LENGTH:
             cache: dict[Any, Client] = self._trusted_peers if trusted else self._direct
             if len(cache) >= CACHE_SIZE:
                 cache.clear()
-                if cache is self._direct:
-                    cache[None] = _UNKNOWN_CLIENT
             cache[peer] = client
         return client, trusted
 
@@ -802,11 +924,16 @@ class ClientResolver:
         client = cache.get(canon)
         if client is None:
             key = canon
-            if ":" in canon and self.ipv6_prefix < 128:
-                number = int.from_bytes(socket.inet_pton(socket.AF_INET6, canon), "big")
-                network = (number & self._ipv6_mask).to_bytes(16, "big")
-                key = f"{_ipv6_text(network)}/{self.ipv6_prefix}"
-            client = Client(key, canon, True)
+            wider: tuple[str, ...] = ()
+            if ":" in canon:
+                packed = socket.inet_pton(socket.AF_INET6, canon)
+                # a local-use NAT64 address stands for one IPv4 client: the whole of it
+                if packed[:6] != _NAT64_LOCAL:
+                    number = int.from_bytes(packed, "big")
+                    if self.ipv6_prefix < 128:
+                        key = f"{_net_key(number, self._ipv6_mask)}/{self.ipv6_prefix}"
+                    wider = tuple(f"{_net_key(number, m)}/{p}" for p, m in self._wider_masks)
+            client = Client(key, canon, True, wider)
             if len(cache) >= CACHE_SIZE:
                 cache.clear()
             cache[canon] = client
@@ -871,6 +998,41 @@ _SHARED: weakref.WeakValueDictionary[tuple[object, ...], ClientResolver] = (
 _SHARED_LOCK = threading.Lock()
 
 
+def _mask(prefix: int) -> int:
+    """The 128-bit netmask of an IPv6 prefix length."""
+    return ((1 << prefix) - 1) << (128 - prefix)
+
+
+def _net_key(number: int, mask: int) -> str:
+    """The text of the network of ``mask`` that holds the address ``number``."""
+    return _network_text((number & mask).to_bytes(16, "big"))
+
+
+def _split_unix(entries: Iterable[str]) -> tuple[Iterable[str], bool]:
+    """``trusted_proxies`` without its ``"unix"`` entries, and whether it had one."""
+    if isinstance(entries, (str, bytes, bytearray)):
+        return entries, False  # AddressSet explains why a single string is wrong
+    try:
+        items = list(entries)
+    except TypeError:
+        return entries, False
+    rest = [e for e in items if not (isinstance(e, str) and e.strip().lower() == UNIX)]
+    return rest, len(rest) != len(items)
+
+
+def _wider_prefixes(prefixes: Iterable[int], narrowest: int) -> tuple[int, ...]:
+    """The wider prefix lengths, checked, narrowest first, those not wider
+    than ``narrowest`` left out."""
+    try:
+        items = list(prefixes)
+    except TypeError:
+        raise option_error("ipv6_wider", f"expected prefix lengths, got {prefixes!r}") from None
+    for p in items:
+        if isinstance(p, bool) or not isinstance(p, int) or not 16 <= p <= 127:
+            raise option_error("ipv6_wider", f"{p!r} is not a prefix length from 16 to 127")
+    return tuple(sorted({p for p in items if p < narrowest}, reverse=True))
+
+
 def _split_header(joined: str) -> list[str]:
     """Split a list header into entries, within the length and hop limits.
 
@@ -912,9 +1074,12 @@ def _as_text(value: object) -> str | None:
 
 
 def _asgi_peer(scope: Mapping[str, Any]) -> str | None:
-    """``scope["client"][0]`` as text, or None when it is missing or malformed."""
+    """``scope["client"][0]`` as text; ``""`` when there is no client (a unix
+    socket); None when it is malformed."""
     try:
         client = scope.get("client")
+        if client is None:
+            return ""
         if isinstance(client, (tuple, list)) and client:
             return _as_text(client[0])
     except Exception:

@@ -18,6 +18,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# A real nginx for the nginx -> unix socket -> uvicorn/gunicorn test (Debian's
+# nginx-light).  Without it, and not root, that test is skipped, not failed.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing nginx-light (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  else
+    echo "== nginx is missing: tests/test_nginx_unix.py will be skipped" \
+      "(install it, e.g. sudo apt-get install nginx-light)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"

@@ -21,6 +21,7 @@ from mailguard.identity import (
     Client,
     ClientResolver,
     canonical_ip,
+    is_unix_peer,
 )
 
 PROXY = "10.0.0.1"
@@ -112,11 +113,25 @@ def test_canonical_ip_non_strings(value: Any) -> None:
     assert canonical_ip(value) is None
 
 
+def carried_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """What canonical_ip should make of ``ip``, worked out with ipaddress."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in ipaddress.IPv6Network("64:ff9b::/96"):
+        return low
+    if ip in ipaddress.IPv6Network("::/96") and ip not in ipaddress.IPv6Network("::/104"):
+        return low
+    return ip
+
+
 @given(st.ip_addresses())
 def test_canonical_ip_matches_ipaddress(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    expected = ip
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        expected = ip.ipv4_mapped
+    expected = carried_ipv4(ip)
     assert canonical_ip(str(ip)) == str(expected)
     assert canonical_ip(ip.exploded) == str(expected)
     if ip.version == 6:
@@ -140,9 +155,7 @@ def reference_ip(text: str) -> str | None:
         ip = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    return str(carried_ipv4(ip))
 
 
 octets = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "0x1", ""]))
@@ -321,6 +334,16 @@ def test_address_set_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+# The ranges whose addresses are canonicalised to IPv4 (mapped, NAT64, compatible).
+CARRIERS = [MAPPED, ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96")]
+
+
+def in_carrier(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return any(ip.version == 6 and ip in c for c in CARRIERS)
+
+
+def overlaps_carrier(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return any(net.version == 6 and net.overlaps(c) for c in CARRIERS)
 
 
 @given(st.ip_addresses(), st.ip_addresses(), st.integers(min_value=0, max_value=128))
@@ -330,7 +353,7 @@ def test_address_set_agrees_with_ipaddress(
     prefix: int,
 ) -> None:
     # Mapped addresses and networks are special-cased; tested above.
-    assume(ip not in MAPPED and other not in MAPPED)
+    assume(not in_carrier(ip) and not in_carrier(other))
     network = ipaddress.ip_network(f"{ip}/{min(prefix, ip.max_prefixlen)}", strict=False)
     members = AddressSet([str(network)])
     assert str(ip) in members
@@ -360,10 +383,10 @@ def test_address_set_with_many_networks(
     nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
     addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
 ) -> None:
-    nets = [n for n in nets if not (n.version == 6 and n.overlaps(MAPPED))]
+    nets = [n for n in nets if not overlaps_carrier(n)]
     members = AddressSet([str(n) for n in nets])
     for address in addresses:
-        if address in MAPPED:
+        if in_carrier(address):
             continue
         expected = any(address.version == n.version and address in n for n in nets)
         assert (str(address) in members) is expected, (address, nets)
@@ -452,7 +475,7 @@ def test_ipv6_neighbours_share_a_key() -> None:
     assert c.key != a.key
 
 
-@pytest.mark.parametrize("peer", ["testclient", "/run/app.sock", "mail.example.com", " ", "unix:"])
+@pytest.mark.parametrize("peer", ["testclient", "mail.example.com", " ", "run/app.sock"])
 def test_non_ip_peers_are_keyed_by_their_string(peer: str) -> None:
     resolver = ClientResolver()
     expected = Client(peer, peer, False)
@@ -461,15 +484,15 @@ def test_non_ip_peers_are_keyed_by_their_string(peer: str) -> None:
     assert resolver.resolve(peer, [CLIENT]) == expected
 
 
-def test_non_ip_peers_are_never_trusted() -> None:
-    # Even with everything trusted, a unix socket peer's headers are ignored.
+def test_unix_peers_are_not_trusted_by_ip_networks() -> None:
+    # Even with every address trusted, a unix socket peer's headers are ignored.
     resolver = ClientResolver(["0.0.0.0/0", "::/0"])
-    assert resolver.resolve("/run/app.sock", [CLIENT]) == Client(
-        "/run/app.sock", "/run/app.sock", False
-    )
+    assert resolver.resolve("/run/app.sock", [CLIENT]) == UNIX
+    assert resolver.resolve("testclient", [CLIENT]) == Client("testclient", "testclient", False)
 
 
 UNKNOWN = Client("unknown", "unknown", False)
+UNIX = Client("unix", "unix", False)
 
 
 @pytest.mark.parametrize(
@@ -478,6 +501,27 @@ UNKNOWN = Client("unknown", "unknown", False)
         {"type": "http", "headers": []},
         {"type": "http", "client": None, "headers": xff(CLIENT)},
         {"type": "http", "client": ("", 0), "headers": []},
+        {"type": "http", "client": ("<local>", 0), "headers": []},
+        {"type": "http", "client": ("/run/app.sock", None), "headers": xff(CLIENT)},
+    ],
+)
+def test_asgi_unix_socket_peer_is_unix(scope: dict[str, Any]) -> None:
+    # uvicorn --uds gives no client, gunicorn "", werkzeug "<local>"
+    assert ClientResolver([PROXY]).from_asgi(scope) == UNIX
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"REMOTE_ADDR": ""}, {"REMOTE_ADDR": None}, {"REMOTE_ADDR": "<local>"}],
+)
+def test_wsgi_unix_socket_peer_is_unix(environ: dict[str, Any]) -> None:
+    environ["HTTP_X_FORWARDED_FOR"] = CLIENT
+    assert ClientResolver([PROXY]).from_wsgi(environ) == UNIX
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
         {"type": "http", "client": (), "headers": []},
         {"type": "http", "client": [None, 0], "headers": []},
         {"type": "http", "client": 5, "headers": []},
@@ -490,16 +534,16 @@ def test_asgi_without_usable_peer_is_unknown(scope: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "environ",
-    [{}, {"REMOTE_ADDR": ""}, {"REMOTE_ADDR": None}, {"REMOTE_ADDR": ["x"]}, {"REMOTE_ADDR": 7}],
+    [{"REMOTE_ADDR": ["x"]}, {"REMOTE_ADDR": 7}],
 )
 def test_wsgi_without_usable_peer_is_unknown(environ: dict[str, Any]) -> None:
     assert ClientResolver([PROXY]).from_wsgi(environ) == UNKNOWN
 
 
-def test_resolve_without_peer_is_unknown() -> None:
+def test_resolve_without_peer_is_unix() -> None:
     resolver = ClientResolver([PROXY])
-    assert resolver.resolve(None, [CLIENT]) == UNKNOWN
-    assert resolver.resolve("", [CLIENT]) == UNKNOWN
+    assert resolver.resolve(None, [CLIENT]) == UNIX
+    assert resolver.resolve("", [CLIENT]) == UNIX
 
 
 def test_asgi_bytes_peer_is_decoded() -> None:
@@ -584,16 +628,16 @@ def test_resolver_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert resolver.resolve(peer, []) == ip_client(peer)
         assert resolver.resolve(f"10.0.0.{i}", [peer]) == ip_client(peer)
         assert resolver.resolve(f"host-{i}", []).key == f"host-{i}"
-    assert len(resolver._direct) <= 9  # plus the permanent None entry
+    assert len(resolver._direct) <= 8
     assert len(resolver._trusted_peers) <= 8
     assert len(resolver._by_address) <= 8
     assert len(resolver._walked) <= 8
-    assert resolver.resolve(None, []) == UNKNOWN
+    assert resolver.resolve(None, []) == UNIX
 
 
 def test_long_peer_is_not_cached() -> None:
     resolver = ClientResolver()
-    peer = "/very/long/socket/" + "x" * 1000
+    peer = "very-long-peer-name-" + "x" * 1000
     assert resolver.resolve(peer, []) == Client(peer, peer, False)
     assert peer not in resolver._direct
 
@@ -894,8 +938,8 @@ header_bytes = st.lists(st.binary(max_size=200), max_size=4)
 
 
 def expected_peer(peer: str | None) -> Client:
-    if not peer:
-        return UNKNOWN
+    if peer is None or is_unix_peer(peer):
+        return UNIX
     canon = canonical_ip(peer)
     if canon is None:
         return Client(peer, peer, False)

@@ -319,3 +319,29 @@ def test_outage_mid_run_serves_then_limits_again(prefix: str) -> None:
             assert app.request() == 503  # ...then limited again, on the new server
         finally:
             app.close()
+
+
+# ------------------------------------------------------- IPv6 wider networks
+
+
+@pytest.mark.parametrize("side", ["asgi", "wsgi"])
+def test_one_64_per_request_inside_one_48_is_stopped_on_redis(
+    server: RedisServer, prefix: str, side: str
+) -> None:
+    clock = FakeClock(T0)
+    rotate = [f"2001:db8:1:{i << 8:x}::1" for i in range(20)]  # a new /56 and /64 each time
+    make = AsgiApp if side == "asgi" else WsgiApp
+    mg = mg_asgi if side == "asgi" else mg_wsgi
+    dos = make(mg.DosFilter, RedisStore(server.url, prefix=prefix, clock=clock),
+               max_requests_per_sec=1)  # fmt: skip
+    login = make(mg.InvalidLoginFilter, RedisStore(server.url, prefix=prefix, clock=clock),
+                 max_failed_logins=1)  # fmt: skip
+    try:
+        assert [dos.request(client=a) for a in rotate] == [200] * 16 + [503] * 4  # the /48: 16
+        statuses = [login.request("/login", "POST", client=a) for a in rotate]
+        assert statuses == [401] * 16 + [503] * 4
+        assert "2001:db8:1::/48" in {b.key for b in login.store.blocks("login")}
+        assert login.request("/login", "POST", client="2001:db8:2::1") == 401  # next /48
+    finally:
+        dos.close()
+        login.close()

@@ -20,6 +20,7 @@ Adapters (:mod:`mailguard.asgi`, :mod:`mailguard.wsgi`) do the rest:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar, TypedDict
@@ -34,9 +35,47 @@ from ..stores.base import Store
 from ..stores.guard import STORE_ERROR_MODES, GuardedStore, StoreDown
 from ..stores.memory import MemoryStore
 
-__all__ = ["Policy", "PolicyOptions", "Refusal"]
+__all__ = ["DEFAULT_IPV6_WIDER", "Policy", "PolicyOptions", "Refusal", "wider_limit"]
 
 _log = logging.getLogger("mailguard")
+
+
+DEFAULT_IPV6_WIDER: tuple[tuple[int, float], ...] = ((56, 4.0), (48, 16.0))
+"""IPv6 networks counted besides the client's ``ipv6_prefix`` one, with their
+limit factors: a /56 (RIPE-690's advice for a home) at 4x the limit, a /48 (a
+business, or a generous home) at 16x."""
+
+
+def _wider_factors(pairs: object) -> dict[int, float]:
+    """``ipv6_wider`` checked: ``{prefix: factor}``."""
+    problem = (
+        "must be (prefix, factor) pairs such as ((56, 4.0), (48, 16.0)), a prefix from 16"
+        f" to 127 and a factor from 1 to 10000, or () for none; got {pairs!r}"
+    )
+    if isinstance(pairs, (str, bytes, Mapping)) or not isinstance(pairs, Iterable):
+        raise option_error("ipv6_wider", problem)
+    found: dict[int, float] = {}
+    for pair in pairs:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise option_error("ipv6_wider", problem)
+        prefix, factor = pair
+        if (
+            isinstance(prefix, bool)
+            or not isinstance(prefix, int)
+            or not 16 <= prefix <= 127
+            or isinstance(factor, bool)
+            or not isinstance(factor, (int, float))
+            or not 1.0 <= factor <= 10000.0
+            or prefix in found
+        ):
+            raise option_error("ipv6_wider", problem)
+        found[prefix] = float(factor)
+    return found
+
+
+def wider_limit(limit: int, factor: float) -> int:
+    """A wider network's limit: ``limit`` times ``factor``, rounded up."""
+    return max(limit, math.ceil(limit * factor))
 
 
 class Refusal:
@@ -61,6 +100,7 @@ class PolicyOptions(TypedDict, total=False):
     trusted_proxies: Iterable[str]
     forwarded_header: str
     ipv6_prefix: int
+    ipv6_wider: Iterable[tuple[int, float]]
     status_code: int
     namespace: str | None
     on_store_error: str | None
@@ -81,6 +121,12 @@ class Policy:
         ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``.
     :param ipv6_prefix: IPv6 clients are counted per network of this many
         bits (default 64, 32 to 128).
+    :param ipv6_wider: ``(prefix, factor)`` pairs: an IPv6 client is also
+        counted in its network of each wider ``prefix``, with the filter's
+        limit times ``factor`` (default ``((56, 4.0), (48, 16.0))``: one
+        subscriber often holds a /56 or a /48; ``()`` counts the
+        ``ipv6_prefix`` network only).  Prefixes not shorter than
+        ``ipv6_prefix`` are left out.
     :param status_code: the status of a refusal (default 503).
     :param namespace: this filter's keys in the store (default: its kind);
         give two filters of one kind on one store different namespaces.
@@ -103,6 +149,7 @@ class Policy:
         trusted_proxies: Iterable[str] = (),
         forwarded_header: str = "x-forwarded-for",
         ipv6_prefix: int = 64,
+        ipv6_wider: Iterable[tuple[int, float]] = DEFAULT_IPV6_WIDER,
         status_code: int = 503,
         namespace: str | None = None,
         on_store_error: str | None = None,
@@ -111,9 +158,15 @@ class Policy:
         if store is not None and not isinstance(store, Store):
             raise option_error("store", f"must be a mailguard store, got {store!r}")
         # one resolver (and cache) per settings, shared with every filter that has them
+        factors = _wider_factors(ipv6_wider)
         self.resolver = ClientResolver.shared(
-            trusted_proxies, ipv6_prefix=ipv6_prefix, forwarded_header=forwarded_header
+            trusted_proxies,
+            ipv6_prefix=ipv6_prefix,
+            forwarded_header=forwarded_header,
+            ipv6_wider=factors,
         )
+        #: the limit factor of each of ``Client.wider``'s keys, in its order
+        self.wider_factors = tuple(factors[p] for p in self.resolver.ipv6_wider)
         self.safe_ips = AddressSet(safe_ips, name="safe_ips")
         self.any_safe = bool(self.safe_ips)  # read per request: a plain bool, no call
         self.status_code = check_status("status_code", status_code)

@@ -18,6 +18,10 @@ request of its client within the last second (an exact sliding window,
     ``max_delayed_per_client`` of one client; beyond that they are refused
     as with -1, so delay mode cannot tie up every worker or grow memory.
 
+An IPv6 client is also counted in its wider networks (``ipv6_wider``: its
+/56 at 4x the limit, its /48 at 16x, by default), narrowest first, and refused
+at the first that is over (:meth:`DosPolicy.wider`).
+
 Refusals are logged at WARNING once per client per episode: the first
 refusal logs ``mailguard dos refused client=...``, the rest of the flood is
 counted silently, and the episode ends (``calm`` at INFO, with how many were
@@ -37,7 +41,8 @@ from ..identity import Client
 from ..options import option_error, positive_int, whole
 from ..reading import PathRule
 from ..request import Request
-from .base import Policy, PolicyOptions
+from .base import Policy, PolicyOptions, wider_limit
+from .steps import Steps, arun, call, run
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -114,6 +119,7 @@ class DosPolicy(Policy):
         self._waiting: dict[str, int] = {}
         self._waiting_total = 0
         self._waiting_lock = threading.Lock()
+        self.wider_limits = tuple(wider_limit(self.limit, f) for f in self.wider_factors)
 
     # ---------------------------------------------------------------- rules
     def key_of(self, request: Request) -> str | None:
@@ -131,17 +137,30 @@ class DosPolicy(Policy):
             logging.getLogger("mailguard.dos").exception("mailguard dos key_func failed")
             return client.key
 
-    def judge(self, client: Client, key: str, code: int, remaining: int, wait: float) -> Verdict:
-        """Turn one sliding-window answer into a verdict."""
+    def judge(
+        self,
+        client: Client,
+        key: str,
+        code: int,
+        remaining: int,
+        wait: float,
+        limit: int | None = None,
+    ) -> Verdict:
+        """Turn one sliding-window answer into a verdict (``limit``: the key's
+        limit, when it is a wider IPv6 network's)."""
+        if limit is None:
+            limit, calm_at = self.limit, self._calm_at
+        else:
+            calm_at = limit // 2
         if code == 0:
             # An episode ends when the client has calmed down to half its
             # budget, not at the first request a steady flood gets through.
-            if self._episodes and remaining >= self._calm_at and key in self._episodes:
+            if self._episodes and remaining >= calm_at and key in self._episodes:
                 refused = self._episodes.pop(key)
                 self.emit("calm", client.key, logging.INFO, key=key, refused=refused)
             if not self.headers:
                 return ALLOW
-            return Verdict(True, "ok", key, remaining=remaining, reset=wait, limit=self.limit)
+            return Verdict(True, "ok", key, remaining=remaining, reset=wait, limit=limit)
         episode = self._episodes.get(key)
         if episode is None:
             if len(self._episodes) >= _EPISODES_MAX:
@@ -152,13 +171,13 @@ class DosPolicy(Policy):
                 "refused" if self.delay_ms < 0 else "over",
                 client.key,
                 key=key,
-                limit=f"{self.limit}/1s",
+                limit=f"{limit}/1s",
                 mode=mode,
             )
         else:
             self._episodes[key] = episode + 1
         if self.delay_ms == 0:
-            return Verdict(True, "over", key, remaining=0, reset=wait, limit=self.limit)
+            return Verdict(True, "over", key, remaining=0, reset=wait, limit=limit)
         if self.delay_ms > 0 and self._reserve(key):
             return Verdict(
                 True,
@@ -166,7 +185,7 @@ class DosPolicy(Policy):
                 key,
                 remaining=0,
                 reset=wait,
-                limit=self.limit,
+                limit=limit,
                 delay=self.delay_ms / 1000.0,
             )
         return Verdict(
@@ -176,7 +195,7 @@ class DosPolicy(Policy):
             retry_after=retry_after(wait),
             remaining=0,
             reset=wait,
-            limit=self.limit,
+            limit=limit,
         )
 
     def _reserve(self, key: str) -> bool:
@@ -202,6 +221,25 @@ class DosPolicy(Policy):
         """Requests held in delay right now."""
         return self._waiting_total
 
+    def wider(self, client: Client) -> Steps[Verdict | None]:
+        """Count a request its own network allowed in the client's wider IPv6
+        networks, narrowest first, each at the limit times its factor; the
+        refusal of the first that is over, or None.
+
+        The narrowest network is counted first and a refusal stops there, so
+        a wider network counts only requests every narrower one let through:
+        one flooding /64 uses up its own budget, never its /48's.
+        """
+        for key, limit in zip(client.wider, self.wider_limits, strict=False):
+            code, remaining, wait = yield call(
+                "hit", self.namespace, key, limit, 1.0, 0.0, self.headers or key in self._episodes
+            )
+            if code != 0:
+                return self.judge(client, key, code, remaining, wait, limit)
+            if self._episodes and key in self._episodes:
+                self.judge(client, key, code, remaining, wait, limit)  # may end its episode
+        return None
+
     # ---------------------------------------------------------------- faces
     def check_client(self, client: Client) -> Verdict:
         if self.any_safe and self.is_safe(client):
@@ -212,7 +250,20 @@ class DosPolicy(Policy):
             self.namespace, key, self.limit, 1.0, 0.0, self.headers or key in self._episodes
         )
         if code == 0 and not self._episodes and not self.headers:
+            wider = client.wider
+            if not wider:
+                return ALLOW
+            # the flow of ``wider`` without its machinery: the IPv6 hot path
+            hit = self.store.hit
+            for network, limit in zip(wider, self.wider_limits, strict=False):
+                answer = hit(self.namespace, network, limit, 1.0, 0.0, False)
+                if answer[0]:
+                    return self.judge(client, network, *answer, limit)
             return ALLOW
+        if code == 0 and client.wider:
+            over = run(self.wider(client), self.store)
+            if over is not None:
+                return over
         return self.judge(client, key, code, remaining, wait)
 
     async def acheck_client(self, client: Client) -> Verdict:
@@ -220,6 +271,10 @@ class DosPolicy(Policy):
             return ALLOW
         key = client.key
         answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
+        if answer[0] == 0 and client.wider:
+            over = await arun(self.wider(client), self.store)
+            if over is not None:
+                return over
         return self.judge(client, key, *answer)
 
     def check(self, request: Request) -> Verdict:
@@ -227,14 +282,24 @@ class DosPolicy(Policy):
         if key is None:
             return ALLOW
         answer = self.store.hit(self.namespace, key, self.limit, 1.0)
-        return self.judge(request.client, key, *answer)
+        client = request.client
+        if answer[0] == 0 and client.wider and key == client.key:
+            over = run(self.wider(client), self.store)
+            if over is not None:
+                return over
+        return self.judge(client, key, *answer)
 
     async def acheck(self, request: Request) -> Verdict:
         key = self.key_of(request)
         if key is None:
             return ALLOW
         answer = await self.store.ahit(self.namespace, key, self.limit, 1.0)
-        return self.judge(request.client, key, *answer)
+        client = request.client
+        if answer[0] == 0 and client.wider and key == client.key:
+            over = await arun(self.wider(client), self.store)
+            if over is not None:
+                return over
+        return self.judge(client, key, *answer)
 
     # ------------------------------------------------------------ responses
     def allowed_headers(self, verdict: Verdict) -> list[tuple[str, str]]:

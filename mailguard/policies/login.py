@@ -77,6 +77,9 @@ Blocks
     refuses only login attempts, so other people behind the same NAT can
     still read their mail; ``"all"`` refuses every request of a blocked
     address, as Zimbra does (one extra store lookup per request).
+    An IPv6 client's failures also extend the streaks of its wider networks
+    (``ipv6_wider``: its /56 and /48, at 4x and 16x ``max_failed_logins`` by
+    default); a block on any of them refuses the whole network.
     ``repeat_factor`` > 1 multiplies each new block of an address that was
     blocked within the last ``offender_memory`` seconds, up to
     ``max_block_duration``.
@@ -122,7 +125,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -134,7 +137,7 @@ from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, no
 from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
 from ..stores.guard import StoreDown
-from .base import Policy, PolicyOptions
+from .base import Policy, PolicyOptions, wider_limit
 from .steps import Steps, arun, call, run
 
 if TYPE_CHECKING:
@@ -175,6 +178,8 @@ class LoginVerdict(Verdict):
     account: str = ""
     credentials: bool = False
     protocol: str = "http"
+    wider: tuple[str, ...] = ()
+    """The keys of the client's wider IPv6 networks, whose slots it holds too."""
 
 
 class Outcome(str, Enum):
@@ -697,28 +702,59 @@ class InvalidLoginPolicy(Policy):
     ) -> Steps[Verdict]:
         """The store's part of ``check``: a login attempt, or (``found`` None)
         any request of an address under ``block_scope="all"``."""
+        client = request.client
         if found is None:
-            block = yield call("get_block", self.namespace, request.client.key)
+            block = yield call("get_block", self.namespace, client.key)
+            for network in client.wider:  # a block on a wider network refuses all of it
+                if block is not None:
+                    break
+                block = yield call("get_block", self.namespace, network)
             return self.judge_block(request, block, 0.0 if block is None else clock())
-        return (yield from self._begin(request.client.key, found, "http"))
+        return (yield from self._begin(client.key, found, "http", client.wider))
 
-    def _begin(self, key: str, found: _Attempt, protocol: str) -> Steps[Verdict]:
-        """Begin a login attempt of ``key``: a slot, or a refusal."""
-        code, _, wait = yield call(
-            "attempt", self.namespace, key, self.limit, self.interval, self.pending_ttl
-        )
-        refused = self.judge_attempt(key, code, wait)
-        if refused is not None:
-            return refused
+    def _limits(self, key: str, wider: tuple[str, ...]) -> list[tuple[str, int]]:
+        """``key`` and its wider IPv6 networks, each with its failure limit."""
+        limits = [(key, self.limit)]
+        for network, factor in zip(wider, self.wider_factors, strict=False):
+            limits.append((network, wider_limit(self.limit, factor)))
+        return limits
+
+    def _begin(
+        self, key: str, found: _Attempt, protocol: str, wider: tuple[str, ...] = ()
+    ) -> Steps[Verdict]:
+        """Begin a login attempt of ``key``: a slot, or a refusal.
+
+        An IPv6 client takes a slot in each of its ``wider`` networks too,
+        narrowest first, each against its own (looser) limit: a block or a
+        full house on any of them refuses the attempt, and gives back the
+        slots already taken.
+        """
+        taken: list[tuple[str, int]] = []
+        for name, limit in self._limits(key, wider):
+            code, _, wait = yield call(
+                "attempt", self.namespace, name, limit, self.interval, self.pending_ttl
+            )
+            refused = self.judge_attempt(name, code, wait)
+            if refused is not None:
+                yield from self._give_back(taken)
+                return refused
+            taken.append((name, limit))
         seen = 0
         if self.tarpit_after and found.account:
             seen = yield call("peek", self.account_namespace, found.account, self.interval)
         verdict = self.admit(key, found, seen, protocol)
-        if not verdict.allowed:  # the tarpit is full: give the slot back
-            yield call(
-                "settle", self.namespace, key, False, self.limit, self.interval, self.block_duration
-            )
+        if not verdict.allowed:  # the tarpit is full: give the slots back
+            yield from self._give_back(taken)
+        elif wider and isinstance(verdict, LoginVerdict):
+            verdict = replace(verdict, wider=wider)
         return verdict
+
+    def _give_back(self, taken: list[tuple[str, int]]) -> Steps[None]:
+        """Release attempt slots without counting anything."""
+        for name, limit in taken:
+            yield call(
+                "settle", self.namespace, name, False, limit, self.interval, self.block_duration
+            )
 
     # ------------------------------------------------- any protocol's logins
     def _ticket_for(
@@ -760,7 +796,7 @@ class InvalidLoginPolicy(Policy):
         found = self._ticket_for(who, account, credentials)
         if found is None:
             return ALLOW
-        return run(self._begin(who.key, found, protocol), self.store)
+        return run(self._begin(who.key, found, protocol, who.wider), self.store)
 
     async def abegin(
         self,
@@ -775,7 +811,7 @@ class InvalidLoginPolicy(Policy):
         found = self._ticket_for(who, account, credentials)
         if found is None:
             return ALLOW
-        return await arun(self._begin(who.key, found, protocol), self.store)
+        return await arun(self._begin(who.key, found, protocol, who.wider), self.store)
 
     def end(self, ticket: Verdict, outcome: Outcome | str) -> None:
         """End the attempt ``ticket`` (from :meth:`begin`) with its outcome.
@@ -819,6 +855,7 @@ class InvalidLoginPolicy(Policy):
         """Release the slot, count a failure."""
         failed = outcome is Outcome.FAILED
         succeeded = outcome is Outcome.SUCCEEDED
+        wider_answers: list[tuple[str, int, tuple[int, int, float]]] = []
         try:
             answer = yield call(
                 "settle",
@@ -830,6 +867,19 @@ class InvalidLoginPolicy(Policy):
                 self.block_duration,
                 **self._settle_args(succeeded),
             )
+            # the same failure in the streak of each wider network, at its limit
+            for name, limit in self._limits(verdict.key, verdict.wider)[1:]:
+                said = yield call(
+                    "settle",
+                    self.namespace,
+                    name,
+                    failed,
+                    limit,
+                    self.interval,
+                    self.block_duration,
+                    **self._settle_args(succeeded),
+                )
+                wider_answers.append((name, limit, said))
             account_answer = None
             if failed and self.tarpit_after and verdict.account:
                 account_limit = 2 * self.tarpit_after
@@ -840,6 +890,16 @@ class InvalidLoginPolicy(Policy):
             return  # the outage is logged once by the store guard
         if failed:
             self.settled(verdict, answer, account_answer)
+            for name, limit, (code, _, blocked_for) in wider_answers:
+                if code == JAILED:
+                    self.emit(
+                        "blocked",
+                        name,
+                        quoted=frozenset({"account"}),
+                        account=verdict.account,
+                        seconds=math.ceil(blocked_for),
+                        failures=limit,
+                    )
 
     def explain(self, verdict: Verdict) -> str:
         if verdict.reason == "blocked":
