@@ -926,3 +926,13 @@ def test_fuzzed_jail_is_only_ever_its_own_503() -> None:
         run()
     finally:
         harness.close()
+
+
+def test_default_domain_makes_user_and_user_at_domain_one_account(make: Make) -> None:
+    app, _, _ = make(max_requests=2, default_domain="Example.com")
+    assert app.request(query=plain(user="jdoe")).status == 200
+    assert app.request(query=plain(user="JDOE@example.com")).status == 200
+    assert app.request(query=plain(user="jdoe")).status == 503  # one device, one account
+    assert [b.key for b in app.policy.jailed_devices()] == ["abc123/jdoe@example.com"]
+    with pytest.raises(ValueError, match=r"^default_domain: must be a domain"):
+        DeviceJailPolicy(default_domain="not a domain")

@@ -278,6 +278,7 @@ class DeviceOptions(PolicyOptions, total=False):
     max_identity_changes: int
     identity_window: Duration
     identity_jail: Duration
+    default_domain: str | None
 
 
 class DeviceJailPolicy(Policy):
@@ -309,6 +310,9 @@ class DeviceJailPolicy(Policy):
     :param identity_window: seconds the changes are counted over (default
         86400, 24 h).
     :param identity_jail: seconds an identity jail lasts (default 50400, 14 h).
+    :param default_domain: when set, an account without ``@`` gets
+        ``@<default_domain>``, so ``jdoe`` and ``jdoe@example.com`` are one
+        account in a device's key (default None).
 
     Durations also accept strings such as ``"30s"``, ``"10m"`` or ``"14h"``.
     """
@@ -332,9 +336,14 @@ class DeviceJailPolicy(Policy):
         max_identity_changes: int = 2,
         identity_window: Duration = 86400.0,
         identity_jail: Duration = 50400.0,
+        default_domain: str | None = None,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if default_domain is not None:
+            self.accounts = AccountRule(
+                strip_domain=self.accounts.strip_domain, default_domain=default_domain
+            )
         self.max_requests = positive_int("max_requests", max_requests)
         self.time_window = duration("time_window", time_window)
         self.jail_duration = duration("jail_duration", jail_duration)

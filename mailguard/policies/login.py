@@ -89,8 +89,19 @@ Password spraying
     the app: slowed, never locked out.  An attempt whose account cannot be
     told (two different account values, or a body cut short before any
     account field) is held too.  At most ``max_delayed`` attempts are held
-    at once; beyond that they are refused with ``Retry-After`` = ``D``, so
-    the tarpit cannot tie up every worker.
+    at once, so the tarpit cannot tie up every worker.  When that many are
+    already held, a further attempt is
+
+    * let through at once when its address has no failure streak and no
+      other login under way (a user logging in, or the first guess of an
+      address new to this filter): the real user is slowed at most ``D``
+      seconds and never refused, however many addresses spray the account;
+    * otherwise refused with ``Retry-After`` = ``D`` (an address already
+      guessing waits its turn).
+
+    So a spray from many addresses is held to ``max_delayed`` attempts per
+    ``D`` seconds, plus one attempt per address whose slate is clean, which
+    is what any per-address limit grants an attacker with many addresses.
 
 Logs (logger ``mailguard.login``, WARNING; format in :mod:`mailguard.events`)::
 
@@ -225,6 +236,7 @@ class LoginOptions(PolicyOptions, total=False):
     account_tarpit: tuple[int, float | str] | None
     max_delayed: int
     attempt_timeout: Duration
+    default_domain: str | None
 
 
 class InvalidLoginPolicy(Policy):
@@ -273,9 +285,14 @@ class InvalidLoginPolicy(Policy):
     :param account_tarpit: ``(M, D)``: after ``M`` failures for one account
         within ``failure_interval``, hold each further attempt for it ``D``
         seconds (at most 60).  Default None: off.
-    :param max_delayed: tarpitted attempts held at once (default 50).
+    :param max_delayed: tarpitted attempts held at once (default 50); when
+        full, a login from an address with a clean slate passes undelayed,
+        others are refused for ``D`` seconds.
     :param attempt_timeout: seconds an attempt keeps its slot when its
         response never starts (default 30).
+    :param default_domain: when set, an account without ``@`` gets
+        ``@<default_domain>``, so ``victim`` and ``victim@example.com`` are
+        one account for the tarpit (default None).
     """
 
     kind = "login"
@@ -313,9 +330,14 @@ class InvalidLoginPolicy(Policy):
         account_tarpit: tuple[int, float | str] | None = None,
         max_delayed: int = 50,
         attempt_timeout: Duration = 30.0,
+        default_domain: str | None = None,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if default_domain is not None:
+            self.accounts = AccountRule(
+                strip_domain=self.accounts.strip_domain, default_domain=default_domain
+            )
         shape = preset_options(preset) if preset is not None else {}
         self.preset = preset
 
@@ -517,13 +539,19 @@ class InvalidLoginPolicy(Policy):
             self.emit("refused", key, seconds=wait)
         return Verdict(False, "blocked", key, retry_after=wait)
 
-    def admit(self, key: str, found: _Attempt, seen: int, protocol: str = "http") -> Verdict:
-        """The verdict of an attempt that got a slot; ``seen``: its account's failures."""
+    def admit(
+        self, key: str, found: _Attempt, seen: int, protocol: str = "http", clean: bool = False
+    ) -> Verdict:
+        """The verdict of an attempt that got a slot; ``seen``: its account's failures;
+        ``clean``: its address had no failure streak and no other attempt under way."""
         delay = 0.0
         if self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
-            if not self._reserve():
+            if self._reserve():
+                delay = self.tarpit_delay
+            elif not clean:
                 return Verdict(False, "tarpit", key, retry_after=retry_after(self.tarpit_delay))
-            delay = self.tarpit_delay
+            # else: the tarpit is full and this address has a clean slate (it may be
+            # the real user): let it through now rather than lock the account out
         return LoginVerdict(
             True,
             "tarpit" if delay else "attempt",
@@ -683,7 +711,7 @@ class InvalidLoginPolicy(Policy):
 
     def _begin(self, key: str, found: _Attempt, protocol: str) -> Steps[Verdict]:
         """Begin a login attempt of ``key``: a slot, or a refusal."""
-        code, _, wait = yield call(
+        code, remaining, wait = yield call(
             "attempt", self.namespace, key, self.limit, self.interval, self.pending_ttl
         )
         refused = self.judge_attempt(key, code, wait)
@@ -692,7 +720,9 @@ class InvalidLoginPolicy(Policy):
         seen = 0
         if self.tarpit_after and found.account:
             seen = yield call("peek", self.account_namespace, found.account, self.interval)
-        verdict = self.admit(key, found, seen, protocol)
+        # this slot is the address's only one: no failure streak, nothing else under way
+        clean = remaining == self.limit - 1
+        verdict = self.admit(key, found, seen, protocol, clean)
         if not verdict.allowed:  # the tarpit is full: give the slot back
             yield call(
                 "settle", self.namespace, key, False, self.limit, self.interval, self.block_duration
@@ -705,7 +735,7 @@ class InvalidLoginPolicy(Policy):
     ) -> _Attempt | None:
         if self.any_safe and self.is_safe(client):
             return None
-        name = normalize_account(account) if account else None
+        name = self.accounts.normalize(account) if account else None
         return _Attempt(name, credentials or name is not None, False)
 
     def client_of(self, address: Client | str | None) -> Client:
