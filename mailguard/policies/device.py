@@ -117,7 +117,7 @@ from urllib.parse import quote
 
 from ..activesync import MAX_DEVICE_IDS, NO_DEVICE, ActiveSyncRequest, parse_query
 from ..core import ALLOW, Block, Verdict, retry_after
-from ..options import Duration, duration, option_error, positive_int
+from ..options import Duration, at_least_a_second, duration, option_error, positive_int, whole
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule
 from ..request import Request
 from ..stores.base import JAILED, OK
@@ -285,9 +285,10 @@ class DeviceJailPolicy(Policy):
     """Per-device request cap with a jail.  Options as in :class:`Policy`, plus:
 
     :param max_requests: requests one device may send within ``time_window``
-        (default 150); the next one jails it.
-    :param time_window: the sliding window, in seconds (default 30).
-    :param jail_duration: how long a jail lasts, in seconds (default 600).
+        (default 150, at most 1,000,000); the next one jails it.
+    :param time_window: the sliding window, in seconds (default 30; at least 1).
+    :param jail_duration: how long a jail lasts, in seconds (default 600; at
+        least 1).
     :param paths: where ActiveSync requests arrive and their query is read
         (default ``["/Microsoft-Server-ActiveSync/"]``: the endpoint and the paths below it), as
         :class:`~mailguard.reading.PathRule` reads them (generously: any
@@ -344,9 +345,9 @@ class DeviceJailPolicy(Policy):
             self.accounts = AccountRule(
                 strip_domain=self.accounts.strip_domain, default_domain=default_domain
             )
-        self.max_requests = positive_int("max_requests", max_requests)
-        self.time_window = duration("time_window", time_window)
-        self.jail_duration = duration("jail_duration", jail_duration)
+        self.max_requests = whole("max_requests", max_requests, low=1, high=1_000_000)
+        self.time_window = at_least_a_second("time_window", time_window)
+        self.jail_duration = at_least_a_second("jail_duration", jail_duration)
         self._paths = PathRule("paths", paths, protective=True)
         self.paths = self._paths.entries
         self._header_paths = PathRule(

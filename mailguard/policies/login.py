@@ -134,7 +134,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..identity import Client
-from ..options import Duration, duration, option_error, positive_int, strings, whole
+from ..options import (
+    Duration,
+    at_least_a_second,
+    duration,
+    option_error,
+    positive_int,
+    strings,
+    whole,
+)
 from ..presets import preset_options
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
 from ..request import Request
@@ -162,6 +170,8 @@ IsFailure = Callable[[int, Mapping[str, str]], bool]
 
 _EPISODES_MAX = 10_000  # blocked addresses remembered as "refusal already logged"
 _MAX_TARPIT_DELAY = 60.0
+MAX_FAILED_LOGINS = 10_000
+"""The highest ``max_failed_logins``: more would never block anyone."""
 _FAIL_WORDS = frozenset({"fail", "failed", "failure"})
 _OK_WORDS = frozenset({"ok", "success", "succeeded"})
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -243,10 +253,11 @@ class InvalidLoginPolicy(Policy):
     """Blocks an address after repeated failed logins.  Options as in :class:`Policy`, plus:
 
     :param max_failed_logins: failures in a row that block an address
-        (default 10, Zimbra's).
+        (default 10, Zimbra's; at most 10,000).
     :param failure_interval: seconds within which each failure must follow
-        the previous one to continue the streak (default 300).
-    :param block_duration: seconds an address stays blocked (default 900).
+        the previous one to continue the streak (default 300; at least 1).
+    :param block_duration: seconds an address stays blocked (default 900;
+        at least 1).
     :param preset: a login shape from :mod:`mailguard.presets`
         (``"roundcube"``, ``"sogo"``, ``"nextcloud"``, ``"zimbra"``,
         ``"carbonio"``, ``"activesync"``, ``"dav"``); the keywords below
@@ -344,9 +355,9 @@ class InvalidLoginPolicy(Policy):
         def pick(name: str, given: Any, default: Any) -> Any:
             return given if given is not None else shape.get(name, default)
 
-        self.limit = positive_int("max_failed_logins", max_failed_logins)
-        self.interval = duration("failure_interval", failure_interval)
-        self.block_duration = duration("block_duration", block_duration)
+        self.limit = whole("max_failed_logins", max_failed_logins, low=1, high=MAX_FAILED_LOGINS)
+        self.interval = at_least_a_second("failure_interval", failure_interval)
+        self.block_duration = at_least_a_second("block_duration", block_duration)
         self.login_paths = PathRule(
             "login_paths", pick("login_paths", login_paths, ("/login",)), protective=True
         )
@@ -378,6 +389,7 @@ class InvalidLoginPolicy(Policy):
         self.auth_paths = PathRule(
             "auth_paths", pick("auth_paths", auth_paths, ("*",)), protective=True
         )
+        self._no_silent_off_switch()
         self.php_forms = shape.get("php_forms") is True
         self.account_fields = strings(
             "account_fields", pick("account_fields", account_fields, _DEFAULT_ACCOUNT_FIELDS)
@@ -453,6 +465,33 @@ class InvalidLoginPolicy(Policy):
         self._refused: dict[str, None] = {}
         self._waiting = 0
         self._waiting_lock = threading.Lock()
+
+    def _no_silent_off_switch(self) -> None:
+        """Refuse shapes under which the filter could never count a failure."""
+        if not self.count_basic_auth:
+            if not self.login_paths.entries:
+                raise option_error(
+                    "login_paths",
+                    "is empty, so no request would ever be a login and the filter would"
+                    " guard nothing (set count_basic_auth to count HTTP auth instead)",
+                )
+            if not self.login_methods:
+                raise option_error(
+                    "login_methods",
+                    "is empty, so no request would ever be a login and the filter would"
+                    ' guard nothing (logins are usually ["POST"])',
+                )
+        elif not self.auth_paths.entries:
+            raise option_error(
+                "auth_paths",
+                'is empty while count_basic_auth is on, so it would count nothing (use ["*"])',
+            )
+        if not self.failure_statuses and self.is_failure is None:
+            raise option_error(
+                "failure_statuses",
+                "is empty and there is no is_failure, so no login would ever count as"
+                " failed and no address would ever be blocked",
+            )
 
     # ---------------------------------------------------------------- rules
     def attempt_of(self, request: Request) -> _Attempt | None:
