@@ -25,11 +25,13 @@ Which form
     look like base64 is therefore never misread.
 
 Size cap
-    Only the first :data:`MAX_QUERY_BYTES` (8 KiB) are considered. A longer plain
-    query is parsed from its first 8 KiB, dropping the parameter cut by the
-    limit (so a cut ``DeviceId`` is never misread as a shorter one). A longer
-    query without ``&``/``=`` in its first 8 KiB gives :data:`NO_DEVICE` (a real
-    base64 query is well under 1 KiB).
+    A query of up to :data:`MAX_QUERY_BYTES` (64 KiB) is read whole: a
+    ``DeviceId`` placed after kilobytes of padding is still found. A longer
+    query is not parsed at all and gives :data:`QUERY_TOO_LONG` (no device id,
+    ``too_long`` true), so that the caller can count it some other way
+    (:class:`~mailguard.policies.DeviceJailPolicy` counts it by address)
+    instead of letting it pass unidentified. A real ActiveSync query is well
+    under 1 KiB.
 
 Plain form
     Parameter names are matched case-insensitively. Names and values are
@@ -39,9 +41,17 @@ Plain form
     mailguard sees the values the back end sees. Text values are decoded as
     UTF-8 with replacement characters.
     Repeated parameters: the first occurrence wins for ``Cmd``, ``User`` and
-    ``DeviceType``; for ``DeviceId`` (the jail key) repeated occurrences that do
-    not all normalise to the same key make the device id unreadable
-    (:data:`NO_DEVICE`), because back ends disagree on which one they use.
+    ``DeviceType``. For ``DeviceId`` (the jail key) back ends disagree on which
+    occurrence they use: PHP keeps the *last* one in ``$_GET`` (Z-Push,
+    ``src/lib/request/request.php``, ``Request::Initialize`` reads
+    ``$_GET["DeviceId"]``, which ``Request::GetDeviceID`` returns), while a Java
+    servlet's ``getParameter`` returns the *first* (OBM opush,
+    ``AbstractActiveSyncRequest.p``; Carbonio's ActiveSync servlet is not
+    public). So ``device_id`` is the last valid occurrence (as PHP reads it) and
+    ``device_ids`` holds every distinct valid one, in order of appearance, at
+    most :data:`MAX_DEVICE_IDS` (the first and the last are always kept): a
+    caller that counts every candidate cannot be dodged by a decoy placed
+    before or after the real id.
     The plain form carries no policy key or locale in the query (they travel in
     the ``X-MS-PolicyKey`` and ``Accept-Language`` headers), so those fields are
     ``None``; ``protocol_version`` comes from the optional
@@ -88,7 +98,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal
 from urllib.parse import unquote_to_bytes
@@ -96,10 +106,12 @@ from urllib.parse import unquote_to_bytes
 __all__ = [
     "COMMAND_CODES",
     "MAX_BASE64_DEVICE_ID_BYTES",
+    "MAX_DEVICE_IDS",
     "MAX_PLAIN_DEVICE_ID_CHARS",
     "MAX_QUERY_BYTES",
     "MIN_BASE64_PROTOCOL_VERSION",
     "NO_DEVICE",
+    "QUERY_TOO_LONG",
     "TAG_USER",
     "ActiveSyncRequest",
     "Encoding",
@@ -108,8 +120,10 @@ __all__ = [
 
 Encoding = Literal["plain", "base64", "none"]
 
-#: Only this many bytes of a query string are ever looked at.
-MAX_QUERY_BYTES: Final = 8192
+#: A longer query string is not parsed (:data:`QUERY_TOO_LONG`).
+MAX_QUERY_BYTES: Final = 65536
+#: Distinct DeviceId candidates kept from one query (the first and the last always).
+MAX_DEVICE_IDS: Final = 4
 #: Longest plain-form DeviceId accepted, counted after normalisation.
 MAX_PLAIN_DEVICE_ID_CHARS: Final = 32
 #: Longest raw base64-form DeviceId accepted (its hex key is twice as long).
@@ -171,6 +185,12 @@ class ActiveSyncRequest:
     locale: int | None
     #: Which form the device id was read from, ``"none"`` if none was.
     encoding: Encoding
+    #: Every distinct device key the query names (``device_id`` among them),
+    #: at most :data:`MAX_DEVICE_IDS`; empty exactly when ``device_id`` is None
+    #: (not compared: it follows from the query, as ``device_id`` does).
+    device_ids: tuple[str, ...] = field(default=(), compare=False)
+    #: The query was longer than :data:`MAX_QUERY_BYTES` and was not parsed.
+    too_long: bool = False
 
 
 #: The result for every query from which no device id can be read.
@@ -183,6 +203,11 @@ NO_DEVICE: Final = ActiveSyncRequest(
     policy_key=None,
     locale=None,
     encoding="none",
+)
+
+#: The result for a query longer than :data:`MAX_QUERY_BYTES`.
+QUERY_TOO_LONG: Final = ActiveSyncRequest(
+    None, None, None, None, None, None, None, "none", (), True
 )
 
 _DIGITS: Final = b"0123456789"
@@ -258,15 +283,7 @@ def _parse(query: bytes, version_header: object) -> ActiveSyncRequest:
     if query[:1] == b"?":
         query = query[1:]
     if len(query) > MAX_QUERY_BYTES:
-        window = query[:MAX_QUERY_BYTES]
-        if _AMP not in window and _EQ not in window:
-            return NO_DEVICE
-        if query[MAX_QUERY_BYTES] != _AMP:  # the limit cuts a parameter: drop it
-            cut = window.rfind(b"&")
-            if cut < 0:
-                return NO_DEVICE
-            window = window[:cut]
-        return _parse_plain(window, version_header)
+        return QUERY_TOO_LONG  # never a silent pass: the caller counts it otherwise
     if _AMP in query or (_EQ in query and _EQ in query.rstrip(b"=")):
         return _parse_plain(query, version_header)
     return _parse_base64(query)
@@ -309,8 +326,7 @@ def _header_version(header: object) -> str | None:
 
 
 def _parse_plain(query: bytes, version_header: object) -> ActiveSyncRequest:
-    device_id: str | None = None
-    device_seen = False
+    found: list[str] = []
     cmd: bytes | None = None
     user: bytes | None = None
     device_type: bytes | None = None
@@ -322,19 +338,18 @@ def _parse_plain(query: bytes, version_header: object) -> ActiveSyncRequest:
         key = (_form_unquote(name) if escaped else name).lower()
         if key == b"deviceid":
             normalised = _plain_device_id(value)
-            if not device_seen:
-                device_seen = True
-                device_id = normalised
-            elif normalised != device_id:
-                return NO_DEVICE
+            if normalised is not None:
+                found.append(normalised)
         elif key == b"cmd" and cmd is None:
             cmd = value
         elif key == b"user" and user is None:
             user = value
         elif key == b"devicetype" and device_type is None:
             device_type = value
-    if device_id is None:
+    if not found:
         return NO_DEVICE
+    device_id = found[-1]  # as PHP's $_GET reads it
+    ids = (device_id,) if len(found) == 1 else _candidates(found)
     # Positional arguments, in field order: measurably faster than keywords.
     return ActiveSyncRequest(
         device_id,
@@ -345,7 +360,18 @@ def _parse_plain(query: bytes, version_header: object) -> ActiveSyncRequest:
         None,  # policy_key
         None,  # locale
         "plain",
+        ids,
     )
+
+
+def _candidates(found: list[str]) -> tuple[str, ...]:
+    """The distinct ids of ``found`` in order, at most MAX_DEVICE_IDS, first and last kept."""
+    distinct = list(dict.fromkeys(found))
+    if len(distinct) <= MAX_DEVICE_IDS:
+        return tuple(distinct)
+    last = found[-1]
+    head = [d for d in distinct if d != last][: MAX_DEVICE_IDS - 1]
+    return (*head, last)
 
 
 # --- base64 form ------------------------------------------------------------
@@ -411,8 +437,9 @@ def _decode_base64_layout(data: bytes) -> ActiveSyncRequest:
         if data[pos] == TAG_USER and user is None:
             user = data[pos + 2 : end]
         pos = end
+    key = raw_id.hex()
     return ActiveSyncRequest(
-        raw_id.hex(),
+        key,
         _text(device_type),
         _text(user),
         _COMMANDS.get(data[1]),
@@ -420,4 +447,5 @@ def _decode_base64_layout(data: bytes) -> ActiveSyncRequest:
         policy_key,
         data[2] | (data[3] << 8),  # locale
         "base64",
+        (key,),
     )

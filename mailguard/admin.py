@@ -140,6 +140,20 @@ def keys_to_lift(blocks: Iterable[Block], key: str) -> list[str]:
     return keys
 
 
+_LIMIT = re.compile(r"[0-9]{1,9}", re.ASCII)
+
+
+def _printable(text: str) -> bool:
+    """Printable text that encodes as UTF-8 (no lone surrogates, no controls)."""
+    if not text.isprintable():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _bad(status: int, message: str) -> Reply:
     return status, {"error": message}, []
 
@@ -226,9 +240,13 @@ class AdminApp:
         """``(kind, limit)`` from the query string."""
         args = parse_qs(query)
         kind = args.get("kind", [""])[-1] or None
-        limit_text = args.get("limit", ["1000"])[-1]
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST:
+        limit_text = args.get("limit", ["1000"])[-1].strip()
+        # ASCII digits only, and few of them: str.isdigit() takes "²", which int()
+        # refuses, and int() refuses (or takes long over) thousands of digits
+        if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_LIST:
             raise _Answer(400, f"limit: must be a whole number from 1 to {MAX_LIST}")
+        if kind is not None and (len(kind) > 64 or not kind.isidentifier()):
+            raise _Answer(400, "kind: must be a filter name such as login, device or dos")
         return kind, int(limit_text)
 
     @staticmethod
@@ -238,7 +256,9 @@ class AdminApp:
             raise _Answer(413, f"body: larger than {MAX_BODY} bytes")
         try:
             data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
+            # ValueError: not UTF-8, not JSON, or an integer of too many digits;
+            # RecursionError: nesting too deep for the parser
             raise _Answer(
                 400, 'body: expected JSON such as {"key": "203.0.113.7"} or {"all": true}'
             ) from None
@@ -256,7 +276,9 @@ class AdminApp:
         key = data.get("key")
         if everything == (key is not None):
             raise _Answer(400, 'body: give "key" or "all": true (one of them)')
-        if key is not None and (not isinstance(key, str) or not key or len(key) > 256):
+        if key is not None and (
+            not isinstance(key, str) or not key or len(key) > 256 or not _printable(key)
+        ):
             raise _Answer(400, "key: must be a non-empty string (an address or a device id)")
         return key, kind
 
@@ -397,7 +419,10 @@ def _read_wsgi(environ: Environ) -> bytes | None:
         return None
     if length <= 0:
         return b""
-    data: bytes = environ["wsgi.input"].read(length)
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    data: bytes = stream.read(length)
     return data
 
 

@@ -462,6 +462,10 @@ def _build(data: dict[str, Any], source: str, env: Mapping[str, str] | None) -> 
     return config
 
 
+MIN_MAX_KEYS = 1000
+"""The smallest ``[store] max_keys`` a configuration file may set."""
+
+
 def _store_settings(table: dict[str, Any], origins: dict[str, str], source: str) -> StoreSettings:
     kind = table.pop("type", "memory")
     kind_from = origins.get("type", source)
@@ -475,6 +479,16 @@ def _store_settings(table: dict[str, Any], origins: dict[str, str], source: str)
                 raise ConfigError(
                     origins[key], f"store.{key}", f"not an option of the memory store{hint}"
                 )
+        size = table.get("max_keys")
+        if isinstance(size, int) and not isinstance(size, bool) and 1 <= size < MIN_MAX_KEYS:
+            # MemoryStore itself takes any size >= 1 (tests use tiny ones); a deployed
+            # store that small lets a handful of requests evict every count and block
+            raise ConfigError(
+                origins["max_keys"],
+                "store.max_keys",
+                f"must be at least {MIN_MAX_KEYS} (a smaller store lets a few"
+                f" clients evict every count and block), got {size}",
+            )
     else:
         url = table.get("url")
         if url is None:

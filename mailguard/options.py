@@ -51,6 +51,7 @@ __all__ = [
     "Duration",
     "Option",
     "Seconds",
+    "at_least_a_second",
     "declared",
     "duration",
     "named_option",
@@ -143,6 +144,17 @@ def duration(name: str, value: object, *, allow_zero: bool = False) -> float:
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise option_error(name, f"must be a finite number of seconds {bound}, got {value!r}")
+    return seconds
+
+
+def at_least_a_second(name: str, value: object) -> float:
+    """A :func:`duration` of at least one second: a shorter window or block
+    would switch its protection off without saying so."""
+    seconds = duration(name, value)
+    if seconds < 1.0:
+        raise option_error(
+            name, f"must be at least 1 second (shorter switches protection off), got {value!r}"
+        )
     return seconds
 
 

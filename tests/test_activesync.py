@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from mailguard.activesync import (
     COMMAND_CODES,
+    MAX_DEVICE_IDS,
     MAX_QUERY_BYTES,
     NO_DEVICE,
+    QUERY_TOO_LONG,
     TAG_USER,
     ActiveSyncRequest,
     parse_query,
@@ -118,8 +120,11 @@ def test_result_is_frozen() -> None:
 def test_no_device_shape() -> None:
     assert NO_DEVICE.encoding == "none"
     assert all(
-        getattr(NO_DEVICE, f.name) is None for f in fields(NO_DEVICE) if f.name != "encoding"
+        getattr(NO_DEVICE, f.name) is None
+        for f in fields(NO_DEVICE)
+        if f.name not in ("encoding", "device_ids", "too_long")
     )
+    assert NO_DEVICE.device_ids == () and NO_DEVICE.too_long is False
 
 
 # --- plain form ----------------------------------------------------------------
@@ -198,12 +203,19 @@ def test_plain_repeated_parameters() -> None:
     assert (result.command, result.user, result.device_type) == ("Ping", "a", "x")
     # first wins even when the first is empty
     assert parse_query(b"User=&User=b&DeviceId=d").user is None
-    # repeated DeviceIds must agree (after normalisation) ...
-    assert parse_query(b"DeviceId=ABC&DeviceId=a-b-c").device_id == "abc"
-    # ... otherwise the jail key is ambiguous
-    assert parse_query(b"DeviceId=abc&DeviceId=abd") is NO_DEVICE
-    assert parse_query(b"DeviceId=abc&DeviceId=") is NO_DEVICE
-    assert parse_query(b"DeviceId=&DeviceId=abc") is NO_DEVICE
+    # repeated DeviceIds that agree (after normalisation) are one candidate ...
+    same = parse_query(b"DeviceId=ABC&DeviceId=a-b-c")
+    assert (same.device_id, same.device_ids) == ("abc", ("abc",))
+    # ... otherwise every candidate is named; device_id is the last (PHP's $_GET)
+    two = parse_query(b"DeviceId=decoy&DeviceId=REAL")
+    assert (two.device_id, two.device_ids) == ("real", ("decoy", "real"))
+    # an empty or invalid occurrence names no device
+    assert parse_query(b"DeviceId=abc&DeviceId=").device_ids == ("abc",)
+    assert parse_query(b"DeviceId=&DeviceId=abc").device_ids == ("abc",)
+    # at most MAX_DEVICE_IDS candidates, the first and the last always kept
+    many = "&".join(f"DeviceId=d{n}" for n in range(10)).encode()
+    assert parse_query(many).device_ids == ("d0", "d1", "d2", "d9")
+    assert len(parse_query(many).device_ids) == MAX_DEVICE_IDS
 
 
 def test_plain_empty_pairs_and_unknown_parameters() -> None:
@@ -240,26 +252,19 @@ def test_plain_value_that_looks_like_base64_is_not_misread() -> None:
 
 def test_plain_size_cap() -> None:
     head = b"Cmd=Sync&DeviceId=abc&User=jdoe"
-    filler = b"&x=" + b"y" * MAX_QUERY_BYTES
-    # parameters wholly inside the first 8 KiB are read
+    # a DeviceId after 8 KiB (and more) of padding is still read
+    padded = b"x=" + b"y" * 8192 + b"&DeviceId=abc"
+    assert parse_query(padded).device_id == "abc"
+    filler = b"&x=" + b"y" * (MAX_QUERY_BYTES - len(head) - 3)
+    assert len(head + filler) == MAX_QUERY_BYTES
     result = parse_query(head + filler)
     assert (result.device_id, result.user) == ("abc", "jdoe")
-    # a DeviceId cut by the limit is dropped, never read as a shorter id
-    pad = b"x=" + b"y" * (MAX_QUERY_BYTES - 2 - len(b"&DeviceId=abc"))
-    cut = pad + b"&DeviceId=abcdef"
-    assert len(cut) > MAX_QUERY_BYTES
-    assert parse_query(cut) is NO_DEVICE
-    # ... but a parameter ending exactly at the limit is kept
-    exact = pad + b"&DeviceId=abc"
-    assert len(exact) == MAX_QUERY_BYTES
-    assert parse_query(exact).device_id == "abc"
-    assert parse_query(exact + b"&User=u").device_id == "abc"
-    # a parameter beyond the limit is ignored
-    assert parse_query(filler + b"&DeviceId=abc") is NO_DEVICE
-    # a single oversized pair, and oversized non-plain input
-    assert parse_query(b"DeviceId=abc" + b"d" * MAX_QUERY_BYTES) is NO_DEVICE
-    assert parse_query(b"A" * (MAX_QUERY_BYTES + 4)) is NO_DEVICE
-    assert parse_query(b64(encode_raw()) * 400) is NO_DEVICE
+    # beyond MAX_QUERY_BYTES nothing is parsed, and the result says so
+    assert parse_query(head + filler + b"&") is QUERY_TOO_LONG
+    assert QUERY_TOO_LONG.too_long and QUERY_TOO_LONG.device_id is None
+    assert not NO_DEVICE.too_long
+    assert parse_query(b"A" * (MAX_QUERY_BYTES + 4)) is QUERY_TOO_LONG
+    assert parse_query(b"DeviceId=abc" + b"d" * MAX_QUERY_BYTES) is QUERY_TOO_LONG
 
 
 # --- base64 form ---------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from werkzeug.test import Client
@@ -292,3 +294,164 @@ def test_keys_to_lift_rules(store: MemoryStore) -> None:
     assert keys_to_lift(blocks, "2001:db8:9::1") == ["2001:db8:9::1"]
     assert keys_to_lift(blocks, "APPL-1234") == ["APPL-1234", "appl1234/jdoe"]
     assert keys_to_lift(blocks, "appl1234/jdoe") == ["appl1234/jdoe"]
+
+
+# ------------------------------------------------------------ never a 5xx
+def _asgi_status(app: AdminApp, method: str, path: str, query: bytes, body: bytes) -> int:
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query,
+        "headers": [(b"authorization", AUTH["authorization"].encode())],
+        "client": ("127.0.0.1", 50000),
+    }
+    sent: list[dict[str, Any]] = []
+    chunks = [body[:7], body[7:]]
+
+    async def receive() -> dict[str, Any]:
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app.asgi(scope, receive, send))
+    status: int = sent[0]["status"]
+    return status
+
+
+def _wsgi_status(app: AdminApp, method: str, path: str, query: bytes, body: bytes) -> int:
+    import io
+
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query.decode("latin-1"),
+        "CONTENT_LENGTH": str(len(body)),
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_AUTHORIZATION": AUTH["authorization"],
+        "wsgi.input": io.BytesIO(body),
+    }
+    statuses: list[str] = []
+    app.wsgi(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    return int(statuses[0].split()[0])
+
+
+def _both(app: AdminApp, method: str, path: str, query: bytes, body: bytes) -> tuple[int, int]:
+    return (
+        _asgi_status(app, method, path, query, body),
+        _wsgi_status(app, method, path, query, body),
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        (b"limit=%C2%B2", b""),  # "²": str.isdigit() says yes, int() says no
+        (b"limit=%EF%BC%93", b""),  # a full-width 3
+        (b"limit=" + b"9" * 5000, b""),  # beyond int()'s digit limit
+        (b"limit=" + b"1" * 20, b""),
+        (b"limit=%00", b""),
+        (b"limit=-1", b""),
+        (b"kind=%00x", b""),
+        (b"kind=" + b"k" * 100, b""),
+    ],
+)
+def test_bad_listing_arguments_get_a_400(store: MemoryStore, query: bytes, body: bytes) -> None:
+    """Issue 13: ``?limit=²`` and a 5000-digit limit raised (a 500) on both interfaces."""
+    app = AdminApp(store, token=TOKEN)
+    assert _both(app, "GET", "/blocks", query, body) == (400, 400)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 20_000 + b"]" * 20_000,  # deeper than the parser's recursion (under MAX_BODY)
+        b'{"key": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"key": ' + b"1" * 5000 + b"}",  # an integer beyond int()'s digit limit
+        b'{"key": "\\ud800"}',  # a lone surrogate
+        b'{"key": "a\\u0000b"}',
+        b"\xff\xfe{}",
+        b'{"all": 1e999999}',
+        b'{"kind": ["login"], "all": true}',
+    ],
+)
+def test_bad_unblock_bodies_get_a_4xx(store: MemoryStore, body: bytes) -> None:
+    """Issue 13: deeply nested JSON raised (a 500) on both interfaces."""
+    app = AdminApp(store, token=TOKEN)
+    asgi_status, wsgi_status = _both(app, "POST", "/unblock", b"", body)
+    assert 400 <= asgi_status < 500 and 400 <= wsgi_status < 500
+    assert len(store.blocks()) == 3  # nothing was lifted
+
+
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**6000), max_value=10**6000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["key", "kind", "all", "x"]) | st.text(max_size=5), inner, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+def _dump(value: Any) -> bytes:
+    import sys
+
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return json.dumps(value).encode()
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+_bodies = st.one_of(
+    _json.map(_dump),
+    st.binary(max_size=200),
+    st.integers(min_value=1, max_value=3000).map(lambda n: b"[" * n * 10 + b"]" * n * 10),
+    st.integers(min_value=1, max_value=5000).map(lambda n: b'{"key": ' + b"7" * n + b"}"),
+)
+_queries = st.one_of(
+    st.binary(max_size=80),
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"limit", b"kind", b"x", b"limit[]"]),
+            st.one_of(
+                st.binary(max_size=12),
+                st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                st.integers().map(lambda n: str(n).encode()),
+                st.just(b"9" * 5000),
+            ),
+        ),
+        max_size=4,
+    ).map(lambda pairs: b"&".join(k + b"=" + v for k, v in pairs)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "G\u00e9T"]),
+    path=st.sampled_from(["/blocks", "/stats", "/unblock", "/unblock/", "/", "/x", ""]),
+    query=_queries,
+    body=_bodies,
+)
+def test_fuzzed_admin_requests_never_get_a_5xx(
+    method: str, path: str, query: bytes, body: bytes
+) -> None:
+    """Every bad input is a 4xx, on ASGI and WSGI alike (and the two agree)."""
+    store = MemoryStore(clock=FakeClock(T0))
+    store.block("login", "203.0.113.7", 900, "failures")
+    app = AdminApp(store, token=TOKEN)
+    asgi_status, wsgi_status = _both(app, method, path, query, body)
+    assert asgi_status < 500 and wsgi_status < 500
+    assert asgi_status == wsgi_status

@@ -21,14 +21,16 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+import mailguard.activesync
 import mailguard.asgi
 import mailguard.policies.device as device_module
 import mailguard.wsgi
 from mailguard import FakeClock, MemoryStore
-from mailguard.activesync import parse_query
+from mailguard.activesync import MAX_QUERY_BYTES, parse_query
 from mailguard.events import Event
 from mailguard.policies import DeviceJailPolicy
 from mailguard.policies.device import (
+    OVERSIZED_QUERY,
     account_key,
     basic_auth_user,
     device_key,
@@ -355,7 +357,6 @@ def test_requests_without_a_device_pass_and_leave_no_state(make: Make) -> None:
         "",
         "Cmd=Sync&User=jdoe&DeviceType=iPhone",
         "DeviceId=&Cmd=Sync",
-        "DeviceId=a&DeviceId=b",  # disagreeing repeats: unreadable
         "jAAJBAp2MTQwRGV2aWNlAApTbWFydFBob25",  # a truncated base64 query
         "%%%",
     ]
@@ -370,6 +371,66 @@ def test_requests_without_a_device_pass_and_leave_no_state(make: Make) -> None:
     assert app.calls == 3 * len(queries) + 12
     assert len(store) == 0
     assert app.policy.jailed_devices() == []
+
+
+def test_a_decoy_device_id_does_not_lead_a_jailed_device_out(make: Make) -> None:
+    """Issue 13: ``DeviceId=decoy&DeviceId=REAL`` (PHP reads the last) escaped a jail."""
+    app, _, _ = make(max_requests=3)
+    for _ in range(3):
+        assert app.request(query=plain("REAL")).status == 200
+    assert app.request(query=plain("REAL")).status == 503  # jailed
+    calls = app.calls
+    for decoy in ("decoy", "decoy2", "x1"):
+        # REAL last, as PHP (Z-Push) reads it; REAL first, as a Java servlet reads it
+        assert app.request(query=f"DeviceId={decoy}&" + plain("REAL")).status == 503
+        assert app.request(query=plain("REAL") + f"&DeviceId={decoy}").status == 503
+    # many decoys before it: the last is always a candidate
+    decoys = "&".join(f"DeviceId=d{n}" for n in range(20))
+    assert app.request(query=f"{decoys}&" + plain("REAL")).status == 503
+    assert app.calls == calls  # the app never saw any of them
+    # X-Device-Id on several lines: the same rule
+    for _ in range(3):
+        assert app.request(path="/", headers={"X-Device-Id": "HDEV"}).status == 200
+    assert app.request(path="/", headers={"X-Device-Id": "other, HDEV"}).status == 503
+
+
+def test_every_candidate_counts(make: Make) -> None:
+    app, _, _ = make(max_requests=2, per_account=False)
+    for _ in range(2):
+        assert app.request(query="DeviceId=one&DeviceId=two").status == 200
+    # both candidates reached their limit: each is now jailed on its own
+    assert app.request(query="DeviceId=one").status == 503
+    assert app.request(query="DeviceId=two").status == 503
+    assert app.request(query="DeviceId=three").status == 200
+
+
+def test_a_device_id_after_8_kib_of_query_does_not_escape_a_jail(make: Make) -> None:
+    """Issue 13: a DeviceId placed after 8 KiB of query escaped an existing jail."""
+    app, _, _ = make(max_requests=3)
+    for _ in range(3):
+        assert app.request(query=plain("REAL")).status == 200
+    assert app.request(query=plain("REAL")).status == 503
+    padded = "pad=" + "x" * 9000 + "&" + plain("REAL")
+    assert app.request(query=padded).status == 503
+    assert app.request(query="pad=" + "x" * 40_000 + "&" + plain("REAL")).status == 503
+
+
+def test_a_query_too_long_to_parse_counts_by_address(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # httpx refuses URLs over 64 KiB: lower the bound to exercise the rule on both stacks
+    monkeypatch.setattr(mailguard.activesync, "MAX_QUERY_BYTES", 20_000)
+    app, _, _ = make(max_requests=2)
+    huge = "pad=" + "x" * 20_000 + "&" + plain("REAL")
+    assert len(huge) < MAX_QUERY_BYTES
+    for _ in range(2):
+        assert app.request(query=huge).status == 200
+    refused = app.request(query=huge)
+    assert refused.status == 503  # counted against this address's oversized queries
+    assert [b.key for b in app.policy.jailed_devices()] == [f"{OVERSIZED_QUERY}/{ADDR}"]
+    assert app.request(query=huge, client="192.0.2.11").status == 200  # another address
+    assert app.request(query=plain("REAL")).status == 200  # the real device is its own
+    assert app.policy.release_device(OVERSIZED_QUERY) == 1
 
 
 def test_paths_are_case_insensitive_segment_prefixes(make: Make) -> None:
@@ -865,3 +926,13 @@ def test_fuzzed_jail_is_only_ever_its_own_503() -> None:
         run()
     finally:
         harness.close()
+
+
+def test_default_domain_makes_user_and_user_at_domain_one_account(make: Make) -> None:
+    app, _, _ = make(max_requests=2, default_domain="Example.com")
+    assert app.request(query=plain(user="jdoe")).status == 200
+    assert app.request(query=plain(user="JDOE@example.com")).status == 200
+    assert app.request(query=plain(user="jdoe")).status == 503  # one device, one account
+    assert [b.key for b in app.policy.jailed_devices()] == ["abc123/jdoe@example.com"]
+    with pytest.raises(ValueError, match=r"^default_domain: must be a domain"):
+        DeviceJailPolicy(default_domain="not a domain")

@@ -810,6 +810,111 @@ def test_account_tarpit_slows_a_sprayed_account_and_never_locks_it(
     assert events.actions().count("tarpit") == 1
 
 
+SPRAY_DELAY = 0.25
+SPRAY_SECONDS = 1.2
+
+
+def spray(stack: Stack, addresses: int, per_address: int) -> tuple[list[int], Resp, float]:
+    """``addresses`` x ``per_address`` concurrent guessers for ``SPRAY_SECONDS`` (asyncio
+    tasks on ASGI, threads on WSGI); the real user logs in once the tarpit is full.
+
+    Returns the attackers' statuses, the user's response and how long it took.
+    """
+    ips = [f"192.0.2.{100 + n}" for n in range(addresses)]
+    form = urlencoded({"user": "Victim", "password": "guess"})
+    right = urlencoded({"user": "victim@example.com", "password": "right"})
+    statuses: list[int] = []
+    user: list[tuple[Resp, float]] = []
+
+    def full() -> bool:
+        return stack.policy.waiting >= stack.policy.max_delayed
+
+    if stack.kind == "wsgi":
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def guesser(ip: str) -> None:
+            while not stop.is_set():
+                r = stack.request("POST", "/login", ip=ip, **form)
+                with lock:
+                    statuses.append(r.status)
+                if r.status == 503:
+                    time.sleep(0.01)
+
+        def real_user() -> None:
+            deadline = time.monotonic() + SPRAY_SECONDS / 2
+            while not full() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            started = time.perf_counter()
+            r = stack.request("POST", "/login", ip=USER, **right)
+            user.append((r, time.perf_counter() - started))
+
+        threads = [
+            threading.Thread(target=guesser, args=(ip,)) for ip in ips for _ in range(per_address)
+        ]
+        threads.append(threading.Thread(target=real_user))
+        for t in threads:
+            t.start()
+        time.sleep(SPRAY_SECONDS)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    else:
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+
+            async def guesser(ip: str) -> None:
+                while not stop.is_set():
+                    r = await stack.arequest("POST", "/login", ip=ip, **form)
+                    statuses.append(r.status)
+                    await asyncio.sleep(0.01 if r.status == 503 else 0)
+
+            async def real_user() -> None:
+                deadline = time.monotonic() + SPRAY_SECONDS / 2
+                while not full() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                started = time.perf_counter()
+                r = await stack.arequest("POST", "/login", ip=USER, **right)
+                user.append((r, time.perf_counter() - started))
+
+            tasks = [asyncio.ensure_future(guesser(ip)) for ip in ips for _ in range(per_address)]
+            tasks.append(asyncio.ensure_future(real_user()))
+            await asyncio.sleep(SPRAY_SECONDS)
+            stop.set()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(scenario())
+    assert len(user) == 1
+    return statuses, *user[0]
+
+
+def test_a_40_way_spray_slows_the_account_and_never_refuses_the_real_user(kind: str) -> None:
+    """Issue 13: during a 40-way spray the real user's correct login was refused."""
+    stack = make_stack(
+        kind,
+        login_logic,
+        account_tarpit=(3, SPRAY_DELAY),
+        max_delayed=8,
+        max_failed_logins=1000,
+        default_domain="Example.COM",
+    )
+    for n in range(3):  # the account is in the tarpit
+        fail(stack, ip=f"192.0.2.{n + 1}", user="victim")
+    statuses, answer, took = spray(stack, addresses=40, per_address=2)
+    assert answer.status == 302  # the real user got in: never refused ...
+    assert took < SPRAY_DELAY + 0.75  # ... and slowed at most D (plus scheduling)
+    assert stack.policy.waiting == 0
+    # the spray was slowed: at most max_delayed guesses per D, plus one first
+    # guess per address with a clean slate; the rest were refused
+    guesses = statuses.count(401)
+    assert guesses <= 8 * (SPRAY_SECONDS / SPRAY_DELAY + 2) + 40
+    assert statuses.count(503) > guesses
+    # "Victim" and "victim@example.com" were one account (default_domain)
+    assert stack.store.peek("login_account", "victim@example.com", 300) == 2 * 3  # capped at 2M
+    assert stack.store.peek("login_account", "victim", 300) == 0
+
+
 def request_for(
     policy: InvalidLoginPolicy, ip: str, spec: dict[str, Any], path: str = "/login"
 ) -> Request:
@@ -846,10 +951,17 @@ def test_tarpit_verdicts_directly() -> None:
     failed("192.0.2.2")
     first = policy.check(request_for(policy, "192.0.2.3", form))
     assert first.allowed and first.delay == 2.0 and first.reason == "tarpit"
-    # max_delayed=1: one more is refused for now, and gives its slot back
-    second = policy.check(request_for(policy, "192.0.2.4", form))
+    # max_delayed=1: an address that already failed is refused for now, and gives
+    # its slot back ...
+    second = policy.check(request_for(policy, "192.0.2.1", form))
     assert not second.allowed and second.retry_after == 2
-    assert policy.store.attempt("login", "192.0.2.4", 1, 300, 30)[0] == 0  # no slot held
+    assert policy.store.attempt("login", "192.0.2.1", 2, 300, 30)[0] == 0  # no slot held
+    # ... while an address with a clean slate (maybe the real user) passes, undelayed
+    clean = policy.check(request_for(policy, "192.0.2.4", form))
+    assert clean.allowed and clean.delay == 0.0 and isinstance(clean, LoginVerdict)
+    assert policy.waiting == 1
+    policy.release(clean)
+    assert policy.waiting == 1
     policy.release(first)
     assert policy.waiting == 0
     policy.finish(request_for(policy, "192.0.2.3", form), first, 302, {})
@@ -1108,3 +1220,16 @@ def _no_stray_threads() -> Iterator[None]:
     before = threading.active_count()
     yield
     assert threading.active_count() <= before
+
+
+def test_default_domain_joins_user_and_user_at_domain_for_the_seam() -> None:
+    policy = InvalidLoginPolicy(
+        store=MemoryStore(clock=FakeClock(T0)), account_tarpit=(2, 1), default_domain="example.com"
+    )
+    for ip, account in (("192.0.2.1", "victim"), ("192.0.2.2", "VICTIM@Example.com")):
+        ticket = policy.begin(ip, account)
+        assert isinstance(ticket, LoginVerdict) and ticket.account == "victim@example.com"
+        policy.end(ticket, "failed")
+    assert policy.begin("192.0.2.3", "victim").delay == 1.0  # one account, now in the tarpit
+    with pytest.raises(ValueError, match=r"^default_domain: must be a domain"):
+        InvalidLoginPolicy(default_domain="a@b")

@@ -19,6 +19,7 @@ Adapters (:mod:`mailguard.asgi`, :mod:`mailguard.wsgi`) do the rest:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,45 @@ def wider_limit(limit: int, factor: float) -> int:
     return max(limit, math.ceil(limit * factor))
 
 
+_IPV4_WIDEST = 8  # a trusted proxy network may not be wider than a /8 ...
+_IPV6_WIDEST = 16  # ... or, for IPv6, a /16 (unless it is all private)
+_IPV4_IN_IPV6 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "64:ff9b::/96", "::/96"))
+_IPV6_PRIVATE = tuple(ipaddress.IPv6Network(n) for n in ("fc00::/7", "fe80::/10"))
+
+
+def _not_everyone(entry: object) -> None:
+    """Refuse a ``trusted_proxies`` entry that covers (nearly) every address.
+
+    Believing the forwarding header of every peer lets any client pick its own
+    address, which switches every limit off.  Refused: an IPv4 network wider
+    than /8 (``0.0.0.0/0`` included), an IPv6 network wider than /16
+    (``::/0`` included) that is not wholly unique-local or link-local, and an
+    IPv4-mapped, NAT64 or IPv4-compatible network wider than the IPv4 /8.
+    Entries that are not networks are left to the resolver to judge.
+    """
+    if not isinstance(entry, str) or "/" not in entry:
+        return
+    try:
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return
+    if isinstance(network, ipaddress.IPv4Network):
+        too_wide = network.prefixlen < _IPV4_WIDEST
+    elif any(network.subnet_of(v4) for v4 in _IPV4_IN_IPV6):
+        too_wide = network.prefixlen - 96 < _IPV4_WIDEST
+    else:
+        too_wide = network.prefixlen < _IPV6_WIDEST and not any(
+            network.subnet_of(private) for private in _IPV6_PRIVATE
+        )
+    if too_wide:
+        raise option_error(
+            "trusted_proxies",
+            f"{entry!r} covers (nearly) every address: any client could then choose"
+            " its own address and dodge every limit; list your proxies' addresses"
+            f" (networks at most /{_IPV4_WIDEST} for IPv4, /{_IPV6_WIDEST} for IPv6)",
+        )
+
+
 class Refusal:
     """A ready refusal: status, headers (with Content-Length) and body, in
     the shapes both adapters send."""
@@ -116,7 +156,8 @@ class Policy:
         the same users.
     :param safe_ips: addresses and CIDR networks this filter never counts.
     :param trusted_proxies: proxies whose forwarding header is believed (see
-        :mod:`mailguard.identity`).
+        :mod:`mailguard.identity`); a network covering nearly every address
+        (wider than /8 for IPv4, /16 for IPv6) is refused.
     :param forwarded_header: the one header those proxies write:
         ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``.
     :param ipv6_prefix: IPv6 clients are counted per network of this many
@@ -157,6 +198,10 @@ class Policy:
     ) -> None:
         if store is not None and not isinstance(store, Store):
             raise option_error("store", f"must be a mailguard store, got {store!r}")
+        if not isinstance(trusted_proxies, (str, bytes)) and isinstance(trusted_proxies, Iterable):
+            trusted_proxies = tuple(trusted_proxies)
+            for entry in trusted_proxies:
+                _not_everyone(entry)
         # one resolver (and cache) per settings, shared with every filter that has them
         factors = _wider_factors(ipv6_wider)
         self.resolver = ClientResolver.shared(

@@ -33,7 +33,22 @@ Knowing the device
     3. on ``header_paths``: the ``X-Device-Id`` header that Carbonio's web and
        mobile clients send, normalised like a plain ``DeviceId`` (ASCII letters
        lowercased, everything but letters and digits dropped, 1 to 32
-       characters left; several header lines must agree).
+       characters left).
+
+    Several candidates: a query that repeats ``DeviceId`` with different
+    values (``DeviceId=decoy&DeviceId=REAL``: PHP back ends such as Z-Push
+    read the last, Java servlets the first), or an ``X-Device-Id`` sent on
+    several lines, names every distinct candidate (at most
+    :data:`~mailguard.activesync.MAX_DEVICE_IDS`, the first and the last
+    always kept).  The request counts once for each candidate and is refused
+    when any of them is jailed, so a decoy cannot lead a jailed device out.
+    Logs and :class:`Device` name the last one (PHP's).
+
+    A query longer than :data:`~mailguard.activesync.MAX_QUERY_BYTES` (64 KiB)
+    on ``paths`` is not parsed; when nothing else names a device, it counts
+    against the device ``oversizedquery`` of the client's address (the key
+    ``"oversizedquery/<address>"``), so padding the query cannot let a jailed
+    device through unidentified and no other device shares that count.
 
     Paths follow the one path rule of :mod:`mailguard.reading`, matched
     generously (clients vary in case and spelling):
@@ -96,13 +111,13 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from ..activesync import NO_DEVICE, ActiveSyncRequest, parse_query
+from ..activesync import MAX_DEVICE_IDS, NO_DEVICE, ActiveSyncRequest, parse_query
 from ..core import ALLOW, Block, Verdict, retry_after
-from ..options import Duration, duration, option_error, positive_int
+from ..options import Duration, at_least_a_second, duration, option_error, positive_int, whole
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule
 from ..request import Request
 from ..stores.base import JAILED, OK
@@ -121,6 +136,7 @@ __all__ = [
     "basic_auth_user",
     "device_key",
     "header_device_id",
+    "header_device_ids",
     "normalise_account",
 ]
 
@@ -136,6 +152,8 @@ _MAX_ACCOUNT_KEY = 128  # longer encoded accounts are hashed
 _ACCOUNT_SAFE = "@+"  # kept as-is besides letters, digits and "_.-~"
 _PLAIN_ACCOUNT = re.compile(rf"[A-Za-z0-9@+_.~-]{{1,{_MAX_ACCOUNT_KEY}}}", re.ASCII)
 _QUOTED = frozenset({"account", "device_type"})
+OVERSIZED_QUERY = "oversizedquery"
+"""The device id a query too long to parse counts against (with the address)."""
 
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ALNUM = frozenset(_UPPER + _UPPER.lower() + b"0123456789")
@@ -158,17 +176,28 @@ def header_device_id(value: str | None) -> str | None:
     """The device id of an ``X-Device-Id`` header value, or None.
 
     Normalised like a plain ``DeviceId``.  Several header lines (joined by
-    commas) must all give the same id, or there is none: back ends may
-    disagree on which line they read.
+    commas) must all give the same id, or there is none
+    (:func:`header_device_ids` gives every candidate; the policy counts each).
     """
+    found = header_device_ids(value)
+    return found[0] if len(found) == 1 else None
+
+
+def header_device_ids(value: str | None) -> tuple[str, ...]:
+    """Every distinct device id of an ``X-Device-Id`` header value (lines joined
+    by commas), in order; the first and the last are always kept, at most
+    :data:`~mailguard.activesync.MAX_DEVICE_IDS`."""
     if not value or len(value) > _MAX_HEADER_CHARS:
-        return None
+        return ()
     if "," not in value:
-        return _normalise_id(value, _MAX_HEADER_ID)
-    found = {_normalise_id(part, _MAX_HEADER_ID) for part in value.split(",") if part.strip()}
-    if len(found) != 1:
-        return None
-    return found.pop()
+        one = _normalise_id(value, _MAX_HEADER_ID)
+        return () if one is None else (one,)
+    ids = [i for i in (_normalise_id(p, _MAX_HEADER_ID) for p in value.split(",")) if i]
+    distinct = list(dict.fromkeys(ids))
+    if len(distinct) <= MAX_DEVICE_IDS:
+        return tuple(distinct)
+    head = [d for d in distinct if d != ids[-1]][: MAX_DEVICE_IDS - 1]
+    return (*head, ids[-1])
 
 
 def normalise_account(name: str | None) -> str | None:
@@ -217,6 +246,8 @@ class Device:
     :ivar activesync: what the query said (:data:`~mailguard.activesync.NO_DEVICE`
         off ``paths``).
     :ivar on_paths: the request came on one of ``paths``.
+    :ivar keys: every key the request counts against (``key`` first): more
+        than one when the request names several candidate ids.
     """
 
     key: str
@@ -225,6 +256,11 @@ class Device:
     source: str
     activesync: ActiveSyncRequest
     on_paths: bool
+    keys: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            object.__setattr__(self, "keys", (self.key,))
 
 
 # -------------------------------------------------------------------- policy
@@ -242,15 +278,17 @@ class DeviceOptions(PolicyOptions, total=False):
     max_identity_changes: int
     identity_window: Duration
     identity_jail: Duration
+    default_domain: str | None
 
 
 class DeviceJailPolicy(Policy):
     """Per-device request cap with a jail.  Options as in :class:`Policy`, plus:
 
     :param max_requests: requests one device may send within ``time_window``
-        (default 150); the next one jails it.
-    :param time_window: the sliding window, in seconds (default 30).
-    :param jail_duration: how long a jail lasts, in seconds (default 600).
+        (default 150, at most 1,000,000); the next one jails it.
+    :param time_window: the sliding window, in seconds (default 30; at least 1).
+    :param jail_duration: how long a jail lasts, in seconds (default 600; at
+        least 1).
     :param paths: where ActiveSync requests arrive and their query is read
         (default ``["/Microsoft-Server-ActiveSync/"]``: the endpoint and the paths below it), as
         :class:`~mailguard.reading.PathRule` reads them (generously: any
@@ -273,6 +311,9 @@ class DeviceJailPolicy(Policy):
     :param identity_window: seconds the changes are counted over (default
         86400, 24 h).
     :param identity_jail: seconds an identity jail lasts (default 50400, 14 h).
+    :param default_domain: when set, an account without ``@`` gets
+        ``@<default_domain>``, so ``jdoe`` and ``jdoe@example.com`` are one
+        account in a device's key (default None).
 
     Durations also accept strings such as ``"30s"``, ``"10m"`` or ``"14h"``.
     """
@@ -296,12 +337,17 @@ class DeviceJailPolicy(Policy):
         max_identity_changes: int = 2,
         identity_window: Duration = 86400.0,
         identity_jail: Duration = 50400.0,
+        default_domain: str | None = None,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
-        self.max_requests = positive_int("max_requests", max_requests)
-        self.time_window = duration("time_window", time_window)
-        self.jail_duration = duration("jail_duration", jail_duration)
+        if default_domain is not None:
+            self.accounts = AccountRule(
+                strip_domain=self.accounts.strip_domain, default_domain=default_domain
+            )
+        self.max_requests = whole("max_requests", max_requests, low=1, high=1_000_000)
+        self.time_window = at_least_a_second("time_window", time_window)
+        self.jail_duration = at_least_a_second("jail_duration", jail_duration)
         self._paths = PathRule("paths", paths, protective=True)
         self.paths = self._paths.entries
         self._header_paths = PathRule(
@@ -343,18 +389,25 @@ class DeviceJailPolicy(Policy):
         if self.any_safe and self.is_safe(request.client):
             return None
         parsed = parse_query(request.query) if on_paths else NO_DEVICE
-        device_id: str | None = None
+        ids: tuple[str, ...] = ()
         source = "func"
         if self.device_func is not None:
-            device_id = self._custom(request)
-        if device_id is None and parsed.device_id is not None:
-            device_id, source = parsed.device_id, "query"
-        if device_id is None and by_header:
-            device_id, source = header_device_id(request.header("x-device-id")), "header"
-        if device_id is None:
+            custom = self._custom(request)
+            ids = () if custom is None else (custom,)
+        if not ids and parsed.device_ids:
+            ids, source = parsed.device_ids, "query"
+        if not ids and by_header:
+            ids, source = header_device_ids(request.header("x-device-id")), "header"
+        if not ids and parsed.too_long:
+            # too long to parse: count it by address rather than let it pass unidentified
+            key = device_key(OVERSIZED_QUERY, request.client.key)
+            return Device(key, OVERSIZED_QUERY, None, "oversized", parsed, on_paths)
+        if not ids:
             return None
         account = self.account_of(request, parsed) if self.per_account else None
-        return Device(device_key(device_id, account), device_id, account, source, parsed, on_paths)
+        device_id = ids[-1]  # the one PHP back ends read
+        keys = tuple(device_key(i, account) for i in (device_id, *ids[:-1]))
+        return Device(keys[0], device_id, account, source, parsed, on_paths, keys)
 
     def _custom(self, request: Request) -> str | None:
         assert self.device_func is not None
@@ -441,6 +494,14 @@ class DeviceJailPolicy(Policy):
             self.time_window,
             self.jail_duration,
         )
+        for other in device.keys[1:]:  # every candidate counts; any jailed one refuses
+            more, _, more_wait = yield call(
+                "hit", self.namespace, other, self.max_requests, self.time_window,
+                self.jail_duration,
+            )  # fmt: skip
+            if code == OK and more != OK:
+                code, wait = more, more_wait
+                device = replace(device, key=other, device_id=other.partition("/")[0])
         if code != OK or not self.watches_identity(device):
             return self.judge(request, device, code, wait)
         value = self.identity_of(request, device)

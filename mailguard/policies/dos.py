@@ -70,7 +70,7 @@ class DosPolicy(Policy):
     """Per-client request cap.  Options as in :class:`Policy`, plus:
 
     :param max_requests_per_sec: allowed requests per client in any second
-        (default 100).
+        (default 100, at most 1,000,000).
     :param delay_ms: -1 refuse, 0 only report, > 0 delay by that many ms.
     :param max_delayed: requests waiting at once, in total (default 50).
     :param max_delayed_per_client: requests of one client waiting at once
@@ -101,7 +101,7 @@ class DosPolicy(Policy):
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
-        self.limit = positive_int("max_requests_per_sec", max_requests_per_sec)
+        self.limit = whole("max_requests_per_sec", max_requests_per_sec, low=1, high=1_000_000)
         self.delay_ms = whole("delay_ms", delay_ms, low=-1)
         self.max_delayed = positive_int("max_delayed", max_delayed)
         self.max_delayed_per_client = positive_int("max_delayed_per_client", max_delayed_per_client)

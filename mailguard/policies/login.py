@@ -97,8 +97,19 @@ Password spraying
     the app: slowed, never locked out.  An attempt whose account cannot be
     told (two different account values, or a body cut short before any
     account field) is held too.  At most ``max_delayed`` attempts are held
-    at once; beyond that they are refused with ``Retry-After`` = ``D``, so
-    the tarpit cannot tie up every worker.
+    at once, so the tarpit cannot tie up every worker.  When that many are
+    already held, a further attempt is
+
+    * let through at once when its address has no failure streak and no
+      other login under way (a user logging in, or the first guess of an
+      address new to this filter): the real user is slowed at most ``D``
+      seconds and never refused, however many addresses spray the account;
+    * otherwise refused with ``Retry-After`` = ``D`` (an address already
+      guessing waits its turn).
+
+    So a spray from many addresses is held to ``max_delayed`` attempts per
+    ``D`` seconds, plus one attempt per address whose slate is clean, which
+    is what any per-address limit grants an attacker with many addresses.
 
 Logs (logger ``mailguard.login``, WARNING; format in :mod:`mailguard.events`)::
 
@@ -131,7 +142,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..identity import Client
-from ..options import Duration, duration, option_error, positive_int, strings, whole
+from ..options import (
+    Duration,
+    at_least_a_second,
+    duration,
+    option_error,
+    positive_int,
+    strings,
+    whole,
+)
 from ..presets import LoginMatch, preset_options
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
 from ..request import Request
@@ -159,6 +178,8 @@ IsFailure = Callable[[int, Mapping[str, str]], bool]
 
 _EPISODES_MAX = 10_000  # blocked addresses remembered as "refusal already logged"
 _MAX_TARPIT_DELAY = 60.0
+MAX_FAILED_LOGINS = 10_000
+"""The highest ``max_failed_logins``: more would never block anyone."""
 _FAIL_WORDS = frozenset({"fail", "failed", "failure"})
 _OK_WORDS = frozenset({"ok", "success", "succeeded"})
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -235,16 +256,18 @@ class LoginOptions(PolicyOptions, total=False):
     account_tarpit: tuple[int, float | str] | None
     max_delayed: int
     attempt_timeout: Duration
+    default_domain: str | None
 
 
 class InvalidLoginPolicy(Policy):
     """Blocks an address after repeated failed logins.  Options as in :class:`Policy`, plus:
 
     :param max_failed_logins: failures in a row that block an address
-        (default 10, Zimbra's).
+        (default 10, Zimbra's; at most 10,000).
     :param failure_interval: seconds within which each failure must follow
-        the previous one to continue the streak (default 300).
-    :param block_duration: seconds an address stays blocked (default 900).
+        the previous one to continue the streak (default 300; at least 1).
+    :param block_duration: seconds an address stays blocked (default 900;
+        at least 1).
     :param preset: a login shape from :mod:`mailguard.presets`
         (``"roundcube"``, ``"sogo"``, ``"nextcloud"``, ``"zimbra"``,
         ``"carbonio"``, ``"activesync"``, ``"dav"``); the keywords below
@@ -283,9 +306,14 @@ class InvalidLoginPolicy(Policy):
     :param account_tarpit: ``(M, D)``: after ``M`` failures for one account
         within ``failure_interval``, hold each further attempt for it ``D``
         seconds (at most 60).  Default None: off.
-    :param max_delayed: tarpitted attempts held at once (default 50).
+    :param max_delayed: tarpitted attempts held at once (default 50); when
+        full, a login from an address with a clean slate passes undelayed,
+        others are refused for ``D`` seconds.
     :param attempt_timeout: seconds an attempt keeps its slot when its
         response never starts (default 30).
+    :param default_domain: when set, an account without ``@`` gets
+        ``@<default_domain>``, so ``victim`` and ``victim@example.com`` are
+        one account for the tarpit (default None).
     """
 
     kind = "login"
@@ -323,18 +351,23 @@ class InvalidLoginPolicy(Policy):
         account_tarpit: tuple[int, float | str] | None = None,
         max_delayed: int = 50,
         attempt_timeout: Duration = 30.0,
+        default_domain: str | None = None,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if default_domain is not None:
+            self.accounts = AccountRule(
+                strip_domain=self.accounts.strip_domain, default_domain=default_domain
+            )
         shape = preset_options(preset) if preset is not None else {}
         self.preset = preset
 
         def pick(name: str, given: Any, default: Any) -> Any:
             return given if given is not None else shape.get(name, default)
 
-        self.limit = positive_int("max_failed_logins", max_failed_logins)
-        self.interval = duration("failure_interval", failure_interval)
-        self.block_duration = duration("block_duration", block_duration)
+        self.limit = whole("max_failed_logins", max_failed_logins, low=1, high=MAX_FAILED_LOGINS)
+        self.interval = at_least_a_second("failure_interval", failure_interval)
+        self.block_duration = at_least_a_second("block_duration", block_duration)
         self.login_paths = PathRule(
             "login_paths", pick("login_paths", login_paths, ("/login",)), protective=True
         )
@@ -370,6 +403,7 @@ class InvalidLoginPolicy(Policy):
         self.auth_paths = PathRule(
             "auth_paths", pick("auth_paths", auth_paths, ("*",)), protective=True
         )
+        self._no_silent_off_switch()
         self.php_forms = shape.get("php_forms") is True
         self.account_fields = strings(
             "account_fields", pick("account_fields", account_fields, _DEFAULT_ACCOUNT_FIELDS)
@@ -449,6 +483,33 @@ class InvalidLoginPolicy(Policy):
         self._refused: dict[str, None] = {}
         self._waiting = 0
         self._waiting_lock = threading.Lock()
+
+    def _no_silent_off_switch(self) -> None:
+        """Refuse shapes under which the filter could never count a failure."""
+        if not self.count_basic_auth:
+            if not self.login_paths.entries:
+                raise option_error(
+                    "login_paths",
+                    "is empty, so no request would ever be a login and the filter would"
+                    " guard nothing (set count_basic_auth to count HTTP auth instead)",
+                )
+            if not self.login_methods:
+                raise option_error(
+                    "login_methods",
+                    "is empty, so no request would ever be a login and the filter would"
+                    ' guard nothing (logins are usually ["POST"])',
+                )
+        elif not self.auth_paths.entries:
+            raise option_error(
+                "auth_paths",
+                'is empty while count_basic_auth is on, so it would count nothing (use ["*"])',
+            )
+        if not self.failure_statuses and self.is_failure is None:
+            raise option_error(
+                "failure_statuses",
+                "is empty and there is no is_failure, so no login would ever count as"
+                " failed and no address would ever be blocked",
+            )
 
     # ---------------------------------------------------------------- rules
     def attempt_of(self, request: Request) -> _Attempt | None:
@@ -543,13 +604,19 @@ class InvalidLoginPolicy(Policy):
             self.emit("refused", key, seconds=wait)
         return Verdict(False, "blocked", key, retry_after=wait)
 
-    def admit(self, key: str, found: _Attempt, seen: int, protocol: str = "http") -> Verdict:
-        """The verdict of an attempt that got a slot; ``seen``: its account's failures."""
+    def admit(
+        self, key: str, found: _Attempt, seen: int, protocol: str = "http", clean: bool = False
+    ) -> Verdict:
+        """The verdict of an attempt that got a slot; ``seen``: its account's failures;
+        ``clean``: its address had no failure streak and no other attempt under way."""
         delay = 0.0
         if self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
-            if not self._reserve():
+            if self._reserve():
+                delay = self.tarpit_delay
+            elif not clean:
                 return Verdict(False, "tarpit", key, retry_after=retry_after(self.tarpit_delay))
-            delay = self.tarpit_delay
+            # else: the tarpit is full and this address has a clean slate (it may be
+            # the real user): let it through now rather than lock the account out
         return LoginVerdict(
             True,
             "tarpit" if delay else "attempt",
@@ -730,19 +797,23 @@ class InvalidLoginPolicy(Policy):
         slots already taken.
         """
         taken: list[tuple[str, int]] = []
+        clean = False
         for name, limit in self._limits(key, wider):
-            code, _, wait = yield call(
+            code, remaining, wait = yield call(
                 "attempt", self.namespace, name, limit, self.interval, self.pending_ttl
             )
             refused = self.judge_attempt(name, code, wait)
             if refused is not None:
                 yield from self._give_back(taken)
                 return refused
+            if not taken:
+                # this slot is the address's only one: no failure streak, nothing else under way
+                clean = remaining == limit - 1
             taken.append((name, limit))
         seen = 0
         if self.tarpit_after and found.account:
             seen = yield call("peek", self.account_namespace, found.account, self.interval)
-        verdict = self.admit(key, found, seen, protocol)
+        verdict = self.admit(key, found, seen, protocol, clean)
         if not verdict.allowed:  # the tarpit is full: give the slots back
             yield from self._give_back(taken)
         elif wider and isinstance(verdict, LoginVerdict):
@@ -762,7 +833,7 @@ class InvalidLoginPolicy(Policy):
     ) -> _Attempt | None:
         if self.any_safe and self.is_safe(client):
             return None
-        name = normalize_account(account) if account else None
+        name = self.accounts.normalize(account) if account else None
         return _Attempt(name, credentials or name is not None, False)
 
     def client_of(self, address: Client | str | None) -> Client:
