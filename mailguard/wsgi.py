@@ -7,7 +7,8 @@ Each class wraps a WSGI app::
 
 The same policies as :mod:`mailguard.asgi`, called synchronously: no event
 loop is needed, and a delay is a ``time.sleep`` in the worker (capped by the
-policy so delays cannot hold every worker).  The body is never read unless
+policy so delays cannot hold every worker: DosFilter holds at most 2 requests
+at once, 1 per client, unless told otherwise).  The body is never read unless
 the policy asks for a bounded prefix, and then ``wsgi.input`` is replaced by a
 stream that gives the app every byte unchanged.  The app's own exceptions are
 never caught.
@@ -75,6 +76,9 @@ class GuardMiddleware:
             self._resolve = app._resolve = policy.resolver.from_wsgi_shared
         self._reads_body = type(policy).wants_body is not Policy.wants_body
         self._by_client = policy.by_client
+        hold_in_threads = getattr(policy, "hold_in_threads", None)
+        if hold_in_threads is not None:  # a delay here holds a worker thread
+            hold_in_threads()
         # a policy whose verdict must wait for the whole body (login slots)
         self._waits: Callable[[WsgiRequest], bool] | None = getattr(
             policy, "waits_for_body", None
