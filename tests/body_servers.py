@@ -19,7 +19,7 @@ from werkzeug.wrappers import Request
 from mailguard import asgi, wsgi
 
 LOGIN = {"max_failed_logins": 5, "attempt_timeout": 1, "block_duration": 60}
-DELAY = {"max_requests_per_sec": 5, "delay_ms": 1000, "trusted_proxies": ["127.0.0.1"]}
+DELAY = {"max_requests_per_sec": 5, "delay_ms": 2000, "trusted_proxies": ["127.0.0.1"]}
 
 _checks = 0
 _lock = threading.Lock()
