@@ -189,6 +189,7 @@ class GuardMiddleware:
         verdict: Verdict | None = None
         refused = False
         reported = False
+        gone = False  # the client left before its body ended: no attempt
         strip = self._strip
 
         async def decide() -> Verdict:
@@ -230,23 +231,24 @@ class GuardMiddleware:
                 _log.exception("mailguard: %s could not record a response", policy.kind)
 
         async def gated_receive() -> Message:
+            nonlocal gone
             if refused:
                 return {"type": "http.disconnect"}
             message = await receive()
-            if (
-                verdict is None
-                and message.get("type") == "http.request"
-                and not message.get("more_body", False)
-            ):
-                await decide()
-                if refused:
-                    return {"type": "http.disconnect"}
+            if verdict is None and not gone:
+                kind = message.get("type")
+                if kind == "http.request" and not message.get("more_body", False):
+                    await decide()
+                    if refused:
+                        return {"type": "http.disconnect"}
+                elif kind == "http.disconnect":
+                    gone = True
             return message
 
         async def gated_send(message: Message) -> None:
             if refused:
                 return
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not (gone and verdict is None):
                 decided = await decide()
                 if refused:
                     return
