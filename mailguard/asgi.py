@@ -83,9 +83,7 @@ class GuardMiddleware:
             self._resolve = app._resolve = policy.resolver.from_asgi_shared
         self._reads_body = type(policy).wants_body is not Policy.wants_body
         # a policy whose verdict must wait for the whole body (login slots)
-        self._waits: Callable[[AsgiRequest], bool] | None = getattr(
-            policy, "waits_for_body", None
-        )
+        self._waits: Callable[[AsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
         self._local = policy.store.local
         self._by_client = policy.by_client
         self._strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
@@ -172,7 +170,6 @@ class GuardMiddleware:
         finally:
             if verdict.watch and not reported:
                 await report(None, {})
-
 
     async def _deferred(
         self, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
@@ -313,9 +310,7 @@ async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[R
         size += len(message.get("body", b""))
         more = bool(message.get("more_body", False))
     if limit:
-        request.body = b"".join(
-            m.get("body", b"") for m in held if m.get("type") == "http.request"
-        )
+        request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
 
     async def replay() -> Message:
         if held:

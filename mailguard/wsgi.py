@@ -80,9 +80,7 @@ class GuardMiddleware:
         if hold_in_threads is not None:  # a delay here holds a worker thread
             hold_in_threads()
         # a policy whose verdict must wait for the whole body (login slots)
-        self._waits: Callable[[WsgiRequest], bool] | None = getattr(
-            policy, "waits_for_body", None
-        )
+        self._waits: Callable[[WsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         policy = self.policy
@@ -95,9 +93,10 @@ class GuardMiddleware:
                 request = WsgiRequest(environ, client)
                 wanted = self._reads_body and policy.wants_body(request)
                 waits = self._waits is not None and self._waits(request)
-                if (wanted or waits) and not _buffer(request, environ, wanted):
-                    if waits:  # the verdict waits for the rest of the body
-                        return self._deferred(request, environ, start_response)
+                # buffer what the policy reads; a verdict that waits for the
+                # rest of the body is reached while the app reads it
+                if (wanted or waits) and not _buffer(request, environ, wanted) and waits:
+                    return self._deferred(request, environ, start_response)
                 verdict = policy.check(request)
         except StoreDown as down:
             verdict = policy.degraded(down)

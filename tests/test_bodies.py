@@ -88,10 +88,14 @@ HOLD = 200  # the tail held back
 def _head(port: int, n: int) -> bytes:
     body_start = b"_user=victim&_pass=guess" + str(n).encode() + b"&pad="
     return (
-        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (port, BODY)
-    ) + body_start + b"a" * (BODY - HOLD - len(body_start))
+        (
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (port, BODY)
+        )
+        + body_start
+        + b"a" * (BODY - HOLD - len(body_start))
+    )
 
 
 def _status(sock: socket.socket) -> int:

@@ -110,7 +110,9 @@ class DosPolicy(Policy):
         self.delay_ms = whole("delay_ms", delay_ms, low=-1)
         total, each = _DELAY_BUDGETS["asgi"]
         self._budget_set = (max_delayed is not None, max_delayed_per_client is not None)
-        self.max_delayed = total if max_delayed is None else positive_int("max_delayed", max_delayed)
+        self.max_delayed = (
+            total if max_delayed is None else positive_int("max_delayed", max_delayed)
+        )
         self.max_delayed_per_client = (
             each
             if max_delayed_per_client is None
