@@ -83,15 +83,17 @@ def _starlette(checks: list[str]) -> Starlette:
     return Starlette(routes=[Route("/login", login, methods=["POST"])])
 
 
-def test_asgi_held_back_tails_hold_no_slot_and_check_no_password() -> None:
+@pytest.mark.parametrize("size", [1000, BIG])
+def test_asgi_held_back_tails_hold_no_slot_and_check_no_password(size: int) -> None:
     """Rounds of bodies held back past attempt_timeout, then every tail at
-    once: at most max_failed_logins password checks (was: one per body)."""
+    once: at most max_failed_logins password checks (was: one per body past
+    max_body_bytes)."""
     clock = FakeClock()
     checks: list[str] = []
     app = asgi.InvalidLoginFilter(_starlette(checks), policy=_policy(clock))
 
     async def attack() -> list[_Conn]:
-        conns = [_Conn(_form(n)) for n in range(4 * LIMIT)]
+        conns = [_Conn(_form(n, size)) for n in range(4 * LIMIT)]
         tasks = []
         for i, conn in enumerate(conns):
             tasks.append(asyncio.create_task(app(conn.scope, conn.receive, conn.send)))
@@ -277,6 +279,27 @@ def test_wsgi_slot_begins_at_the_body_end_and_a_refusal_replaces_the_answer() ->
         policy.end(ticket, "unknown")
     status, _ = _call(guarded, _environ(_form(1)))
     assert status.startswith("401") and seen[-1] == "checked"
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_wsgi_chunked_body_is_judged_at_its_end(busy: bool) -> None:
+    """No Content-Length, the server ends the body (``wsgi.input_terminated``)."""
+    policy = _policy(FakeClock())
+    tickets = [policy.begin("203.0.113.7") for _ in range(LIMIT if busy else 0)]
+    checked: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        checked.append(environ["wsgi.input"].read())
+        start_response("401 Unauthorized", [])
+        return [b"no"]
+
+    guarded = wsgi.InvalidLoginFilter(app, policy=policy)
+    env = _environ(b"", io.BytesIO(_form(0)), CONTENT_LENGTH="")
+    env["wsgi.input_terminated"] = True
+    status, _ = _call(guarded, env)
+    assert status.startswith("503" if busy else "401")
+    assert checked == ([] if busy else [_form(0)])
+    assert len(tickets) == (LIMIT if busy else 0)
 
 
 # ------------------------------------------------------------ delay budgets
