@@ -173,6 +173,7 @@ class GuardMiddleware:
         gate = _Gate(self.policy, request, environ, start_response)
         stream = environ["wsgi.input"]
         if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, _Replay):
+            gate.replay = stream.raw
             stream.raw.at_end = gate.body_ended
         try:
             result = self.app(environ, gate.start)
@@ -218,6 +219,7 @@ class _Gate:
         self.request = request
         self.environ = environ
         self.start_response = start_response
+        self.replay: _Replay | None = None
         self.verdict: Verdict | None = None
         self.refused = False
         self.answered = False
@@ -252,6 +254,10 @@ class _Gate:
     def start(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], object]:
+        if self.verdict is None and self.replay is not None and self.replay.short:
+            # the client left before its body ended: no attempt, and no one to answer
+            writer: Callable[[bytes], object] = self.start_response(status, headers, exc_info)
+            return writer
         verdict = self.decide()
         if self.refused:
             self.answer()
@@ -263,9 +269,7 @@ class _Gate:
             if strip:
                 headers = [(k, v) for k, v in headers if k.lower() not in strip]
         extra = policy.allowed_headers(verdict)
-        writer: Callable[[bytes], object] = self.start_response(
-            status, list(headers) + extra, exc_info
-        )
+        writer = self.start_response(status, list(headers) + extra, exc_info)
         return writer
 
     def report(self, status: int | None, seen: dict[str, str]) -> None:
@@ -381,6 +385,7 @@ class _Replay(io.RawIOBase):
         self._rest = rest
         self._left = left
         self.at_end: Callable[[], None] | None = None
+        self.short = False  # the stream ended before Content-Length: the client left
 
     def readable(self) -> bool:
         return True
@@ -398,6 +403,8 @@ class _Replay(io.RawIOBase):
         if left is not None:
             self._left = left = left - len(data)
             ended = left == 0
+            if not data and want > 0:
+                self.short = True
         else:
             ended = not data and want > 0
         if ended and self.at_end is not None:

@@ -281,6 +281,24 @@ def test_wsgi_slot_begins_at_the_body_end_and_a_refusal_replaces_the_answer() ->
     assert status.startswith("401") and seen[-1] == "checked"
 
 
+def test_wsgi_client_gone_mid_body_takes_no_slot() -> None:
+    policy = _policy(FakeClock())
+    body = _form(0)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        data = environ["wsgi.input"].read()
+        assert len(data) < len(body)  # the client left: a short body
+        start_response("400 Bad Request", [])
+        return [b"short"]
+
+    guarded = wsgi.InvalidLoginFilter(app, policy=policy)
+    for _ in range(3 * LIMIT):
+        env = _environ(body, io.BytesIO(body[:-100]))
+        assert _call(guarded, env)[0].startswith("400")
+    tickets = [policy.begin("203.0.113.7") for _ in range(LIMIT)]
+    assert all(t.allowed for t in tickets)  # no slot was left taken
+
+
 @pytest.mark.parametrize("busy", [False, True])
 def test_wsgi_chunked_body_is_judged_at_its_end(busy: bool) -> None:
     """No Content-Length, the server ends the body (``wsgi.input_terminated``)."""
