@@ -96,6 +96,7 @@ class GuardMiddleware:
         policy = self.policy
         client = self._resolve(scope)
         request = None
+        deferred = False
         try:
             if self._by_client:  # the rate limit's hot path: no request view
                 if self._local:  # memory: no I/O to wait for, skip the coroutine hops
@@ -108,10 +109,10 @@ class GuardMiddleware:
                 waits = kind == "http" and self._waits is not None and self._waits(request)
                 if wanted or waits:
                     receive, ended = await _buffer(request, receive, wanted)
-                    if waits and not ended:  # the verdict waits for the rest of the body
-                        await self._deferred(request, scope, receive, send)
-                        return
-                if self._local:
+                    deferred = waits and not ended  # the verdict waits for the rest of the body
+                if deferred:
+                    verdict = ALLOW
+                elif self._local:
                     verdict = policy.check(request)
                 else:
                     verdict = await policy.acheck(request)
@@ -120,6 +121,9 @@ class GuardMiddleware:
         except Exception:
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
+        if deferred and request is not None:  # outside the try: the app's errors are its own
+            await self._deferred(request, scope, receive, send)
+            return
         if verdict is ALLOW:
             await self.app(scope, receive, send)
         else:

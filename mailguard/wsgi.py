@@ -86,6 +86,7 @@ class GuardMiddleware:
         policy = self.policy
         client = self._resolve(environ)
         request = None
+        deferred = False
         try:
             if self._by_client:  # the rate limit's hot path: no request view
                 verdict = policy.check_client(client)
@@ -95,14 +96,15 @@ class GuardMiddleware:
                 waits = self._waits is not None and self._waits(request)
                 # buffer what the policy reads; a verdict that waits for the
                 # rest of the body is reached while the app reads it
-                if (wanted or waits) and not _buffer(request, environ, wanted) and waits:
-                    return self._deferred(request, environ, start_response)
-                verdict = policy.check(request)
+                deferred = bool(wanted or waits) and not _buffer(request, environ, wanted) and waits
+                verdict = ALLOW if deferred else policy.check(request)
         except StoreDown as down:
             verdict = policy.degraded(down)
         except Exception:
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
+        if deferred and request is not None:  # outside the try: the app's errors are its own
+            return self._deferred(request, environ, start_response)
         if verdict is ALLOW:
             return self.app(environ, start_response)
         return self._act(verdict, request or WsgiRequest(environ, client), environ, start_response)

@@ -335,3 +335,30 @@ def test_dos_delay_budgets_unset_are_small_under_wsgi_only() -> None:
     assert (a.policy.max_delayed, a.policy.max_delayed_per_client) == (50, 5)  # type: ignore[attr-defined]
     chosen = wsgi.DosFilter(ok, delay_ms=100, max_delayed=8)
     assert (chosen.policy.max_delayed, chosen.policy.max_delayed_per_client) == (8, 1)  # type: ignore[attr-defined]
+
+
+def test_an_app_error_in_a_deferred_request_is_the_apps_and_the_app_runs_once() -> None:
+    calls: list[str] = []
+
+    async def afail(scope: Any, receive: Any, send: Any) -> None:
+        calls.append("asgi")
+        raise RuntimeError("app failure")
+
+    def wfail(environ: Any, start_response: Any) -> list[bytes]:
+        calls.append("wsgi")
+        raise RuntimeError("app failure")
+
+    async def one() -> None:
+        conn = _Conn(_form(0))
+        conn.tail.set()
+        await asgi.InvalidLoginFilter(afail, policy=_policy(FakeClock()))(
+            conn.scope, conn.receive, conn.send
+        )
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(one())
+    with pytest.raises(RuntimeError):
+        wsgi.InvalidLoginFilter(wfail, policy=_policy(FakeClock()))(
+            _environ(_form(0)), lambda *a: None
+        )
+    assert calls == ["asgi", "wsgi"]
