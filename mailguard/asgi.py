@@ -82,6 +82,8 @@ class GuardMiddleware:
             # filter keeps the plain call: no cost when nothing is shared.
             self._resolve = app._resolve = policy.resolver.from_asgi_shared
         self._reads_body = type(policy).wants_body is not Policy.wants_body
+        # a policy whose verdict must wait for the whole body (login slots)
+        self._waits: Callable[[AsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
         self._local = policy.store.local
         self._by_client = policy.by_client
         self._strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
@@ -94,6 +96,7 @@ class GuardMiddleware:
         policy = self.policy
         client = self._resolve(scope)
         request = None
+        deferred = False
         try:
             if self._by_client:  # the rate limit's hot path: no request view
                 if self._local:  # memory: no I/O to wait for, skip the coroutine hops
@@ -103,9 +106,13 @@ class GuardMiddleware:
             else:
                 request = AsgiRequest(scope, client)
                 wanted = self._reads_body and policy.wants_body(request)
-                if wanted:
-                    receive = await _buffer(request, receive, wanted)
-                if self._local:
+                waits = kind == "http" and self._waits is not None and self._waits(request)
+                if wanted or waits:
+                    receive, ended = await _buffer(request, receive, wanted)
+                    deferred = waits and not ended  # the verdict waits for the rest of the body
+                if deferred:
+                    verdict = ALLOW
+                elif self._local:
                     verdict = policy.check(request)
                 else:
                     verdict = await policy.acheck(request)
@@ -114,6 +121,9 @@ class GuardMiddleware:
         except Exception:
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
+        if deferred and request is not None:  # outside the try: the app's errors are its own
+            await self._deferred(request, scope, receive, send)
+            return
         if verdict is ALLOW:
             await self.app(scope, receive, send)
         else:
@@ -165,6 +175,103 @@ class GuardMiddleware:
             if verdict.watch and not reported:
                 await report(None, {})
 
+    async def _deferred(
+        self, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Call the app before the verdict: the body has not arrived in full.
+
+        The verdict is reached when the body's last message arrives (before
+        the app gets it), or when the app starts a response without having
+        read it all, whichever comes first.  A refusal is sent in the app's
+        place: the app then receives ``http.disconnect``, what it sends is
+        dropped, and what it raises because of that is not passed on.
+        """
+        policy = self.policy
+        verdict: Verdict | None = None
+        refused = False
+        reported = False
+        gone = False  # the client left before its body ended: no attempt
+        strip = self._strip
+
+        async def decide() -> Verdict:
+            nonlocal verdict, refused
+            if verdict is not None:
+                return verdict
+            try:
+                if self._local:
+                    decided = policy.check(request)
+                else:
+                    decided = await policy.acheck(request)
+            except StoreDown as down:
+                decided = policy.degraded(down)
+            except Exception:
+                _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
+                decided = ALLOW
+            verdict = decided
+            if decided.delay > 0.0:
+                try:
+                    await asyncio.sleep(decided.delay)
+                finally:
+                    policy.release(decided)
+            if not decided.allowed:
+                refused = True
+                await _refuse(policy, decided, scope, send)
+            return decided
+
+        async def report(status: int | None, seen: dict[str, str]) -> None:
+            nonlocal reported
+            reported = True
+            if verdict is None or not verdict.watch:
+                return
+            try:
+                if self._local:
+                    policy.finish(request, verdict, status, seen)
+                else:
+                    await policy.afinish(request, verdict, status, seen)
+            except Exception:
+                _log.exception("mailguard: %s could not record a response", policy.kind)
+
+        async def gated_receive() -> Message:
+            nonlocal gone
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if verdict is None and not gone:
+                kind = message.get("type")
+                if kind == "http.request" and not message.get("more_body", False):
+                    await decide()
+                    if refused:
+                        return {"type": "http.disconnect"}
+                elif kind == "http.disconnect":
+                    gone = True
+            return message
+
+        async def gated_send(message: Message) -> None:
+            if refused:
+                return
+            if message["type"] == "http.response.start" and not (gone and verdict is None):
+                decided = await decide()
+                if refused:
+                    return
+                headers = list(message.get("headers") or ())
+                if decided.watch and not reported:
+                    await report(message.get("status"), _header_map(headers))
+                    if strip:
+                        headers = [(k, v) for k, v in headers if k.lower() not in strip]
+                extra = [(k.encode(), v.encode()) for k, v in policy.allowed_headers(decided)]
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        try:
+            await self.app(scope, gated_receive, gated_send)
+        except Exception:
+            if not refused:
+                raise
+            _log.debug("mailguard: the app failed on a refused body", exc_info=True)
+        finally:
+            if not reported:
+                await report(None, {})
+
 
 async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:
     if scope["type"] == "websocket":
@@ -188,26 +295,33 @@ def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return seen
 
 
-async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> Receive:
-    """Read up to ``limit`` body bytes for the policy; replay them to the app unchanged."""
+async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[Receive, bool]:
+    """Read up to ``limit`` body bytes for the policy (with ``limit`` 0, the
+    first message); replay them to the app unchanged.
+
+    Returns the app's ``receive`` and whether the body has ended (or the
+    client has gone) within what was read.
+    """
     held: list[Message] = []
     size = 0
     more = True
-    while more and size < limit:
+    while more and (size < limit or not held):
         message = await receive()
         held.append(message)
         if message.get("type") != "http.request":
+            more = False
             break
         size += len(message.get("body", b""))
         more = bool(message.get("more_body", False))
-    request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
+    if limit:
+        request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
 
     async def replay() -> Message:
         if held:
             return held.pop(0)
         return await receive()
 
-    return replay
+    return replay, not more
 
 
 class DosFilter(GuardMiddleware):

@@ -7,7 +7,8 @@ Each class wraps a WSGI app::
 
 The same policies as :mod:`mailguard.asgi`, called synchronously: no event
 loop is needed, and a delay is a ``time.sleep`` in the worker (capped by the
-policy so delays cannot hold every worker).  The body is never read unless
+policy so delays cannot hold every worker: DosFilter holds at most 2 requests
+at once, 1 per client, unless told otherwise).  The body is never read unless
 the policy asks for a bounded prefix, and then ``wsgi.input`` is replaced by a
 stream that gives the app every byte unchanged.  The app's own exceptions are
 never caught.
@@ -75,25 +76,35 @@ class GuardMiddleware:
             self._resolve = app._resolve = policy.resolver.from_wsgi_shared
         self._reads_body = type(policy).wants_body is not Policy.wants_body
         self._by_client = policy.by_client
+        hold_in_threads = getattr(policy, "hold_in_threads", None)
+        if hold_in_threads is not None:  # a delay here holds a worker thread
+            hold_in_threads()
+        # a policy whose verdict must wait for the whole body (login slots)
+        self._waits: Callable[[WsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         policy = self.policy
         client = self._resolve(environ)
         request = None
+        deferred = False
         try:
             if self._by_client:  # the rate limit's hot path: no request view
                 verdict = policy.check_client(client)
             else:
                 request = WsgiRequest(environ, client)
                 wanted = self._reads_body and policy.wants_body(request)
-                if wanted:
-                    _buffer(request, environ, wanted)
-                verdict = policy.check(request)
+                waits = self._waits is not None and self._waits(request)
+                # buffer what the policy reads; a verdict that waits for the
+                # rest of the body is reached while the app reads it
+                deferred = bool(wanted or waits) and not _buffer(request, environ, wanted) and waits
+                verdict = ALLOW if deferred else policy.check(request)
         except StoreDown as down:
             verdict = policy.degraded(down)
         except Exception:
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
+        if deferred and request is not None:  # outside the try: the app's errors are its own
+            return self._deferred(request, environ, start_response)
         if verdict is ALLOW:
             return self.app(environ, start_response)
         return self._act(verdict, request or WsgiRequest(environ, client), environ, start_response)
@@ -151,6 +162,179 @@ class GuardMiddleware:
             return result
         return _Finally(result, lambda: None if reported else report(None, {}))
 
+    def _deferred(
+        self, request: WsgiRequest, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Call the app before the verdict: the body has not arrived in full.
+
+        The verdict is reached when the app reads the body's end, or when it
+        starts a response without having read it, whichever comes first.  A
+        refusal then stops the body (the app's read raises
+        :class:`BodyRefused`) and replaces whatever the app answers.
+        """
+        gate = _Gate(self.policy, request, environ, start_response)
+        stream = environ["wsgi.input"]
+        if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, _Replay):
+            gate.replay = stream.raw
+            stream.raw.at_end = gate.body_ended
+        try:
+            result = self.app(environ, gate.start)
+        except Exception:
+            if not gate.refused:
+                gate.done()
+                raise
+            _log.debug("mailguard: the app failed on a refused body", exc_info=True)
+            result = []
+        if gate.refused:
+            _close(result)
+            gate.done()
+            return gate.answer()
+        return _Gated(result, gate)
+
+
+class BodyRefused(ConnectionAbortedError):
+    """Raised to an app reading a body whose request mailguard refused.
+
+    The request was refused when its body ended (too many login attempts at
+    once, or a blocked address): the app gets no more of it, and mailguard
+    answers in its place, whatever the app then does.
+    """
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class _Gate:
+    """One deferred request: its verdict, reached once, and its response."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        request: WsgiRequest,
+        environ: Environ,
+        start_response: StartResponse,
+    ) -> None:
+        self.policy = policy
+        self.request = request
+        self.environ = environ
+        self.start_response = start_response
+        self.replay: _Replay | None = None
+        self.verdict: Verdict | None = None
+        self.refused = False
+        self.answered = False
+        self.reported = False
+
+    def decide(self) -> Verdict:
+        verdict = self.verdict
+        if verdict is not None:
+            return verdict
+        policy = self.policy
+        try:
+            verdict = policy.check(self.request)
+        except StoreDown as down:
+            verdict = policy.degraded(down)
+        except Exception:
+            _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
+            verdict = ALLOW
+        self.verdict = verdict
+        if verdict.delay > 0.0:
+            try:
+                time.sleep(verdict.delay)
+            finally:
+                policy.release(verdict)
+        self.refused = not verdict.allowed
+        return verdict
+
+    def body_ended(self) -> None:
+        """The body's last bytes have arrived: decide before the app sees them."""
+        if not self.decide().allowed:
+            raise BodyRefused("mailguard refused this request")
+
+    def start(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        if self.verdict is None and self.replay is not None and self.replay.short:
+            # the client left before its body ended: no attempt, and no one to answer
+            writer: Callable[[bytes], object] = self.start_response(status, headers, exc_info)
+            return writer
+        verdict = self.decide()
+        if self.refused:
+            self.answer()
+            return _discard
+        policy = self.policy
+        if verdict.watch and not self.reported:
+            self.report(_status_code(status), _header_map(headers))
+            strip = policy.strip_headers
+            if strip:
+                headers = [(k, v) for k, v in headers if k.lower() not in strip]
+        extra = policy.allowed_headers(verdict)
+        writer = self.start_response(status, list(headers) + extra, exc_info)
+        return writer
+
+    def report(self, status: int | None, seen: dict[str, str]) -> None:
+        self.reported = True
+        verdict = self.verdict
+        if verdict is None or not verdict.watch:
+            return
+        try:
+            self.policy.finish(self.request, verdict, status, seen)
+        except Exception:
+            _log.exception("mailguard: %s could not record a response", self.policy.kind)
+
+    def done(self) -> None:
+        """The request is over: an attempt not yet reported ends unknown."""
+        if not self.reported:
+            self.report(None, {})
+
+    def answer(self) -> list[bytes]:
+        """Send the refusal (once) and return its body."""
+        assert self.verdict is not None
+        refusal = self.policy.refusal_for(self.verdict)
+        if not self.answered:
+            self.answered = True
+            self.start_response(refusal.status_line, list(refusal.headers))
+        return [] if self.environ.get("REQUEST_METHOD") == "HEAD" else [refusal.body]
+
+
+def _discard(data: bytes) -> None:
+    """The ``write`` of a response mailguard replaced."""
+
+
+class _Gated:
+    """The app's response, or the refusal when the verdict comes during it."""
+
+    def __init__(self, result: Iterable[bytes], gate: _Gate) -> None:
+        self._result = result
+        self._gate = gate
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        gate = self._gate
+        try:
+            for chunk in self._result:
+                if gate.refused:
+                    break
+                yield chunk
+        except Exception:
+            if not gate.refused:
+                raise
+            _log.debug("mailguard: the app failed on a refused body", exc_info=True)
+        if gate.refused:
+            self.close()
+            yield from gate.answer()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            _close(self._result)
+        finally:
+            self._gate.done()
+
 
 def _status_code(status: str) -> int | None:
     try:
@@ -187,11 +371,23 @@ class _Finally:
 
 
 class _Replay(io.RawIOBase):
-    """``wsgi.input`` that gives back the buffered prefix, then the rest."""
+    """``wsgi.input`` that gives back the buffered prefix, then the rest.
 
-    def __init__(self, head: bytes, rest: Any) -> None:
+    The rest is read from the server's stream up to ``left`` bytes (the
+    Content-Length) and never further: servers such as the werkzeug
+    development server and wsgiref hand over the socket itself, where reading
+    past the body waits for bytes that never come.  ``left`` None: the server
+    marks the body's end itself (``wsgi.input_terminated``).  ``at_end`` is
+    called once, when the body's last bytes have arrived and before the app
+    gets them.
+    """
+
+    def __init__(self, head: bytes, rest: Any, left: int | None) -> None:
         self._head = io.BytesIO(head)
         self._rest = rest
+        self._left = left
+        self.at_end: Callable[[], None] | None = None
+        self.short = False  # the stream ended before Content-Length: the client left
 
     def readable(self) -> bool:
         return True
@@ -201,30 +397,57 @@ class _Replay(io.RawIOBase):
         got = self._head.readinto(view)
         if got:
             return got
-        data = self._rest.read(len(view))
+        left = self._left
+        want = len(view) if left is None else min(len(view), left)
+        data = self._rest.read(want) if want > 0 else b""
+        if len(data) > want:  # a stream that ignores its size argument
+            raise OSError("wsgi.input returned more bytes than asked for")
+        if left is not None:
+            self._left = left = left - len(data)
+            ended = left == 0
+            if not data and want > 0:
+                self.short = True
+        else:
+            ended = not data and want > 0
+        if ended and self.at_end is not None:
+            at_end, self.at_end = self.at_end, None
+            at_end()
         view[: len(data)] = data
         return len(data)
 
 
-def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> None:
-    """Read up to ``limit`` body bytes for the policy; the app still reads them all."""
+def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
+    """Read up to ``limit`` body bytes for the policy; the app still reads them all.
+
+    Never reads past the Content-Length, and nothing when there is none and
+    the server does not end the body itself (``wsgi.input_terminated``).
+    Returns whether the whole body has been read.
+    """
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length: int | None = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
-    if length <= 0 and not environ.get("wsgi.input_terminated"):
-        request.body = b""
-        return
+    if length is not None and length < 0:
+        length = 0
+    if not length:
+        if not environ.get("wsgi.input_terminated"):
+            request.body = b"" if limit else None
+            return True
+        length = None
     stream = environ["wsgi.input"]
-    want = min(limit, length) if length > 0 else limit
+    want = limit if length is None else min(limit, length)
     head = b""
     while len(head) < want:
         chunk = stream.read(want - len(head))
         if not chunk:
             break
         head += chunk
-    request.body = head
-    environ["wsgi.input"] = io.BufferedReader(_Replay(head, stream))
+    if limit:
+        request.body = head
+    left = None if length is None else length - len(head)
+    ended = left == 0 or (left is None and len(head) < want)
+    environ["wsgi.input"] = io.BufferedReader(_Replay(head, stream, 0 if ended else left))
+    return ended
 
 
 class DosFilter(GuardMiddleware):

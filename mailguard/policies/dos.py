@@ -17,6 +17,12 @@ request of its client within the last second (an exact sliding window,
     ``max_delayed`` requests wait at once, and at most
     ``max_delayed_per_client`` of one client; beyond that they are refused
     as with -1, so delay mode cannot tie up every worker or grow memory.
+    Unset, these are 50 and 5 under ASGI (a held request is a paused
+    coroutine) and 2 and 1 under WSGI, where a held request holds a worker
+    thread: 2 leaves threads free on any threaded server (waitress has 4,
+    gunicorn ``--threads N``), however many clients flood.  The budgets are
+    per process.  A WSGI server with one thread per process (gunicorn's
+    ``sync`` worker, wsgiref) has none to spare: use -1 there.
 
 An IPv6 client is also counted in its wider networks (``ipv6_wider``: its
 /56 at 4x the limit, its /48 at 16x, by default), narrowest first, and refused
@@ -50,6 +56,9 @@ if TYPE_CHECKING:
 __all__ = ["DosOptions", "DosPolicy"]
 
 _EPISODES_MAX = 10_000  # clients remembered as "in a refusal episode" at once
+# (max_delayed, max_delayed_per_client) when unset, by front: a held ASGI
+# request is a paused coroutine, a held WSGI request a worker thread
+_DELAY_BUDGETS = {"asgi": (50, 5), "wsgi": (2, 1)}
 
 KeyFunc = Callable[[Request], "str | None"]
 
@@ -59,8 +68,8 @@ class DosOptions(PolicyOptions, total=False):
 
     max_requests_per_sec: int
     delay_ms: int
-    max_delayed: int
-    max_delayed_per_client: int
+    max_delayed: int | None
+    max_delayed_per_client: int | None
     exempt_paths: Iterable[str]
     headers: bool
     key_func: KeyFunc | None
@@ -72,9 +81,10 @@ class DosPolicy(Policy):
     :param max_requests_per_sec: allowed requests per client in any second
         (default 100, at most 1,000,000).
     :param delay_ms: -1 refuse, 0 only report, > 0 delay by that many ms.
-    :param max_delayed: requests waiting at once, in total (default 50).
+    :param max_delayed: requests waiting at once, in total (default 50
+        under ASGI, 2 under WSGI, where each holds a worker thread).
     :param max_delayed_per_client: requests of one client waiting at once
-        (default 5).
+        (default 5 under ASGI, 1 under WSGI).
     :param exempt_paths: paths passed untouched (health checks), as
         :class:`~mailguard.reading.PathRule` reads them, strictly: ``"/health"``
         is that path exactly (case included), ``"/assets/"`` everything below
@@ -93,8 +103,8 @@ class DosPolicy(Policy):
         *,
         max_requests_per_sec: int = 100,
         delay_ms: int = -1,
-        max_delayed: int = 50,
-        max_delayed_per_client: int = 5,
+        max_delayed: int | None = None,
+        max_delayed_per_client: int | None = None,
         exempt_paths: Iterable[str] = (),
         headers: bool = False,
         key_func: KeyFunc | None = None,
@@ -103,8 +113,16 @@ class DosPolicy(Policy):
         super().__init__(**options)
         self.limit = whole("max_requests_per_sec", max_requests_per_sec, low=1, high=1_000_000)
         self.delay_ms = whole("delay_ms", delay_ms, low=-1)
-        self.max_delayed = positive_int("max_delayed", max_delayed)
-        self.max_delayed_per_client = positive_int("max_delayed_per_client", max_delayed_per_client)
+        total, each = _DELAY_BUDGETS["asgi"]
+        self._budget_set = (max_delayed is not None, max_delayed_per_client is not None)
+        self.max_delayed = (
+            total if max_delayed is None else positive_int("max_delayed", max_delayed)
+        )
+        self.max_delayed_per_client = (
+            each
+            if max_delayed_per_client is None
+            else positive_int("max_delayed_per_client", max_delayed_per_client)
+        )
         self.exempt_paths = PathRule("exempt_paths", exempt_paths, protective=False)
         if not isinstance(headers, bool):
             raise option_error("headers", f"must be True or False, got {headers!r}")
@@ -197,6 +215,15 @@ class DosPolicy(Policy):
             reset=wait,
             limit=limit,
         )
+
+    def hold_in_threads(self) -> None:
+        """The WSGI adapter's call: a held request holds a worker thread, so the
+        delay budgets left unset become the WSGI defaults (2 and 1)."""
+        total, each = _DELAY_BUDGETS["wsgi"]
+        if not self._budget_set[0]:
+            self.max_delayed = min(self.max_delayed, total)
+        if not self._budget_set[1]:
+            self.max_delayed_per_client = min(self.max_delayed_per_client, each)
 
     def _reserve(self, key: str) -> bool:
         with self._waiting_lock:

@@ -64,7 +64,11 @@ Concurrency
     ``max_failed_logins``, so a burst of parallel guesses cannot slip past the
     limit.  A refused attempt gets ``status_code`` (503) with ``Retry-After``.
     The outcome releases the slot (:meth:`~mailguard.stores.Store.settle`),
-    as does ``attempt_timeout`` for a response that never starts.
+    as does a connection that ends first, and ``attempt_timeout`` for a
+    response that never starts.  An attempt begins only once its body has
+    arrived in full (:meth:`InvalidLoginPolicy.waits_for_body`), so a client
+    that holds back the end of its bodies holds no slot, and its passwords
+    are not checked until the bodies end: then they compete for the slots.
     Long-polling protocols (ActiveSync ``Ping``) hold their slot until the
     response starts or ``attempt_timeout`` passes; many devices behind one
     NAT address can therefore be told to retry: list such addresses in
@@ -310,7 +314,7 @@ class InvalidLoginPolicy(Policy):
         full, a login from an address with a clean slate passes undelayed,
         others are refused for ``D`` seconds.
     :param attempt_timeout: seconds an attempt keeps its slot when its
-        response never starts (default 30).
+        response never starts, counted from the end of its body (default 30).
     :param default_domain: when set, an account without ``@`` gets
         ``@<default_domain>``, so ``victim`` and ``victim@example.com`` are
         one account for the tarpit (default None).
@@ -745,6 +749,26 @@ class InvalidLoginPolicy(Policy):
         ):
             return 0
         return self._body_wanted
+
+    def waits_for_body(self, request: Request) -> bool:
+        """Whether ``request`` may be a login attempt, whose verdict must then
+        wait until its body has arrived in full.
+
+        The adapters check such a request once its body has ended (or its
+        response starts, if the app answers without reading it all), never
+        earlier: the attempt's slot is taken then, and ``attempt_timeout``
+        runs from then.  A client that holds back the end of its bodies holds
+        no slot, and no password is checked until the body is complete.
+        """
+        if self.any_safe and self.is_safe(request.client):
+            return False
+        if request.method in self.login_methods and self.login_paths.match(request.path):
+            return True
+        return (
+            self.count_basic_auth
+            and self.auth_paths.match(request.path)
+            and bool(request.header("authorization"))
+        )
 
     def check(self, request: Request) -> Verdict:
         found = self.attempt_of(request)
