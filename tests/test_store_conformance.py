@@ -732,6 +732,14 @@ def test_repeat_offenders_escalate_and_are_forgiven(store: Store, clock: FakeClo
     assert fail(store, key="bob", **kw) == (OK, 1, 0.0)
 
 
+def test_repeat_offenders_off_by_default(store: Store, clock: FakeClock) -> None:
+    for _ in range(3):
+        for _ in range(LIMIT - 1):
+            fail(store)
+        assert fail(store) == (JAILED, 0, BLOCK_FOR)
+        clock.advance(BLOCK_FOR)
+
+
 def test_failure_block_never_shortens_a_longer_block(store: Store) -> None:
     """An attempt begun before an admin's day-long block must not cut it to 900 s."""
     for _ in range(3):
