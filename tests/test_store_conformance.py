@@ -944,3 +944,36 @@ def test_threads_hit_one_key_exactly_limit(
     assert counts[OK] == limit
     assert counts[OVER] == threads * each - limit
     assert counts == {OK: limit, OVER: threads * each - limit}
+
+
+# ---------------------------------------------------------------- async
+
+
+def test_async_primitives_match_sync(store: Store) -> None:
+    """The coroutine face of every primitive, with the answers the sync face gives."""
+
+    async def main() -> None:
+        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
+        assert await store.apeek("dos", "k", 1.0) == 2
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (OK, 0, 1.0)
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (JAILED, 0, 5.0)
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (BLOCKED, 0, 5.0)
+        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (OK, 1, 0.0)
+        assert await store.asettle("login", "u", True, 1, 10.0, 30.0) == (JAILED, 0, 30.0)
+        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (BLOCKED, 0, 30.0)
+        assert await store.aswap("seen", "x", "v", 5.0) is None
+        assert await store.aswap("seen", "x", "w", 5.0) == "v"
+        made = await store.ablock("admin", "z", 9.0, "manual")
+        assert await store.aget_block("admin", "z") == made
+        assert [b.kind for b in await store.ablocks()] == ["dev", "admin", "login"]
+        assert [b.key for b in await store.ablocks("login")] == ["u"]
+        assert await store.aunblock("z", "admin") == 1
+        assert await store.aunblock("u") == 1
+        assert await store.aunblock_all() == 1
+        assert await store.ablocks() == []
+        assert store.hit("dos", "k", 2, 1.0)[0] == OVER  # the sync face sees the same state
+        await store.aclose()
+
+    asyncio.run(main())
