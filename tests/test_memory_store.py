@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailguard.core import Block, FakeClock
+from mailguard.core import FakeClock
 from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
 from mailguard.stores.memory import (
     BLOCK_BYTES,
@@ -77,41 +77,8 @@ def test_is_a_store() -> None:
 
 
 # ----------------------------------------------------------------- hit
-
-
-def test_hit_limit_and_window_exact() -> None:
-    store, clock = make()
-    # `wait` of an allowed request: until the oldest counted one leaves
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 2, 1.0)
-    clock.advance(0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 1, 0.75)
-    clock.advance(0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.5)
-    clock.advance(0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)  # not counted
-    assert store.peek("dos", "1.2.3.4", 1.0) == 3
-    clock.advance(0.125)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.125)
-    clock.advance(0.125)  # the first request leaves the window exactly now
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
-
-
-def test_hit_waiting_the_returned_wait_always_lets_the_next_request_in() -> None:
-    """A client that sleeps exactly ``wait`` is allowed, even with decimal times."""
-    for start in (0.0, 0.1, 1000.3, T0):
-        for step in (0.1, 0.3, 0.7, 1 / 3):
-            for window in (1.0, 0.3, 2.5, 60.0):
-                store, clock = make(start=start)
-                for _ in range(20):
-                    code, _, wait = store.hit("dos", "k", 3, window)
-                    if code == OVER:
-                        assert wait > 0
-                        clock.advance(wait)
-                        code, _, wait2 = store.hit("dos", "k", 3, window)
-                        assert code == OK, (start, step, window, wait, wait2)
-                    clock.advance(step)
+# The scenarios every store shares (hits, jails, logins, swaps, admin blocks)
+# are in tests/test_store_conformance.py; here only what is MemoryStore's own.
 
 
 @settings(max_examples=200, deadline=None)
@@ -147,110 +114,6 @@ def test_hit_is_exact_even_when_the_clock_steps_back(
     assert counters_consistent(store)
 
 
-def test_hit_without_jail_is_never_blocked() -> None:
-    store, _ = make()
-    for _ in range(2):
-        assert store.hit("dos", "k", 2, 10.0)[0] == OK
-    assert store.hit("dos", "k", 2, 10.0)[0] == OVER
-    assert store.get_block("dos", "k") is None
-    assert store.blocks() == []
-    # a block made by someone else is ignored by a jail-less hit
-    store.block("dos", "other", 60, "manual")
-    assert store.hit("dos", "other", 2, 10.0)[0] == OK
-
-
-def test_hit_namespaces_are_isolated() -> None:
-    store, _ = make()
-    assert store.hit("dos", "dev1", 1, 60.0) == (OK, 0, 60.0)
-    assert store.hit("dos", "dev1", 1, 60.0)[0] == OVER
-    # same key in another namespace has its own window
-    assert store.hit("device", "dev1", 1, 60.0) == (OK, 0, 60.0)
-    assert store.hit("device", "dev1", 1, 60.0, jail=30.0) == (JAILED, 0, 30.0)
-    assert store.get_block("device", "dev1") is not None
-    assert store.get_block("dos", "dev1") is None
-    assert store.peek("dos", "dev1", 60.0) == 1
-    assert store.peek("device", "dev1", 60.0) == 0  # window forgotten by the jail
-    assert store.peek("nothing", "dev1", 60.0) == 0
-
-
-def test_hit_jail_semantics() -> None:
-    store, clock = make()
-    for left in (1, 0):
-        assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, left)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
-    block = store.get_block("device", "phone")
-    assert block is not None
-    assert (block.kind, block.key, block.reason) == ("device", "phone", "rate")
-    assert (block.since, block.until) == (T0, T0 + 60.0)
-    waits = []
-    for _ in range(5):
-        clock.advance(10)
-        code, remaining, wait = store.hit("device", "phone", 2, 10.0, jail=60.0)
-        assert (code, remaining) == (BLOCKED, 0)
-        waits.append(wait)
-    assert waits == [50.0, 40.0, 30.0, 20.0, 10.0]  # decreasing: not extended
-    assert store.get_block("device", "phone").until == T0 + 60.0  # type: ignore[union-attr]
-    clock.advance(9.5)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (BLOCKED, 0, 0.5)
-    clock.advance(0.5)  # released exactly at the end
-    # counting starts from zero: `limit` requests allowed at once
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 1, 10.0)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 0, 10.0)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
-    assert store.get_block("device", "phone").since == T0 + 60.0  # type: ignore[union-attr]
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    start=st.one_of(st.floats(min_value=0.0, max_value=10.0), st.just(T0)),
-    seconds=st.floats(min_value=1e-3, max_value=100.0),
-    part=st.floats(min_value=0.0, max_value=0.999),
-)
-@example(start=4.2339600018205665, seconds=26.497073880876023, part=0.0626179979453328)
-@example(start=2.0829235213559927, seconds=97.69813788970004, part=0.28839126852293)
-def test_waiting_out_a_block_exactly_ends_it(start: float, seconds: float, part: float) -> None:
-    """``wait`` of BLOCKED is never one ulp short of the block's end."""
-    store, clock = make(start=start)
-    store.block("login", "alice", seconds, "failures")
-    store.block("device", "phone", seconds, "rate")
-    clock.advance(seconds * part)
-    if store.get_block("login", "alice") is None:
-        return  # `part` rounded up to the end already
-    code, _, wait = store.attempt("login", "alice", 5, 60.0, 30.0)
-    assert code == BLOCKED
-    code2, _, wait2 = store.hit("device", "phone", 5, 10.0, jail=5.0)
-    assert (code2, wait2) == (BLOCKED, wait)
-    assert wait > 0
-    clock.advance(wait)
-    assert store.get_block("login", "alice") is None
-    assert store.attempt("login", "alice", 5, 60.0, 30.0)[0] == OK
-    assert store.hit("device", "phone", 5, 10.0, jail=5.0)[0] == OK
-
-
-def test_hit_blocked_while_admin_block_and_jail() -> None:
-    store, clock = make()
-    store.block("device", "phone", 100, "manual")
-    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (BLOCKED, 0, 100.0)
-    clock.advance(100)
-    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (OK, 4, 10.0)
-
-
-def test_peek() -> None:
-    store, clock = make()
-    assert store.peek("dos", "k", 10.0) == 0
-    for _ in range(3):
-        store.hit("dos", "k", 10, 10.0)
-        clock.advance(2)
-    assert store.peek("dos", "k", 10.0) == 3
-    assert store.peek("dos", "k", 3.0) == 1  # a shorter window sees fewer
-    clock.advance(6)
-    assert store.peek("dos", "k", 10.0) == 1
-    clock.advance(10)
-    assert store.peek("dos", "k", 10.0) == 0
-    store.attempt("login", "u", 5, 60, 30)
-    assert store.peek("login", "u", 10.0) == 0  # not a window
-
-
 # ------------------------------------------------------ attempt / settle
 
 
@@ -261,140 +124,6 @@ def fail(store: MemoryStore, key: str = "alice", **kw: Any) -> tuple[int, int, f
     code, _, _ = store.attempt("login", key, LIMIT, INTERVAL, TTL)
     assert code == OK
     return store.settle("login", key, True, LIMIT, INTERVAL, BLOCK_FOR, **kw)
-
-
-def test_attempt_pending_slots_are_bounded() -> None:
-    store, _ = make()
-    for left in (4, 3, 2, 1, 0):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
-    code, remaining, wait = store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
-    assert (code, remaining) == (BUSY, 0)
-    assert wait > 0
-    # settling one frees one slot
-    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-    # another address is not affected
-    assert store.attempt("login", "bob", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-
-
-def test_settle_failures_jail_then_block() -> None:
-    store, clock = make()
-    for _ in range(LIMIT):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-    for n in range(1, LIMIT):
-        clock.advance(1)
-        assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, n, 0.0)
-    clock.advance(1)
-    code, streak_now, blocked_for = store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR)
-    assert (code, blocked_for) == (JAILED, BLOCK_FOR)
-    assert streak_now == 0  # the streak restarts with the block
-    jailed_at = clock()
-    block = store.get_block("login", "alice")
-    assert block is not None
-    assert (block.reason, block.since, block.until) == (
-        "failures",
-        jailed_at,
-        jailed_at + BLOCK_FOR,
-    )
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (BLOCKED, 0, BLOCK_FOR)
-    for _ in range(10):
-        clock.advance(60)
-        code, _, wait = store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
-        assert code == BLOCKED
-        assert wait == jailed_at + BLOCK_FOR - clock()  # not extended
-    clock.set(jailed_at + BLOCK_FOR)
-    # after the block the count starts over: a full set of attempts
-    for left in (4, 3, 2, 1, 0):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
-    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
-
-
-def test_failures_spread_out_never_block() -> None:
-    store, clock = make()
-    for _ in range(20):
-        assert fail(store) == (OK, 1, 0.0)
-        clock.advance(INTERVAL + 0.5)  # longer pause than `interval`: restarts
-    assert store.get_block("login", "alice") is None
-
-
-def test_streak_continues_at_exactly_interval() -> None:
-    store, clock = make()
-    for n in range(1, LIMIT):
-        assert fail(store) == (OK, n, 0.0)
-        clock.advance(INTERVAL)
-    assert fail(store)[0] == JAILED
-
-
-def test_pause_restarts_streak_mid_way() -> None:
-    store, clock = make()
-    for n in range(1, LIMIT):
-        assert fail(store) == (OK, n, 0.0)
-    clock.advance(INTERVAL + 1)
-    # the attempt sees the stale streak as gone: all slots free again
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
-
-
-def test_attempt_busy_counts_failures_and_pending_together() -> None:
-    store, _ = make()
-    for _ in range(3):
-        fail(store)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 1, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-
-
-def test_reset_clears_streak() -> None:
-    store, _ = make()
-    for _ in range(LIMIT - 1):
-        fail(store)
-    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
-    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True) == (
-        OK,
-        0,
-        0.0,
-    )
-    for n in range(1, LIMIT):
-        assert fail(store) == (OK, n, 0.0)
-    assert store.get_block("login", "alice") is None
-
-
-def test_success_does_not_reset_by_default() -> None:
-    store, _ = make()
-    for _ in range(LIMIT - 1):
-        fail(store)
-    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
-    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (
-        OK,
-        LIMIT - 1,
-        0.0,
-    )
-    assert fail(store) == (JAILED, 0, BLOCK_FOR)
-
-
-def test_pending_slots_expire_after_ttl() -> None:
-    store, clock = make()
-    for _ in range(LIMIT):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
-    # the requests crashed: nobody settles
-    clock.advance(TTL - 0.5)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-    clock.advance(0.5)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-    # a late settle of an expired slot does not free a slot it no longer holds
-    clock.advance(TTL)
-    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
-    for left in (4, 3, 2, 1, 0):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-
-
-def test_settle_without_attempt_counts_failure() -> None:
-    store, _ = make()
-    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
-    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (JAILED, 0, BLOCK_FOR)
 
 
 def test_idle_login_state_disappears() -> None:
@@ -410,39 +139,18 @@ def test_idle_login_state_disappears() -> None:
     assert len(store) == 0
 
 
-def test_repeat_offenders_escalate_and_are_forgiven() -> None:
-    store, clock = make()
-    kw: dict[str, Any] = {"factor": 2.0, "memory": 3600.0, "max_block": 2000.0}
-
-    def jail() -> float:
-        for _ in range(LIMIT - 1):
-            assert fail(store, **kw)[0] == OK
-        code, _, seconds = fail(store, **kw)
-        assert code == JAILED
-        block = store.get_block("login", "alice")
-        assert block is not None
-        assert block.until - block.since == seconds
-        clock.advance(seconds)
-        assert store.get_block("login", "alice") is None
-        return seconds
-
-    assert jail() == 900.0
-    assert jail() == 1800.0  # doubled
-    assert jail() == 2000.0  # 3600 capped at max_block
-    assert jail() == 2000.0
-    clock.advance(3600.0)  # an hour without blocks
-    assert jail() == 900.0
-    # another address starts from the base
-    assert fail(store, key="bob", **kw) == (OK, 1, 0.0)
-
-
-def test_repeat_offenders_off_by_default() -> None:
-    store, clock = make()
+def test_failure_block_never_shortens_a_longer_block_asked_at_once() -> None:
+    """The scenario is in the conformance suite.  Here, get_block right after
+    the settles: MemoryStore has no block cache, so it already answers with the
+    admin's block (RedisStore's local block cache does not: see its tests)."""
+    store, _ = make()
     for _ in range(3):
-        for _ in range(LIMIT - 1):
-            fail(store)
-        assert fail(store) == (JAILED, 0, BLOCK_FOR)
-        clock.advance(BLOCK_FOR)
+        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
+    store.block("login", "203.0.113.9", 86400.0, "admin")
+    for _ in range(3):
+        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
+    held = store.get_block("login", "203.0.113.9")
+    assert held is not None and held.reason == "admin" and held.until == T0 + 86400.0
 
 
 # ---------------------------------------------------------- concurrency
@@ -467,15 +175,6 @@ def run_threads(n: int, work: Callable[[], list[Any]]) -> list[Any]:
         t.join(timeout=30)
     assert not errors, errors
     return [r for rs in results for r in rs]
-
-
-@pytest.mark.usefixtures("fast_switching")
-def test_threads_hit_one_key_exactly_limit() -> None:
-    store, _ = make()
-    got = run_threads(8, lambda: [store.hit("dos", "k", 100, 1.0)[0] for _ in range(1000)])
-    counts = Counter(got)
-    assert counts[OK] == 100
-    assert counts[OVER] == 8000 - 100
 
 
 @pytest.mark.usefixtures("fast_switching")
@@ -864,105 +563,6 @@ def test_clear() -> None:
     assert store.hit("dos", "a", 1, 10.0)[0] == OK
 
 
-# ---------------------------------------------------------------- admin
-
-
-def test_admin_blocks_sorted_and_filtered() -> None:
-    store, clock = make()
-    store.block("login", "alice", 300, "failures")
-    store.block("device", "phone", 100, "rate")
-    store.block("login", "bob", 200, "failures")
-    store.block("dos", "alice", 50, "rate")
-    assert [(b.kind, b.key) for b in store.blocks()] == [
-        ("dos", "alice"),
-        ("device", "phone"),
-        ("login", "bob"),
-        ("login", "alice"),
-    ]
-    assert [b.key for b in store.blocks("login")] == ["bob", "alice"]
-    assert store.blocks("nothing") == []
-    clock.advance(100)
-    assert [(b.kind, b.key) for b in store.blocks()] == [("login", "bob"), ("login", "alice")]
-
-
-def test_admin_get_block() -> None:
-    store, clock = make()
-    made = store.block("login", "alice", 60, "failures")
-    assert made == Block("login", "alice", "failures", T0, T0 + 60)
-    assert store.get_block("login", "alice") == made
-    assert store.get_block("device", "alice") is None
-    assert store.get_block("login", "bob") is None
-    clock.advance(60)
-    assert store.get_block("login", "alice") is None
-
-
-def test_admin_block_replaces() -> None:
-    store, _ = make()
-    store.block("login", "alice", 600, "failures")
-    store.block("login", "alice", 60, "manual")
-    block = store.get_block("login", "alice")
-    assert block is not None
-    assert (block.reason, block.until) == ("manual", T0 + 60)
-    assert len(store.blocks()) == 1
-
-
-def test_admin_unblock() -> None:
-    store, clock = make()
-    store.block("login", "alice", 60, "failures")
-    store.block("dos", "alice", 60, "rate")
-    store.block("device", "alice", 60, "rate")
-    store.block("login", "bob", 60, "failures")
-    assert store.unblock("alice", "device") == 1
-    assert store.get_block("device", "alice") is None
-    assert store.get_block("login", "alice") is not None
-    assert store.unblock("alice") == 2  # every remaining namespace
-    assert store.unblock("alice") == 0
-    assert [b.key for b in store.blocks()] == ["bob"]
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
-    clock.advance(60)
-    assert store.unblock("bob") == 0  # already ended
-
-
-def test_admin_unblock_all() -> None:
-    store, clock = make()
-    for key in ("a", "b", "c"):
-        store.block("login", key, 60, "failures")
-    for key in ("a", "d"):
-        store.block("device", key, 60, "rate")
-    store.block("dos", "e", 1, "rate")
-    assert store.unblock_all("device") == 2
-    assert {b.kind for b in store.blocks()} == {"login", "dos"}
-    clock.advance(1)
-    assert store.unblock_all() == 3  # the ended dos block is not counted
-    assert store.blocks() == []
-    assert store.unblock_all() == 0
-
-
-def test_unblocked_jail_starts_counting_from_zero() -> None:
-    store, _ = make()
-    for _ in range(2):
-        store.hit("device", "phone", 2, 10.0, jail=60.0)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0)[0] == JAILED
-    assert store.unblock("phone") == 1
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, 1)
-
-
-# ----------------------------------------------------------------- swap
-
-
-def test_swap() -> None:
-    store, clock = make()
-    assert store.swap("seen", "dev", "a", 10.0) is None
-    clock.advance(5)
-    assert store.swap("seen", "dev", "b", 10.0) == "a"
-    assert store.swap("other", "dev", "x", 10.0) is None  # namespaces isolated
-    clock.advance(9.9)
-    assert store.swap("seen", "dev", "c", 10.0) == "b"
-    clock.advance(10.0)  # exactly the ttl: gone
-    assert store.swap("seen", "dev", "d", 10.0) is None
-    assert store.swap("seen", "dev", "d", 10.0) == "d"
-
-
 # ---------------------------------------------------------------- async
 
 
@@ -1084,16 +684,3 @@ def test_blocks_ending_between_two_clock_reads_do_not_raise(operation: str) -> N
     assert lifted <= 300
     clock.now += 10
     assert store.blocks() == []
-
-
-def test_failure_block_never_shortens_a_longer_block() -> None:
-    """An attempt begun before an admin's day-long block must not cut it to 900 s."""
-    clock = FakeClock(T0)
-    store = MemoryStore(clock=clock)
-    for _ in range(3):
-        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
-    store.block("login", "203.0.113.9", 86400.0, "admin")
-    for _ in range(3):
-        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
-    held = store.get_block("login", "203.0.113.9")
-    assert held is not None and held.reason == "admin" and held.until == T0 + 86400.0

@@ -13,7 +13,6 @@ import itertools
 import math
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,12 +21,12 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_server import RedisServer, free_port
 
 from mailguard import FakeClock, MemoryStore, RedisStore, StoreError
-from mailguard.core import Block, wait_until
+from mailguard.core import wait_until
 from mailguard.stores import redis as mg_redis
 from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store, StoreBug
 
@@ -135,69 +134,9 @@ def test_lazy_import_from_package() -> None:
 
 
 # ------------------------------------------------------------------- hit
-
-
-def test_hit_limit_and_window_exact(store: RedisStore, clock: FakeClock) -> None:
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 2, 1.0)
-    clock.advance(0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 1, 0.75)
-    clock.advance(0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.5)
-    clock.advance(0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)  # not counted
-    assert store.peek("dos", "1.2.3.4", 1.0) == 3
-    clock.advance(0.125)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.125)
-    clock.advance(0.125)  # the first request leaves the window exactly now
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.25)
-    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
-
-
-def test_hit_waiting_the_returned_wait_lets_the_next_request_in(
-    store: RedisStore, clock: FakeClock
-) -> None:
-    for step in (0.1, 0.3, 1 / 3):
-        for window in (1.0, 0.3, 2.5):
-            key = f"k{step}-{window}"
-            for _ in range(12):
-                code, _, wait = store.hit("dos", key, 3, window)
-                if code == OVER:
-                    assert wait > 0
-                    clock.advance(wait)
-                    assert store.hit("dos", key, 3, window)[0] == OK
-                clock.advance(step)
-
-
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    start=st.one_of(st.floats(min_value=0.0, max_value=10.0), st.just(T0)),
-    seconds=st.floats(min_value=1e-3, max_value=100.0),
-    part=st.floats(min_value=0.0, max_value=0.999),
-)
-@example(start=4.2339600018205665, seconds=26.497073880876023, part=0.0626179979453328)
-@example(start=2.0829235213559927, seconds=97.69813788970004, part=0.28839126852293)
-def test_waiting_out_a_block_exactly_ends_it(
-    server: RedisServer, start: float, seconds: float, part: float
-) -> None:
-    """The ``wait`` of BLOCKED is never one ulp short of the block's end (as in memory)."""
-    clock = FakeClock(start)
-    store = RedisStore(server.url, prefix=f"w{next(_prefixes)}:", clock=clock, block_cache_ttl=0)
-    store.block("login", "alice", seconds, "failures")
-    store.block("device", "phone", seconds, "rate")
-    clock.advance(seconds * part)
-    if store.get_block("login", "alice") is None:
-        return  # `part` rounded up to the end already
-    code, _, wait = store.attempt("login", "alice", 5, 60.0, 30.0)
-    assert code == BLOCKED
-    assert store.hit("device", "phone", 5, 10.0, jail=5.0) == (BLOCKED, 0, wait)
-    assert wait > 0
-    clock.advance(wait)
-    assert store.get_block("login", "alice") is None
-    assert store.attempt("login", "alice", 5, 60.0, 30.0)[0] == OK
-    assert store.hit("device", "phone", 5, 10.0, jail=5.0)[0] == OK
+# The scenarios every store shares (hits, jails, logins, swaps, admin blocks,
+# threads) and the comparison with the core rules, sync and asyncio, are in
+# tests/test_store_conformance.py; here only what is RedisStore's own.
 
 
 @settings(
@@ -232,80 +171,6 @@ return out
     assert [float(g) for g in got] == [math.nextafter(x, math.inf) for x in values]
 
 
-def test_hit_without_jail_ignores_blocks(store: RedisStore) -> None:
-    for _ in range(2):
-        assert store.hit("dos", "k", 2, 10.0)[0] == OK
-    assert store.hit("dos", "k", 2, 10.0)[0] == OVER
-    assert store.get_block("dos", "k") is None
-    store.block("dos", "other", 60, "manual")
-    assert store.hit("dos", "other", 2, 10.0)[0] == OK
-
-
-def test_hit_namespaces_are_isolated(store: RedisStore) -> None:
-    assert store.hit("dos", "dev1", 1, 60.0) == (OK, 0, 60.0)
-    assert store.hit("dos", "dev1", 1, 60.0)[0] == OVER
-    assert store.hit("device", "dev1", 1, 60.0) == (OK, 0, 60.0)
-    assert store.hit("device", "dev1", 1, 60.0, jail=30.0) == (JAILED, 0, 30.0)
-    assert store.get_block("device", "dev1") is not None
-    assert store.get_block("dos", "dev1") is None
-    assert store.peek("dos", "dev1", 60.0) == 1
-    assert store.peek("device", "dev1", 60.0) == 0  # window forgotten by the jail
-    assert store.peek("nothing", "dev1", 60.0) == 0
-
-
-def test_hit_jail(store: RedisStore, clock: FakeClock) -> None:
-    for left in (1, 0):
-        assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, left)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
-    assert store.get_block("device", "phone") == Block("device", "phone", "rate", T0, T0 + 60)
-    waits = []
-    for _ in range(5):
-        clock.advance(10)
-        code, remaining, wait = store.hit("device", "phone", 2, 10.0, jail=60.0)
-        assert (code, remaining) == (BLOCKED, 0)
-        waits.append(wait)
-    assert waits == [50.0, 40.0, 30.0, 20.0, 10.0]  # not extended
-    clock.advance(9.5)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (BLOCKED, 0, 0.5)
-    clock.advance(0.5)  # released exactly at the end, counting from zero
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 1, 10.0)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 0, 10.0)
-    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
-    assert store.get_block("device", "phone").since == T0 + 60.0  # type: ignore[union-attr]
-
-
-def test_hit_refused_by_an_admin_block_when_jailing(store: RedisStore, clock: FakeClock) -> None:
-    store.block("device", "phone", 100, "manual")
-    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (BLOCKED, 0, 100.0)
-    clock.advance(100)
-    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (OK, 4, 10.0)
-
-
-def test_clock_stepping_back_is_clamped(store: RedisStore, clock: FakeClock) -> None:
-    memory = MemoryStore(clock=clock)
-    for s in (store, memory):
-        clock.set(T0)
-        assert s.hit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
-        clock.set(T0 - 5)  # NTP stepped the clock back
-        assert s.hit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
-        assert s.hit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
-
-
-def test_peek(store: RedisStore, clock: FakeClock) -> None:
-    assert store.peek("dos", "k", 10.0) == 0
-    for _ in range(3):
-        store.hit("dos", "k", 10, 10.0)
-        clock.advance(2)
-    assert store.peek("dos", "k", 10.0) == 3
-    assert store.peek("dos", "k", 3.0) == 1
-    clock.advance(6)
-    assert store.peek("dos", "k", 10.0) == 1
-    clock.advance(10)
-    assert store.peek("dos", "k", 10.0) == 0
-    store.attempt("login", "u", 5, 60, 30)
-    assert store.peek("login", "u", 10.0) == 0
-
-
 def test_window_holds_at_most_limit_entries(
     store: RedisStore, client: redis.Redis, prefix: str
 ) -> None:
@@ -324,90 +189,6 @@ def fail(store: Store, key: str = "alice", **kw: Any) -> tuple[int, int, float]:
     return store.settle("login", key, True, LIMIT, INTERVAL, BLOCK_FOR, **kw)
 
 
-def test_attempt_pending_slots_are_bounded(store: RedisStore) -> None:
-    for left in (4, 3, 2, 1, 0):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (BUSY, 0, 1.0)
-    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-    assert store.attempt("login", "bob", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-
-
-def test_settle_failures_jail_then_block(store: RedisStore, clock: FakeClock) -> None:
-    for _ in range(LIMIT):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
-    for n in range(1, LIMIT):
-        clock.advance(1)
-        assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, n, 0.0)
-    clock.advance(1)
-    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (
-        JAILED,
-        0,
-        BLOCK_FOR,
-    )
-    jailed_at = clock()
-    assert store.get_block("login", "alice") == Block(
-        "login", "alice", "failures", jailed_at, jailed_at + BLOCK_FOR
-    )
-    for _ in range(3):
-        clock.advance(60)
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (
-            BLOCKED,
-            0,
-            jailed_at + BLOCK_FOR - clock(),
-        )
-    clock.set(jailed_at + BLOCK_FOR)
-    for left in (4, 3, 2, 1, 0):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
-
-
-def test_streaks(store: RedisStore, clock: FakeClock) -> None:
-    for _ in range(3):  # spread out: never blocked
-        assert fail(store, "spread") == (OK, 1, 0.0)
-        clock.advance(INTERVAL + 0.5)
-    for n in range(1, LIMIT):  # exactly `interval` apart still counts
-        assert fail(store, "exact") == (OK, n, 0.0)
-        clock.advance(INTERVAL)
-    assert fail(store, "exact")[0] == JAILED
-    for _ in range(3):
-        fail(store, "busy")
-    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL) == (OK, 1, 0.0)
-    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
-    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL)[0] == BUSY
-    clock.advance(INTERVAL + 1)  # the pause restarts the streak; pending slots lapsed
-    assert store.attempt("login", "busy", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-
-
-def test_reset_and_no_reset(store: RedisStore) -> None:
-    for _ in range(LIMIT - 1):
-        fail(store, "a")
-        fail(store, "b")
-    store.attempt("login", "a", LIMIT, INTERVAL, TTL)
-    assert store.settle("login", "a", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True) == (OK, 0, 0)
-    assert fail(store, "a") == (OK, 1, 0.0)
-    store.attempt("login", "b", LIMIT, INTERVAL, TTL)
-    assert store.settle("login", "b", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, LIMIT - 1, 0.0)
-    assert fail(store, "b") == (JAILED, 0, BLOCK_FOR)
-
-
-def test_pending_slots_expire(store: RedisStore, clock: FakeClock) -> None:
-    for _ in range(LIMIT):
-        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
-    clock.advance(TTL - 0.5)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
-    clock.advance(0.5)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-    clock.advance(TTL)
-    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
-    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
-
-
-def test_settle_without_attempt_counts_failure(store: RedisStore) -> None:
-    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
-    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (JAILED, 0, BLOCK_FOR)
-
-
 def test_idle_login_state_is_deleted(store: RedisStore, client: redis.Redis, prefix: str) -> None:
     fail(store)
     assert keys_under(client, prefix) == [f"{prefix}{{login:alice}}:a".encode()]
@@ -416,102 +197,28 @@ def test_idle_login_state_is_deleted(store: RedisStore, client: redis.Redis, pre
     assert keys_under(client, prefix) == []  # nothing left to remember
 
 
-def test_repeat_offenders_escalate_and_are_forgiven(store: RedisStore, clock: FakeClock) -> None:
-    kw = {"factor": 2.0, "memory": 3600.0, "max_block": 2000.0}
+@pytest.mark.xfail(
+    strict=True,
+    reason="the local block cache remembers the failures block a JAILED settle "
+    "reports, though Redis kept the admin's longer one",
+)
+def test_failure_block_never_shortens_a_longer_block_asked_at_once(store: RedisStore) -> None:
+    """The scenario is in the conformance suite, which asks Redis (``blocks``).
 
-    def jail() -> float:
-        for _ in range(LIMIT - 1):
-            assert fail(store, **kw)[0] == OK
-        code, _, seconds = fail(store, **kw)
-        assert code == JAILED
-        block = store.get_block("login", "alice")
-        assert block is not None and block.until - block.since == seconds
-        clock.advance(seconds)
-        assert store.get_block("login", "alice") is None
-        return seconds
-
-    assert [jail() for _ in range(4)] == [900.0, 1800.0, 2000.0, 2000.0]
-    clock.advance(3600.0)
-    assert jail() == 900.0
-    assert fail(store, key="bob", **kw) == (OK, 1, 0.0)
-
-
-# ------------------------------------------------------------------ swap
-
-
-def test_swap(store: RedisStore, clock: FakeClock) -> None:
-    assert store.swap("seen", "dev", "v1", 5.0) is None
-    assert store.swap("seen", "dev", "v 2 with spaces", 5.0) == "v1"
-    clock.advance(4.9)
-    assert store.swap("seen", "dev", "", 5.0) == "v 2 with spaces"
-    assert store.swap("seen", "dev", "ünïcode", 5.0) == ""
-    clock.advance(5.0)  # expired
-    assert store.swap("seen", "dev", "v3", 5.0) is None
+    Asked at once, ``get_block`` and ``attempt`` answer from the block cache:
+    reason "failures", 900 s instead of the admin's day (with
+    ``block_cache_ttl=0`` they are right).  MemoryStore's own test asserts it.
+    """
+    for _ in range(3):
+        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
+    store.block("login", "203.0.113.9", 86400.0, "admin")
+    for _ in range(3):
+        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
+    held = store.get_block("login", "203.0.113.9")
+    assert held is not None and held.reason == "admin" and held.until == T0 + 86400.0
 
 
 # ---------------------------------------------------------------- blocks
-
-
-def test_block_get_blocks_unblock(store: RedisStore, clock: FakeClock) -> None:
-    made = store.block("login", "203.0.113.7", 900, "failures")
-    assert made == Block("login", "203.0.113.7", "failures", T0, T0 + 900)
-    store.block("device", "203.0.113.7", 60, "rate")
-    store.block("device", "appl*[x]?/jdoe", 30, "rate with spaces")  # glob characters
-    assert store.get_block("login", "203.0.113.7") == made
-    assert [(b.kind, b.key) for b in store.blocks()] == [
-        ("device", "appl*[x]?/jdoe"),
-        ("device", "203.0.113.7"),
-        ("login", "203.0.113.7"),
-    ]
-    assert store.blocks("device")[0].reason == "rate with spaces"
-    assert [b.kind for b in store.blocks("login")] == ["login"]
-    assert store.unblock("appl*") == 0  # a glob is a key, not a pattern
-    assert store.unblock("appl*[x]?/jdoe") == 1
-    assert store.unblock("203.0.113.7", "device") == 1
-    assert store.unblock("203.0.113.7", "device") == 0
-    assert store.get_block("login", "203.0.113.7") is not None
-    store.block("device", "203.0.113.7", 60, "rate")
-    assert store.unblock("203.0.113.7") == 2  # every namespace
-    assert store.blocks() == []
-    # replace, end, zero
-    store.block("login", "a", 10, "first")
-    store.block("login", "a", 20, "second")
-    assert store.get_block("login", "a").reason == "second"  # type: ignore[union-attr]
-    store.block("login", "a", 0, "none")  # a block that has already ended lifts it
-    assert store.get_block("login", "a") is None
-    store.block("login", "b", 10, "r")
-    clock.advance(10)
-    assert store.get_block("login", "b") is None
-    assert store.blocks() == []
-    assert store.unblock("b") == 0  # an ended block is not counted
-
-
-@pytest.mark.parametrize(
-    "key", ["a}b", "x}:b", "{dos:y}", "sp ace", "ünï/кod", "*[?]\\", "bad\udcff", ""]
-)
-def test_odd_keys_stay_apart_and_round_trip(store: RedisStore, clock: FakeClock, key: str) -> None:
-    memory = MemoryStore(clock=clock)
-    for s in (store, memory):
-        assert s.hit("dos", key, 1, 10.0) == (OK, 0, 10.0)
-        assert s.hit("dos", key + "}", 1, 10.0) == (OK, 0, 10.0)
-        assert s.hit("dos", key, 1, 10.0)[0] == OVER
-        assert s.block("login", key, 30, "odd") == Block("login", key, "odd", T0, T0 + 30)
-        assert s.get_block("login", key) == Block("login", key, "odd", T0, T0 + 30)
-        assert s.swap("seen", key, key, 5.0) is None
-        assert s.swap("seen", key, "v", 5.0) == key
-    assert [b.key for b in store.blocks("login")] == [key]
-    assert store.unblock(key) == 1
-    assert store.blocks() == []
-
-
-def test_unblock_all(store: RedisStore) -> None:
-    for i in range(5):
-        store.block("login", f"ip{i}", 100 + i, "failures")
-        store.block("device", f"dev{i}", 100 + i, "rate")
-    assert store.unblock_all("device") == 5
-    assert {b.kind for b in store.blocks()} == {"login"}
-    assert store.unblock_all() == 5
-    assert store.blocks() == []
 
 
 def test_scan_listing_with_many_keys(
@@ -619,197 +326,7 @@ def test_noscript_recovery(store: RedisStore, client: redis.Redis) -> None:
     asyncio.run(main())
 
 
-# ---------------------------------------------------- store equivalence
-
-
-NS_HIT = ("dos", "device")
-KEYS = [f"k{i}" for i in range(5)]
-
-
-@st.composite
-def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
-    key = st.sampled_from(KEYS)
-    kinds = st.sampled_from(("login", "device", "dos"))
-    op = st.one_of(
-        st.tuples(
-            st.just("hit"),
-            st.sampled_from(NS_HIT),
-            key,
-            st.integers(1, 3),
-            st.sampled_from([1.0, 2.5]),
-            st.sampled_from([0.0, 0.0, 4.0]),
-        ),
-        st.tuples(st.just("peek"), st.sampled_from(NS_HIT), key, st.sampled_from([1.0, 2.5])),
-        st.tuples(st.just("attempt"), key, st.integers(1, 3), st.sampled_from([0.1, 2.0])),
-        st.tuples(
-            st.just("settle"),
-            key,
-            st.booleans(),
-            st.integers(1, 3),
-            st.booleans(),
-            st.sampled_from([1.0, 2.0]),
-            st.sampled_from([0.0, 7.0]),
-        ),
-        st.tuples(
-            st.just("swap"), key, st.sampled_from(["a", "b c", ""]), st.sampled_from([0.0, 2.0])
-        ),
-        st.tuples(st.just("block"), kinds, key, st.sampled_from([0.0, 1.0, 3.0])),
-        st.tuples(st.just("get_block"), kinds, key),
-        st.tuples(st.just("blocks"), st.sampled_from([None, "login", "device"])),
-        st.tuples(st.just("unblock"), key, st.sampled_from([None, "login", "device"])),
-        st.tuples(st.just("unblock_all"), st.sampled_from([None, "device"])),
-        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 2.5, 4.0])),
-    )
-    return draw(st.lists(op, min_size=1, max_size=60))
-
-
-def apply(store: Store, op: tuple[Any, ...]) -> Any:
-    name = op[0]
-    if name == "hit":
-        _, ns, key, limit, window, jail = op
-        return store.hit(ns, key, limit, window, jail)
-    if name == "peek":
-        return store.peek(op[1], op[2], op[3])
-    if name == "attempt":
-        _, key, limit, pending_ttl = op
-        return store.attempt("login", key, limit, 1.5, pending_ttl)
-    if name == "settle":
-        _, key, failed, limit, reset, factor, memory = op
-        return store.settle(
-            "login", key, failed, limit, 1.5, 3.0, reset=reset, factor=factor,
-            memory=memory, max_block=10.0,
-        )  # fmt: skip
-    if name == "swap":
-        return store.swap("seen", op[1], op[2], op[3])
-    if name == "block":
-        return store.block(op[1], op[2], op[3], "manual")
-    if name == "get_block":
-        return store.get_block(op[1], op[2])
-    if name == "blocks":
-        return store.blocks(op[1])
-    if name == "unblock":
-        return store.unblock(op[1], op[2])
-    if name == "unblock_all":
-        return store.unblock_all(op[1])
-    raise AssertionError(op)
-
-
-async def aapply(store: Store, op: tuple[Any, ...]) -> Any:
-    """``apply`` through the coroutine face."""
-    name = op[0]
-    if name == "hit":
-        _, ns, key, limit, window, jail = op
-        return await store.ahit(ns, key, limit, window, jail)
-    if name == "peek":
-        return await store.apeek(op[1], op[2], op[3])
-    if name == "attempt":
-        _, key, limit, pending_ttl = op
-        return await store.aattempt("login", key, limit, 1.5, pending_ttl)
-    if name == "settle":
-        _, key, failed, limit, reset, factor, memory = op
-        return await store.asettle(
-            "login", key, failed, limit, 1.5, 3.0, reset=reset, factor=factor,
-            memory=memory, max_block=10.0,
-        )  # fmt: skip
-    if name == "swap":
-        return await store.aswap("seen", op[1], op[2], op[3])
-    if name == "block":
-        return await store.ablock(op[1], op[2], op[3], "manual")
-    if name == "get_block":
-        return await store.aget_block(op[1], op[2])
-    if name == "blocks":
-        return await store.ablocks(op[1])
-    if name == "unblock":
-        return await store.aunblock(op[1], op[2])
-    if name == "unblock_all":
-        return await store.aunblock_all(op[1])
-    raise AssertionError(op)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal, floats within 1e-6 (Blocks and tuples compared field by field)."""
-    if isinstance(a, Block) and isinstance(b, Block):
-        return (a.kind, a.key, a.reason) == (b.kind, b.key, b.reason) and same(
-            (a.since, a.until), (b.since, b.until)
-        )
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        return (
-            isinstance(a, (int, float))
-            and isinstance(b, (int, float))
-            and math.isclose(a, b, rel_tol=0, abs_tol=1e-6)
-        )
-    return bool(a == b) and type(a) is type(b)
-
-
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(ops=operations())
-@pytest.mark.parametrize("face", ["sync", "async"])
-def test_redis_answers_exactly_like_memory(
-    server: RedisServer, face: str, ops: list[tuple[Any, ...]]
-) -> None:
-    """Random operations with one FakeClock: the same answers from both stores.
-
-    The clock only moves forward here.  Stepped back across the end of a
-    block or of a swap value, the stores need not agree: a MemoryStore may
-    already have purged the ended entry (it purges lazily, all keys at once)
-    where Redis still holds it until its expiry.  Windows are clamped in both
-    (``test_clock_stepping_back_is_clamped``).
-    """
-    clock = FakeClock(T0 + 0.123456789)
-    memory = MemoryStore(1_000_000, clock=clock)
-    shared = RedisStore(server.url, prefix=f"eq{next(_prefixes)}:", clock=clock)
-
-    async def run() -> None:
-        for step, op in enumerate(ops):
-            if op[0] == "advance":
-                clock.advance(op[1])
-                continue
-            expected = apply(memory, op)
-            got = apply(shared, op) if face == "sync" else await aapply(shared, op)
-            assert same(expected, got), f"step {step} {op}: memory {expected!r} redis {got!r}"
-        await shared.aclose()
-
-    asyncio.run(run())
-
-
 # ---------------------------------------------------------------- async
-
-
-def test_async_primitives_match_sync(server: RedisServer, prefix: str) -> None:
-    clock = FakeClock(T0)
-
-    async def main() -> None:
-        store = RedisStore(server.url, prefix=prefix, clock=clock)
-        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
-        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
-        assert await store.ahit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
-        assert await store.apeek("dos", "k", 1.0) == 2
-        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (OK, 0, 1.0)
-        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (JAILED, 0, 5.0)
-        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (BLOCKED, 0, 5.0)
-        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (OK, 1, 0.0)
-        assert await store.asettle("login", "u", True, 1, 10.0, 30.0) == (JAILED, 0, 30.0)
-        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (BLOCKED, 0, 30.0)
-        assert await store.aswap("seen", "x", "v", 5.0) is None
-        assert await store.aswap("seen", "x", "w", 5.0) == "v"
-        made = await store.ablock("admin", "z", 9.0, "manual")
-        assert await store.aget_block("admin", "z") == made
-        assert [b.kind for b in await store.ablocks()] == ["dev", "admin", "login"]
-        assert [b.key for b in await store.ablocks("login")] == ["u"]
-        assert await store.aunblock("z", "admin") == 1
-        assert await store.aunblock("u") == 1
-        assert await store.aunblock_all() == 1
-        assert await store.ablocks() == []
-        assert store.hit("dos", "k", 2, 1.0)[0] == OVER  # the sync face sees the same state
-        await store.aclose()
-
-    asyncio.run(main())
 
 
 def test_async_concurrent_decisions_are_exact_and_batched(
@@ -954,25 +471,6 @@ def test_two_stores_share_limits_and_blocks(server: RedisServer, prefix: str) ->
     assert other_prefix.hit("dos", "k", 3, 1.0)[0] == OK
     for made in (one, two, other_prefix):
         made.close()
-
-
-def test_threads_hit_one_key_exactly_limit(server: RedisServer, prefix: str) -> None:
-    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        mine = [store.hit("dos", "k", 60, 1.0)[0] for _ in range(40)]
-        with lock:
-            got.extend(mine)
-
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert Counter(got) == {OK: 60, OVER: 180}
-    store.close()
 
 
 # ------------------------------------------------------------ block cache
@@ -1362,15 +860,3 @@ def test_get_connection_arguments_fit_every_redis_py() -> None:
     assert mg_redis._take_args(installed) == (
         ("EVALSHA",) if tuple(map(int, redis.__version__.split(".")[:2])) < (5, 3) else ()
     )
-
-
-def test_failure_block_never_shortens_a_longer_block(store: RedisStore) -> None:
-    """As in memory: an attempt begun before an admin's long block does not cut it short."""
-    for _ in range(3):
-        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
-    store.block("login", "203.0.113.9", 86400.0, "admin")
-    for _ in range(3):
-        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
-    store.unblock("nothing-else")  # any admin call; the block must still be the admin's
-    held = [b for b in store.blocks("login") if b.key == "203.0.113.9"]
-    assert len(held) == 1 and held[0].reason == "admin" and held[0].until == T0 + 86400.0

@@ -12,8 +12,13 @@ new backend joins by adding a fixture to ``FACES``.
 The clock only moves forward here.  Stepped back across the end of a block or
 of a swap value, stores need not agree: a MemoryStore may already have purged
 the ended entry where Redis still holds it until its expiry.  Windows are
-clamped in both (see the stores' own tests).  MemoryStore's ``expire()`` is
-part of the operations: purging what has expired must never change an answer.
+clamped in both (``test_clock_stepping_back_is_clamped``).  MemoryStore's
+``expire()`` is part of the operations: purging what has expired must never
+change an answer.
+
+Below the property suite, the worked scenarios (hits, jails, logins, swaps,
+admin blocks, threads) run on every store too: each exists once, here, and
+the stores' own test files keep only what is theirs alone.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import sys
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis_server import RedisServer
 
@@ -51,9 +59,9 @@ from mailguard.core import (
 from mailguard.stores.base import Store
 
 T0 = 1_700_000_000.0
-INTERVAL = 1.5  # the login streak's interval in every settle / attempt below
-BLOCK_FOR = 3.0
-MAX_BLOCK = 10.0
+OP_INTERVAL = 1.5  # the login streak's interval in every settle / attempt below
+OP_BLOCK_FOR = 3.0
+OP_MAX_BLOCK = 10.0
 _prefixes = itertools.count()
 
 
@@ -226,11 +234,11 @@ def arguments(op: tuple[Any, ...]) -> tuple[str, tuple[Any, ...], dict[str, Any]
         return name, op[1:], {}
     if name == "attempt":
         _, key, limit, pending_ttl = op
-        return name, ("login", key, limit, INTERVAL, pending_ttl), {}
+        return name, ("login", key, limit, OP_INTERVAL, pending_ttl), {}
     if name == "settle":
         _, key, failed, limit, reset, factor, memory = op
-        kwargs = {"reset": reset, "factor": factor, "memory": memory, "max_block": MAX_BLOCK}
-        return name, ("login", key, failed, limit, INTERVAL, BLOCK_FOR), kwargs
+        kwargs = {"reset": reset, "factor": factor, "memory": memory, "max_block": OP_MAX_BLOCK}
+        return name, ("login", key, failed, limit, OP_INTERVAL, OP_BLOCK_FOR), kwargs
     if name == "swap":
         return name, ("seen", *op[1:]), {}
     if name == "block":
@@ -331,23 +339,641 @@ def test_a_streak_exactly_interval_old_survives_a_purge() -> None:
     store = MemoryStore(clock=clock)
     reference = Reference(clock)
     for target in (store, reference):
-        target.attempt("login", "k", 3, INTERVAL, 0.1)
+        target.attempt("login", "k", 3, OP_INTERVAL, 0.1)
     assert same(
-        store.settle("login", "k", True, 3, INTERVAL, BLOCK_FOR),
-        reference.settle("login", "k", True, 3, INTERVAL, BLOCK_FOR),
+        store.settle("login", "k", True, 3, OP_INTERVAL, OP_BLOCK_FOR),
+        reference.settle("login", "k", True, 3, OP_INTERVAL, OP_BLOCK_FOR),
     )
-    clock.advance(INTERVAL)
+    clock.advance(OP_INTERVAL)
     store.expire()
-    assert store.settle("login", "k", True, 3, INTERVAL, BLOCK_FOR) == (OK, 2, 0.0)
-    assert reference.settle("login", "k", True, 3, INTERVAL, BLOCK_FOR) == (OK, 2, 0.0)
+    assert store.settle("login", "k", True, 3, OP_INTERVAL, OP_BLOCK_FOR) == (OK, 2, 0.0)
+    assert reference.settle("login", "k", True, 3, OP_INTERVAL, OP_BLOCK_FOR) == (OK, 2, 0.0)
 
 
 def test_busy_means_failures_and_attempts_under_way_reach_the_limit() -> None:
     """The rule itself, spelled out once (the suite above checks stores against it)."""
-    record, code, remaining, _ = begin_attempt(None, T0, 2, INTERVAL, 5.0)
+    record, code, remaining, _ = begin_attempt(None, T0, 2, OP_INTERVAL, 5.0)
     assert (code, remaining) == (OK, 1)
-    record, code, remaining, _ = begin_attempt(record, T0, 2, INTERVAL, 5.0)
+    record, code, remaining, _ = begin_attempt(record, T0, 2, OP_INTERVAL, 5.0)
     assert (code, remaining) == (OK, 0)
-    assert begin_attempt(record, T0, 2, INTERVAL, 5.0)[1] == BUSY
+    assert begin_attempt(record, T0, 2, OP_INTERVAL, 5.0)[1] == BUSY
     # a slot held past its ttl is free again
-    assert begin_attempt(record, T0 + 5.0, 2, INTERVAL, 5.0)[1:3] == (OK, 1)
+    assert begin_attempt(record, T0 + 5.0, 2, OP_INTERVAL, 5.0)[1:3] == (OK, 1)
+
+
+# ------------------------------------------------------------- scenarios
+#
+# Worked examples, each run on every store through its sync face: a
+# ``store`` on a ``clock`` (a FakeClock at T0) made by ``make``.  They used to
+# exist once per store, in tests/test_memory_store.py and
+# tests/test_redis_store.py.
+
+LIMIT, INTERVAL, TTL, BLOCK_FOR = 5, 60.0, 30.0, 900.0
+STORES = ["memory", "redis"]
+
+
+@pytest.fixture(params=STORES)
+def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
+    """A maker of the store under test on a clock; options go to RedisStore only.
+
+    Every store made is closed at the end of the test.
+    """
+    made: list[Store] = []
+    if request.param == "memory":
+
+        def maker(clock: FakeClock, **redis_options: Any) -> Store:
+            made.append(MemoryStore(1000, clock=clock))
+            return made[-1]
+
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+
+        def maker(clock: FakeClock, **redis_options: Any) -> Store:
+            prefix = f"conf{next(_prefixes)}:"
+            made.append(RedisStore(server.url, prefix=prefix, clock=clock, **redis_options))
+            return made[-1]
+
+    yield maker
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def store(make: Callable[..., Store], clock: FakeClock) -> Store:
+    return make(clock)
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Switch threads often, so races have a chance to show."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def fail(store: Store, key: str = "alice", **kw: Any) -> tuple[int, int, float]:
+    assert store.attempt("login", key, LIMIT, INTERVAL, TTL)[0] == OK
+    return store.settle("login", key, True, LIMIT, INTERVAL, BLOCK_FOR, **kw)
+
+
+# ----------------------------------------------------------------- hit
+
+
+def test_hit_limit_and_window_exact(store: Store, clock: FakeClock) -> None:
+    # `wait` of an allowed request: until the oldest counted one leaves
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 2, 1.0)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 1, 0.75)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.5)
+    clock.advance(0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)  # not counted
+    assert store.peek("dos", "1.2.3.4", 1.0) == 3
+    clock.advance(0.125)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.125)
+    clock.advance(0.125)  # the first request leaves the window exactly now
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OK, 0, 0.25)
+    assert store.hit("dos", "1.2.3.4", 3, 1.0) == (OVER, 0, 0.25)
+
+
+def test_hit_waiting_the_returned_wait_always_lets_the_next_request_in(
+    make: Callable[..., Store],
+) -> None:
+    """A client that sleeps exactly ``wait`` is allowed, even with decimal times."""
+    for start in (0.0, 0.1, 1000.3, T0):
+        for step in (0.1, 0.3, 0.7, 1 / 3):
+            for window in (1.0, 0.3, 2.5, 60.0):
+                clock = FakeClock(start)
+                store = make(clock)
+                for _ in range(20):
+                    code, _, wait = store.hit("dos", "k", 3, window)
+                    if code == OVER:
+                        assert wait > 0
+                        clock.advance(wait)
+                        code, _, wait2 = store.hit("dos", "k", 3, window)
+                        assert code == OK, (start, step, window, wait, wait2)
+                    clock.advance(step)
+                store.close()
+
+
+def test_hit_without_jail_is_never_blocked(store: Store) -> None:
+    for _ in range(2):
+        assert store.hit("dos", "k", 2, 10.0)[0] == OK
+    assert store.hit("dos", "k", 2, 10.0)[0] == OVER
+    assert store.get_block("dos", "k") is None
+    assert store.blocks() == []
+    # a block made by someone else is ignored by a jail-less hit
+    store.block("dos", "other", 60, "manual")
+    assert store.hit("dos", "other", 2, 10.0)[0] == OK
+
+
+def test_hit_namespaces_are_isolated(store: Store) -> None:
+    assert store.hit("dos", "dev1", 1, 60.0) == (OK, 0, 60.0)
+    assert store.hit("dos", "dev1", 1, 60.0)[0] == OVER
+    # same key in another namespace has its own window
+    assert store.hit("device", "dev1", 1, 60.0) == (OK, 0, 60.0)
+    assert store.hit("device", "dev1", 1, 60.0, jail=30.0) == (JAILED, 0, 30.0)
+    assert store.get_block("device", "dev1") is not None
+    assert store.get_block("dos", "dev1") is None
+    assert store.peek("dos", "dev1", 60.0) == 1
+    assert store.peek("device", "dev1", 60.0) == 0  # window forgotten by the jail
+    assert store.peek("nothing", "dev1", 60.0) == 0
+
+
+def test_hit_jail_semantics(store: Store, clock: FakeClock) -> None:
+    for left in (1, 0):
+        assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, left)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
+    block = store.get_block("device", "phone")
+    assert block == Block("device", "phone", "rate", T0, T0 + 60)
+    assert block is not None
+    assert (block.kind, block.key, block.reason) == ("device", "phone", "rate")
+    assert (block.since, block.until) == (T0, T0 + 60.0)
+    waits = []
+    for _ in range(5):
+        clock.advance(10)
+        code, remaining, wait = store.hit("device", "phone", 2, 10.0, jail=60.0)
+        assert (code, remaining) == (BLOCKED, 0)
+        waits.append(wait)
+    assert waits == [50.0, 40.0, 30.0, 20.0, 10.0]  # decreasing: not extended
+    assert store.get_block("device", "phone").until == T0 + 60.0  # type: ignore[union-attr]
+    clock.advance(9.5)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (BLOCKED, 0, 0.5)
+    clock.advance(0.5)  # released exactly at the end
+    # counting starts from zero: `limit` requests allowed at once
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 1, 10.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (OK, 0, 10.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0) == (JAILED, 0, 60.0)
+    assert store.get_block("device", "phone").since == T0 + 60.0  # type: ignore[union-attr]
+
+
+def test_hit_blocked_while_admin_block_and_jail(store: Store, clock: FakeClock) -> None:
+    store.block("device", "phone", 100, "manual")
+    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (BLOCKED, 0, 100.0)
+    clock.advance(100)
+    assert store.hit("device", "phone", 5, 10.0, jail=60.0) == (OK, 4, 10.0)
+
+
+def test_clock_stepping_back_is_clamped(store: Store, clock: FakeClock) -> None:
+    assert store.hit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
+    clock.set(T0 - 5)  # NTP stepped the clock back
+    assert store.hit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
+    assert store.hit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
+
+
+def test_peek(store: Store, clock: FakeClock) -> None:
+    assert store.peek("dos", "k", 10.0) == 0
+    for _ in range(3):
+        store.hit("dos", "k", 10, 10.0)
+        clock.advance(2)
+    assert store.peek("dos", "k", 10.0) == 3
+    assert store.peek("dos", "k", 3.0) == 1  # a shorter window sees fewer
+    clock.advance(6)
+    assert store.peek("dos", "k", 10.0) == 1
+    clock.advance(10)
+    assert store.peek("dos", "k", 10.0) == 0
+    store.attempt("login", "u", 5, 60, 30)
+    assert store.peek("login", "u", 10.0) == 0  # not a window
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    start=st.one_of(st.floats(min_value=0.0, max_value=10.0), st.just(T0)),
+    seconds=st.floats(min_value=1e-3, max_value=100.0),
+    part=st.floats(min_value=0.0, max_value=0.999),
+)
+@example(start=4.2339600018205665, seconds=26.497073880876023, part=0.0626179979453328)
+@example(start=2.0829235213559927, seconds=97.69813788970004, part=0.28839126852293)
+def test_waiting_out_a_block_exactly_ends_it(
+    make: Callable[..., Store], start: float, seconds: float, part: float
+) -> None:
+    """``wait`` of BLOCKED is never one ulp short of the block's end."""
+    clock = FakeClock(start)
+    # RedisStore without its block cache: the wait is worked out by the script
+    store = make(clock, block_cache_ttl=0)
+    try:
+        store.block("login", "alice", seconds, "failures")
+        store.block("device", "phone", seconds, "rate")
+        clock.advance(seconds * part)
+        if store.get_block("login", "alice") is None:
+            return  # `part` rounded up to the end already
+        code, _, wait = store.attempt("login", "alice", 5, 60.0, 30.0)
+        assert code == BLOCKED
+        assert store.hit("device", "phone", 5, 10.0, jail=5.0) == (BLOCKED, 0, wait)
+        assert wait > 0
+        clock.advance(wait)
+        assert store.get_block("login", "alice") is None
+        assert store.attempt("login", "alice", 5, 60.0, 30.0)[0] == OK
+        assert store.hit("device", "phone", 5, 10.0, jail=5.0)[0] == OK
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------ attempt / settle
+
+
+def test_attempt_pending_slots_are_bounded(store: Store) -> None:
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    code, remaining, wait = store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    assert (code, remaining, wait) == (BUSY, 0, 1.0)
+    assert wait > 0
+    # settling one frees one slot
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    # another address is not affected
+    assert store.attempt("login", "bob", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+
+
+def test_settle_failures_jail_then_block(store: Store, clock: FakeClock) -> None:
+    for _ in range(LIMIT):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    for n in range(1, LIMIT):
+        clock.advance(1)
+        assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, n, 0.0)
+    clock.advance(1)
+    code, streak_now, blocked_for = store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR)
+    assert (code, blocked_for) == (JAILED, BLOCK_FOR)
+    assert streak_now == 0  # the streak restarts with the block
+    jailed_at = clock()
+    assert store.get_block("login", "alice") == Block(
+        "login", "alice", "failures", jailed_at, jailed_at + BLOCK_FOR
+    )
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (BLOCKED, 0, BLOCK_FOR)
+    for _ in range(10):
+        clock.advance(60)
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (
+            BLOCKED,
+            0,
+            jailed_at + BLOCK_FOR - clock(),  # not extended
+        )
+    clock.set(jailed_at + BLOCK_FOR)
+    # after the block the count starts over: a full set of attempts
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+
+
+def test_failures_spread_out_never_block(store: Store, clock: FakeClock) -> None:
+    for _ in range(20):
+        assert fail(store) == (OK, 1, 0.0)
+        clock.advance(INTERVAL + 0.5)  # longer pause than `interval`: restarts
+    assert store.get_block("login", "alice") is None
+
+
+def test_streak_continues_at_exactly_interval(store: Store, clock: FakeClock) -> None:
+    for n in range(1, LIMIT):
+        assert fail(store) == (OK, n, 0.0)
+        clock.advance(INTERVAL)
+    assert fail(store)[0] == JAILED
+
+
+def test_pause_restarts_streak_mid_way(store: Store, clock: FakeClock) -> None:
+    for n in range(1, LIMIT):
+        assert fail(store) == (OK, n, 0.0)
+    clock.advance(INTERVAL + 1)
+    # the attempt sees the stale streak as gone: all slots free again
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+    assert store.settle("login", "alice", True, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+
+
+def test_attempt_busy_counts_failures_and_pending_together(store: Store, clock: FakeClock) -> None:
+    for _ in range(3):
+        fail(store)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 1, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 0, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    clock.advance(INTERVAL + 1)  # the pause restarts the streak; pending slots lapsed
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+
+
+def test_reset_clears_streak(store: Store) -> None:
+    for _ in range(LIMIT - 1):
+        fail(store)
+    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR, reset=True) == (
+        OK,
+        0,
+        0.0,
+    )
+    for n in range(1, LIMIT):
+        assert fail(store) == (OK, n, 0.0)
+    assert store.get_block("login", "alice") is None
+
+
+def test_success_does_not_reset_by_default(store: Store) -> None:
+    for _ in range(LIMIT - 1):
+        fail(store)
+    store.attempt("login", "alice", LIMIT, INTERVAL, TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (
+        OK,
+        LIMIT - 1,
+        0.0,
+    )
+    assert fail(store) == (JAILED, 0, BLOCK_FOR)
+
+
+def test_pending_slots_expire_after_ttl(store: Store, clock: FakeClock) -> None:
+    for _ in range(LIMIT):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    # the requests crashed: nobody settles
+    clock.advance(TTL - 0.5)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+    clock.advance(0.5)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, 4, 0.0)
+    # a late settle of an expired slot does not free a slot it no longer holds
+    clock.advance(TTL)
+    assert store.settle("login", "alice", False, LIMIT, INTERVAL, BLOCK_FOR) == (OK, 0, 0.0)
+    for left in (4, 3, 2, 1, 0):
+        assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL) == (OK, left, 0.0)
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == BUSY
+
+
+def test_settle_without_attempt_counts_failure(store: Store) -> None:
+    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (OK, 1, 0.0)
+    assert store.settle("login", "x", True, 2, INTERVAL, BLOCK_FOR) == (JAILED, 0, BLOCK_FOR)
+
+
+def test_repeat_offenders_escalate_and_are_forgiven(store: Store, clock: FakeClock) -> None:
+    kw: dict[str, Any] = {"factor": 2.0, "memory": 3600.0, "max_block": 2000.0}
+
+    def jail() -> float:
+        for _ in range(LIMIT - 1):
+            assert fail(store, **kw)[0] == OK
+        code, _, seconds = fail(store, **kw)
+        assert code == JAILED
+        block = store.get_block("login", "alice")
+        assert block is not None
+        assert block.until - block.since == seconds
+        clock.advance(seconds)
+        assert store.get_block("login", "alice") is None
+        return seconds
+
+    assert jail() == 900.0
+    assert jail() == 1800.0  # doubled
+    assert jail() == 2000.0  # 3600 capped at max_block
+    assert jail() == 2000.0
+    clock.advance(3600.0)  # an hour without blocks
+    assert jail() == 900.0
+    # another address starts from the base
+    assert fail(store, key="bob", **kw) == (OK, 1, 0.0)
+
+
+def test_repeat_offenders_off_by_default(store: Store, clock: FakeClock) -> None:
+    for _ in range(3):
+        for _ in range(LIMIT - 1):
+            fail(store)
+        assert fail(store) == (JAILED, 0, BLOCK_FOR)
+        clock.advance(BLOCK_FOR)
+
+
+def test_failure_block_never_shortens_a_longer_block(store: Store) -> None:
+    """An attempt begun before an admin's day-long block must not cut it to 900 s."""
+    for _ in range(3):
+        assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
+    store.block("login", "203.0.113.9", 86400.0, "admin")
+    for _ in range(3):
+        store.settle("login", "203.0.113.9", True, 3, 300.0, 900.0)
+    # Asked right away, get_block differs by store: see the stores' own tests.
+    store.unblock("nothing-else")  # any admin call; the block must still be the admin's
+    listed = [b for b in store.blocks("login") if b.key == "203.0.113.9"]
+    assert len(listed) == 1 and listed[0].reason == "admin" and listed[0].until == T0 + 86400.0
+
+
+# ----------------------------------------------------------------- swap
+
+
+def test_swap(store: Store, clock: FakeClock) -> None:
+    assert store.swap("seen", "dev", "a", 10.0) is None
+    clock.advance(5)
+    assert store.swap("seen", "dev", "b", 10.0) == "a"
+    assert store.swap("other", "dev", "x", 10.0) is None  # namespaces isolated
+    clock.advance(9.9)
+    assert store.swap("seen", "dev", "c", 10.0) == "b"
+    clock.advance(10.0)  # exactly the ttl: gone
+    assert store.swap("seen", "dev", "d", 10.0) is None
+    assert store.swap("seen", "dev", "d", 10.0) == "d"
+    # any string round-trips: spaces, empty, not ASCII
+    assert store.swap("seen", "odd", "v1", 5.0) is None
+    assert store.swap("seen", "odd", "v 2 with spaces", 5.0) == "v1"
+    clock.advance(4.9)
+    assert store.swap("seen", "odd", "", 5.0) == "v 2 with spaces"
+    assert store.swap("seen", "odd", "ünïcode", 5.0) == ""
+    clock.advance(5.0)  # expired
+    assert store.swap("seen", "odd", "v3", 5.0) is None
+
+
+# ---------------------------------------------------------------- admin
+
+
+def test_admin_blocks_sorted_and_filtered(store: Store, clock: FakeClock) -> None:
+    store.block("login", "alice", 300, "failures")
+    store.block("device", "phone", 100, "rate")
+    store.block("login", "bob", 200, "failures")
+    store.block("dos", "alice", 50, "rate")
+    assert [(b.kind, b.key) for b in store.blocks()] == [
+        ("dos", "alice"),
+        ("device", "phone"),
+        ("login", "bob"),
+        ("login", "alice"),
+    ]
+    assert [b.key for b in store.blocks("login")] == ["bob", "alice"]
+    assert store.blocks("nothing") == []
+    clock.advance(100)
+    assert [(b.kind, b.key) for b in store.blocks()] == [("login", "bob"), ("login", "alice")]
+
+
+def test_admin_get_block(store: Store, clock: FakeClock) -> None:
+    made = store.block("login", "alice", 60, "failures")
+    assert made == Block("login", "alice", "failures", T0, T0 + 60)
+    assert store.get_block("login", "alice") == made
+    assert store.get_block("device", "alice") is None
+    assert store.get_block("login", "bob") is None
+    clock.advance(60)
+    assert store.get_block("login", "alice") is None
+
+
+def test_admin_block_replaces(store: Store) -> None:
+    store.block("login", "alice", 600, "failures")
+    store.block("login", "alice", 60, "manual")
+    block = store.get_block("login", "alice")
+    assert block is not None
+    assert (block.reason, block.until) == ("manual", T0 + 60)
+    assert len(store.blocks()) == 1
+
+
+def test_admin_unblock(store: Store, clock: FakeClock) -> None:
+    store.block("login", "alice", 60, "failures")
+    store.block("dos", "alice", 60, "rate")
+    store.block("device", "alice", 60, "rate")
+    store.block("login", "bob", 60, "failures")
+    assert store.unblock("alice", "device") == 1
+    assert store.get_block("device", "alice") is None
+    assert store.get_block("login", "alice") is not None
+    assert store.unblock("alice") == 2  # every remaining namespace
+    assert store.unblock("alice") == 0
+    assert [b.key for b in store.blocks()] == ["bob"]
+    assert store.attempt("login", "alice", LIMIT, INTERVAL, TTL)[0] == OK
+    clock.advance(60)
+    assert store.unblock("bob") == 0  # already ended
+
+
+def test_admin_unblock_all(store: Store, clock: FakeClock) -> None:
+    for key in ("a", "b", "c"):
+        store.block("login", key, 60, "failures")
+    for key in ("a", "d"):
+        store.block("device", key, 60, "rate")
+    store.block("dos", "e", 1, "rate")
+    assert store.unblock_all("device") == 2
+    assert {b.kind for b in store.blocks()} == {"login", "dos"}
+    clock.advance(1)
+    assert store.unblock_all() == 3  # the ended dos block is not counted
+    assert store.blocks() == []
+    assert store.unblock_all() == 0
+    for i in range(5):
+        store.block("login", f"ip{i}", 100 + i, "failures")
+        store.block("device", f"dev{i}", 100 + i, "rate")
+    assert store.unblock_all("device") == 5
+    assert {b.kind for b in store.blocks()} == {"login"}
+    assert store.unblock_all() == 5
+    assert store.blocks() == []
+
+
+def test_block_get_blocks_unblock(store: Store, clock: FakeClock) -> None:
+    made = store.block("login", "203.0.113.7", 900, "failures")
+    assert made == Block("login", "203.0.113.7", "failures", T0, T0 + 900)
+    store.block("device", "203.0.113.7", 60, "rate")
+    store.block("device", "appl*[x]?/jdoe", 30, "rate with spaces")  # glob characters
+    assert store.get_block("login", "203.0.113.7") == made
+    assert [(b.kind, b.key) for b in store.blocks()] == [
+        ("device", "appl*[x]?/jdoe"),
+        ("device", "203.0.113.7"),
+        ("login", "203.0.113.7"),
+    ]
+    assert store.blocks("device")[0].reason == "rate with spaces"
+    assert [b.kind for b in store.blocks("login")] == ["login"]
+    assert store.unblock("appl*") == 0  # a glob is a key, not a pattern
+    assert store.unblock("appl*[x]?/jdoe") == 1
+    assert store.unblock("203.0.113.7", "device") == 1
+    assert store.unblock("203.0.113.7", "device") == 0
+    assert store.get_block("login", "203.0.113.7") is not None
+    store.block("device", "203.0.113.7", 60, "rate")
+    assert store.unblock("203.0.113.7") == 2  # every namespace
+    assert store.blocks() == []
+    # replace, end, zero
+    store.block("login", "a", 10, "first")
+    store.block("login", "a", 20, "second")
+    assert store.get_block("login", "a").reason == "second"  # type: ignore[union-attr]
+    store.block("login", "a", 0, "none")  # a block that has already ended lifts it
+    assert store.get_block("login", "a") is None
+    store.block("login", "b", 10, "r")
+    clock.advance(10)
+    assert store.get_block("login", "b") is None
+    assert store.blocks() == []
+    assert store.unblock("b") == 0  # an ended block is not counted
+
+
+def test_unblocked_jail_starts_counting_from_zero(store: Store) -> None:
+    for _ in range(2):
+        store.hit("device", "phone", 2, 10.0, jail=60.0)
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0)[0] == JAILED
+    assert store.unblock("phone") == 1
+    assert store.hit("device", "phone", 2, 10.0, jail=60.0)[:2] == (OK, 1)
+
+
+@pytest.mark.parametrize(
+    "key", ["a}b", "x}:b", "{dos:y}", "sp ace", "ünï/кod", "*[?]\\", "bad\udcff", ""]
+)
+def test_odd_keys_stay_apart_and_round_trip(store: Store, key: str) -> None:
+    assert store.hit("dos", key, 1, 10.0) == (OK, 0, 10.0)
+    assert store.hit("dos", key + "}", 1, 10.0) == (OK, 0, 10.0)
+    assert store.hit("dos", key, 1, 10.0)[0] == OVER
+    assert store.block("login", key, 30, "odd") == Block("login", key, "odd", T0, T0 + 30)
+    assert store.get_block("login", key) == Block("login", key, "odd", T0, T0 + 30)
+    assert store.swap("seen", key, key, 5.0) is None
+    assert store.swap("seen", key, "v", 5.0) == key
+    assert [b.key for b in store.blocks("login")] == [key]
+    assert store.unblock(key) == 1
+    assert store.blocks() == []
+
+
+# -------------------------------------------------------------- threads
+
+
+def run_threads(n: int, work: Callable[[], list[Any]]) -> list[Any]:
+    barrier = threading.Barrier(n)
+    results: list[list[Any]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    return [r for rs in results for r in rs]
+
+
+@pytest.mark.usefixtures("fast_switching")
+@pytest.mark.parametrize(("threads", "each", "limit"), [(8, 1000, 100), (6, 40, 60)])
+def test_threads_hit_one_key_exactly_limit(
+    store: Store, threads: int, each: int, limit: int
+) -> None:
+    got = run_threads(threads, lambda: [store.hit("dos", "k", limit, 1.0)[0] for _ in range(each)])
+    counts = Counter(got)
+    assert counts[OK] == limit
+    assert counts[OVER] == threads * each - limit
+    assert counts == {OK: limit, OVER: threads * each - limit}
+
+
+# ---------------------------------------------------------------- async
+
+
+def test_async_primitives_match_sync(store: Store) -> None:
+    """The coroutine face of every primitive, with the answers the sync face gives."""
+
+    async def main() -> None:
+        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 1, 1.0)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OK, 0, 1.0)
+        assert await store.ahit("dos", "k", 2, 1.0) == (OVER, 0, 1.0)
+        assert await store.apeek("dos", "k", 1.0) == 2
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (OK, 0, 1.0)
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (JAILED, 0, 5.0)
+        assert await store.ahit("dev", "d", 1, 1.0, 5.0) == (BLOCKED, 0, 5.0)
+        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (OK, 1, 0.0)
+        assert await store.asettle("login", "u", True, 1, 10.0, 30.0) == (JAILED, 0, 30.0)
+        assert await store.aattempt("login", "u", 2, 10.0, 5.0) == (BLOCKED, 0, 30.0)
+        assert await store.aswap("seen", "x", "v", 5.0) is None
+        assert await store.aswap("seen", "x", "w", 5.0) == "v"
+        made = await store.ablock("admin", "z", 9.0, "manual")
+        assert await store.aget_block("admin", "z") == made
+        assert [b.kind for b in await store.ablocks()] == ["dev", "admin", "login"]
+        assert [b.key for b in await store.ablocks("login")] == ["u"]
+        assert await store.aunblock("z", "admin") == 1
+        assert await store.aunblock("u") == 1
+        assert await store.aunblock_all() == 1
+        assert await store.ablocks() == []
+        assert store.hit("dos", "k", 2, 1.0)[0] == OVER  # the sync face sees the same state
+        await store.aclose()
+
+    asyncio.run(main())
