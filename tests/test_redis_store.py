@@ -197,18 +197,10 @@ def test_idle_login_state_is_deleted(store: RedisStore, client: redis.Redis, pre
     assert keys_under(client, prefix) == []  # nothing left to remember
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the local block cache remembers the failures block a JAILED settle "
-    "reports, though Redis kept the admin's longer one",
-)
 def test_failure_block_never_shortens_a_longer_block_asked_at_once(store: RedisStore) -> None:
-    """The scenario is in the conformance suite, which asks Redis (``blocks``).
-
-    Asked at once, ``get_block`` and ``attempt`` answer from the block cache:
-    reason "failures", 900 s instead of the admin's day (with
-    ``block_cache_ttl=0`` they are right).  MemoryStore's own test asserts it.
-    """
+    """Asked at once, ``get_block`` and ``attempt`` answer from the block
+    cache: it must hold the admin's day-long block Redis kept, not the
+    failures block the settle reported (settle.lua says which it kept)."""
     for _ in range(3):
         assert store.attempt("login", "203.0.113.9", 3, 300.0, 30.0)[0] == OK
     store.block("login", "203.0.113.9", 86400.0, "admin")

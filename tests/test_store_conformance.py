@@ -215,7 +215,8 @@ def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
         st.tuples(
             st.just("swap"), key, st.sampled_from(["a", "b c", ""]), st.sampled_from([0.0, 2.0])
         ),
-        st.tuples(st.just("block"), kinds, key, st.sampled_from([0.0, 1.0, 3.0])),
+        # 30 s outlasts any failures block (3 s, at most 10 s): a settle must keep it
+        st.tuples(st.just("block"), kinds, key, st.sampled_from([0.0, 1.0, 3.0, 30.0])),
         st.tuples(st.just("get_block"), kinds, key),
         st.tuples(st.just("blocks"), st.sampled_from([None, "login", "device"])),
         st.tuples(st.just("unblock"), key, st.sampled_from([None, "login", "device"])),

@@ -996,7 +996,10 @@ class RedisStore(Store):
     def _settle_result(self, ns: str, key: str, reply: Any) -> tuple[int, int, float]:
         fields = reply.split()
         code, streak_now, blocked_for = int(fields[0]), int(fields[1]), float(fields[2])
-        if code == JAILED:
+        kept = len(fields) > 4 and int(fields[4]) == 1
+        if code == JAILED and not kept:
+            # the new block is the one in force (a later block kept instead is
+            # left for the next request to read from Redis, whole)
             now = float(fields[3])
             self._remember(Block(ns, key, "failures", now, now + blocked_for), now)
         return code, streak_now, blocked_for

@@ -8,7 +8,8 @@
 -- ARGV     now, failed (0/1), limit, interval, block_for, reset (0/1),
 --          factor, max_block, memory, kind, key
 --
--- Returns one string 'code streak blocked_for now': code OK (0) or JAILED (2).
+-- Returns one string 'code streak blocked_for now kept': code OK (0) or JAILED (2);
+-- kept is 1 when a later live block was kept instead of the new one (core.outlasts).
 
 local failed = ARGV[2] == '1'
 local limit = tonumber(ARGV[3])
@@ -31,7 +32,7 @@ else
 end
 if ARGV[6] == '1' or (last ~= nil and now - last > interval) then count = 0 end
 
-local code, blocked_for = 0, 0
+local code, blocked_for, kept = 0, 0, 0
 if failed then
   if count > 0 and last ~= nil and now - last <= interval then
     count = count + 1
@@ -58,6 +59,7 @@ if failed then
     local held = tonumber(redis.call('HGET', KEYS[2], 'until') or '')
     if held ~= nil and held > now and held >= untl then
       -- a live block that ends later (an admin's, say) is never shortened
+      kept = 1
     elseif untl > now then
       redis.call('HSET', KEYS[2], 'kind', ARGV[10], 'key', ARGV[11], 'reason', 'failures',
         'since', num(now), 'until', num(untl))
@@ -79,4 +81,4 @@ if count > 0 or pending > 0 then
 else
   redis.call('DEL', KEYS[1])
 end
-return code .. ' ' .. count .. ' ' .. num(blocked_for) .. ' ' .. num(now)
+return code .. ' ' .. count .. ' ' .. num(blocked_for) .. ' ' .. num(now) .. ' ' .. kept
