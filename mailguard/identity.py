@@ -159,7 +159,7 @@ import socket
 import threading
 import weakref
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import netaddr
@@ -785,17 +785,7 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
-        held = scope.get(SHARED_KEY)
-        if held is not None:
-            try:
-                if held[0] is self and held[1] is peer:
-                    client: Client = held[2]
-                    return client
-            except Exception:  # not ours: resolve and replace it
-                pass
-        client = self.from_asgi(scope)
-        scope[SHARED_KEY] = (self, peer, client)
-        return client
+        return self._shared(scope, peer, self.from_asgi)
 
     def from_wsgi_shared(self, environ: MutableMapping[str, Any]) -> Client:
         """:meth:`from_wsgi`, once per request: as :meth:`from_asgi_shared`, in
@@ -807,7 +797,17 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
-        held = environ.get(SHARED_KEY)
+        return self._shared(environ, peer, self.from_wsgi)
+
+    def _shared(
+        self,
+        holder: MutableMapping[str, Any],
+        peer: object,
+        resolve: Callable[[Any], Client],
+    ) -> Client:
+        """The client an outer filter of this resolver left in ``holder`` for
+        this very ``peer`` object, or ``resolve(holder)``, left there in turn."""
+        held = holder.get(SHARED_KEY)
         if held is not None:
             try:
                 if held[0] is self and held[1] is peer:
@@ -815,8 +815,8 @@ class ClientResolver:
                     return client
             except Exception:  # not ours: resolve and replace it
                 pass
-        client = self.from_wsgi(environ)
-        environ[SHARED_KEY] = (self, peer, client)
+        client = resolve(holder)
+        holder[SHARED_KEY] = (self, peer, client)
         return client
 
     def from_wsgi(self, environ: Mapping[str, Any]) -> Client:
