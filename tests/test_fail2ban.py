@@ -408,11 +408,13 @@ def _post(port: int, path: str, forwarded: str, data: bytes | None) -> int:
         return int(error.code)
 
 
-def _serve_and_attack(command: list[str], log: Path, workers: int) -> str:
+def _serve_and_attack(
+    command: list[str], log: Path, workers: int, env: dict[str, str] | None = None
+) -> str:
     """Run a real server, fail logins as ATTACKER (with SMUGGLER as account), flood
     as FLOODER, stop it; what it printed (stdout and stderr) is in ``log``."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DATA)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DATA)]), **(env or {})}
     with log.open("wb") as out:
         server = subprocess.Popen(
             [arg.replace("PORT", str(port)) for arg in command],
@@ -447,9 +449,10 @@ def _serve_and_attack(command: list[str], log: Path, workers: int) -> str:
     return log.read_text(encoding="utf-8")
 
 
-def _check_capture(log: Path, text: str) -> None:
-    assert "mailguard login started guards=/login limit=3/300s" in text
-    assert "mailguard dos started guards=all-requests limit=5/1s" in text
+def _check_capture(log: Path, text: str, workers: int = 1) -> None:
+    # one startup line per filter (and worker process)
+    assert text.count("mailguard login started guards=/login limit=3/300s") == workers, text
+    assert text.count("mailguard dos started guards=all-requests limit=5/1s") == workers, text
     assert f"WARNING mailguard.login: mailguard login blocked client={ATTACKER} " in text
     login = matched(log, "mailguard.conf")
     assert login and set(login) == {ATTACKER}, login  # never 1.2.3.4
@@ -480,6 +483,26 @@ def test_gunicorn_lines_reach_stderr_and_fail2ban(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:PORT", "logapp:wsgi"]
     text = _serve_and_attack(command, log, workers=2)
     assert "[INFO] Booting worker" in text
-    _check_capture(log, text)
+    _check_capture(log, text, workers=2)
     # each worker process says it counts on its own
     assert len(set(re.findall(r"login started .* per=process pid=(\d+)", text))) == 2
+
+
+@pytest.mark.servers
+def test_flask_run_lines_reach_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    log = tmp_path / "flask.log"
+    command = [sys.executable, "-m", "flask", "--app", "logapp:flask_app", "run", "--port", "PORT"]
+    text = _serve_and_attack(command, log, workers=1)
+    assert "Running on http://127.0.0.1:" in text
+    _check_capture(log, text)
+
+
+@pytest.mark.servers
+def test_django_runserver_lines_reach_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    log = tmp_path / "django.log"
+    command = [sys.executable, "-m", "django", "runserver", "--noreload", "127.0.0.1:PORT"]
+    text = _serve_and_attack(command, log, workers=1, env={"DJANGO_SETTINGS_MODULE": "logsite"})
+    assert "Starting development server" in text
+    _check_capture(log, text)

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from mailguard import MemoryStore, StoreError
 from mailguard.events import FallbackHandler, unconfigured
+from mailguard.stores.guard import GuardedStore, StoreDown
 from mailguard.wsgi import DosFilter, InvalidLoginFilter
 
 LINE = re.compile(
@@ -182,3 +184,35 @@ def test_the_startup_line_is_logged_once_per_filter(
         InvalidLoginFilter(_login_app, policy=inner.policy)  # the same policy wrapped again
         err = capsys.readouterr().err
         assert err.count("mailguard login started ") == 1
+
+
+def test_a_store_outage_reaches_stderr(
+    bare_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with bare():
+        guarded = GuardedStore(MemoryStore(), "open")
+        with pytest.raises(StoreDown):
+            guarded.fallback_for(StoreError("redis unavailable"))
+        guarded.recovered()
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2, err
+        assert re.match(
+            r"^[0-9-]{10} [0-9:,]{12} ERROR mailguard\.store: mailguard store down ", err[0]
+        )
+        assert " WARNING mailguard.store: mailguard store up mode=open" in err[1]
+
+
+def test_the_startup_line_names_a_shared_store(
+    bare_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Remote(MemoryStore):
+        local = False
+
+    with bare():
+        policy = InvalidLoginFilter(_login_app).policy
+        fields = dict(policy.startup_fields())
+        assert fields["store"] == "memory" and fields["per"] == "process"
+        policy.store = GuardedStore(Remote(), policy.on_store_error)
+        fields = dict(policy.startup_fields())
+        assert (fields["store"], fields["on_store_error"]) == ("remote", policy.on_store_error)
+        assert "per" not in fields

@@ -1,8 +1,10 @@
 """A small mail login behind mailguard, served by real servers in tests/test_fail2ban.py.
 
-``asgi`` for uvicorn, ``wsgi`` for gunicorn: a wrong password is a 401 on
+``asgi`` for uvicorn, ``wsgi`` for gunicorn, ``flask_app`` for ``flask run``
+(``logsite`` beside it is the Django site): a wrong password is a 401 on
 ``POST /login``; behind a proxy on 127.0.0.1 (X-Forwarded-For is believed).
 The app configures no logging: what the servers print is what users see.
+Each is built on first use, once, so its filters log one startup line each.
 """
 
 from __future__ import annotations
@@ -28,13 +30,46 @@ def _wsgi_login(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     return [b"no"]
 
 
-asgi = mg_asgi.DosFilter(
-    mg_asgi.InvalidLoginFilter(_asgi_login, max_failed_logins=3, **OPTIONS),
-    max_requests_per_sec=5,
-    **OPTIONS,
-)
-wsgi = mg_wsgi.DosFilter(
-    mg_wsgi.InvalidLoginFilter(_wsgi_login, max_failed_logins=3, **OPTIONS),
-    max_requests_per_sec=5,
-    **OPTIONS,
-)
+def guard_wsgi(app: Any) -> Any:
+    return mg_wsgi.DosFilter(
+        mg_wsgi.InvalidLoginFilter(app, max_failed_logins=3, **OPTIONS),
+        max_requests_per_sec=5,
+        **OPTIONS,
+    )
+
+
+def _asgi() -> Any:
+    return mg_asgi.DosFilter(
+        mg_asgi.InvalidLoginFilter(_asgi_login, max_failed_logins=3, **OPTIONS),
+        max_requests_per_sec=5,
+        **OPTIONS,
+    )
+
+
+def _flask() -> Any:
+    from flask import Flask
+
+    app = Flask("logapp")
+
+    @app.post("/login")
+    def login() -> tuple[str, int]:
+        return "no", 401
+
+    app.wsgi_app = guard_wsgi(app.wsgi_app)  # type: ignore[method-assign]
+    return app
+
+
+_BUILD: dict[str, Callable[[], Any]] = {
+    "asgi": _asgi,
+    "wsgi": lambda: guard_wsgi(_wsgi_login),
+    "flask_app": _flask,
+}
+_built: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _BUILD:
+        raise AttributeError(name)
+    if name not in _built:
+        _built[name] = _BUILD[name]()
+    return _built[name]
