@@ -18,6 +18,18 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# fail2ban-regex checks the shipped fail2ban filters (tests/test_fail2ban.py
+# skips those tests without it).
+if ! command -v fail2ban-regex >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing fail2ban (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fail2ban >/dev/null
+  else
+    echo "== fail2ban-regex is missing: its tests will be skipped (apt-get install fail2ban)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
