@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .core import Block, FakeClock, SystemClock, Verdict
+from .events import FallbackHandler
 from .stores import MemoryStore, Store, StoreError
 
 if TYPE_CHECKING:
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# A library logs, the application decides where it goes (see README: Logs).
-logging.getLogger("mailguard").addHandler(logging.NullHandler())
+# The application decides where the lines go; while it configures no logging
+# at all, they go to stderr (the rule: mailguard.events, README: Logs).
+if not any(isinstance(h, FallbackHandler) for h in logging.getLogger("mailguard").handlers):
+    logging.getLogger("mailguard").addHandler(FallbackHandler())
 
 __all__ = [
     "Block",

@@ -74,6 +74,7 @@ class GuardMiddleware:
             raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
         self.app = app
         self.policy = policy
+        policy.announce()  # the startup line (mailguard.events)
         self._resolve: Callable[[Scope], Client] = policy.resolver.from_asgi
         if isinstance(app, GuardMiddleware) and app.policy.resolver is policy.resolver:
             # Stacked on a filter with the same client settings: the client is

@@ -16,6 +16,30 @@ request (an account name, a device type) is always quoted, with ``"``, ``\\``,
 and every character outside printable ASCII escaped, so it can never end the
 line, forge a field, or put an address where a regex looks for one.
 
+Each record also carries the event as attributes (``extra=``), for JSON
+formatters: ``filter``, ``action``, ``client`` and every field by its name
+(``account``, ``streak``, ``seconds``, ...), except names a
+:class:`logging.LogRecord` already has.
+
+Where the lines go (the rule)
+=============================
+
+mailguard never takes a line away from an app that configured logging, and
+never stays silent in one that did not.  At import it adds one handler to the
+``mailguard`` logger, a *fallback*: for each record it checks, at that moment,
+whether the app has a handler of its own, on the ``mailguard`` logger, on one
+of its children, or on the root logger.  If it has, the fallback does nothing
+and the app's logging decides everything (levels, format, destination).  If
+not (uvicorn, gunicorn, ``flask run`` and ``manage.py runserver`` all leave
+the root logger bare), the fallback writes the record to stderr as::
+
+    2024-05-01 12:00:03,123 WARNING mailguard.login: mailguard login blocked client=...
+
+and mailguard's own lines are shown from INFO up (the startup line of each
+filter, a flood's end), unless the app set a level on the ``mailguard``
+logger.  To silence mailguard entirely, give its logger a handler:
+``logging.getLogger("mailguard").addHandler(logging.NullHandler())``.
+
 Hooks: pass ``on_event=callable`` to any filter to receive every
 :class:`Event` (for alerting, metrics, audit).  A hook that raises is logged
 and otherwise ignored: alerting must never break mail.
@@ -24,10 +48,11 @@ and otherwise ignored: alerting must never break mail.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Event", "EventHook", "Reporter", "quote"]
+__all__ = ["FALLBACK_FORMAT", "Event", "EventHook", "FallbackHandler", "Reporter", "quote"]
 
 Field = str | int | float
 
@@ -97,6 +122,70 @@ class Event:
 
 EventHook = Callable[[Event], None]
 
+FALLBACK_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The format of the lines the fallback handler writes to stderr."""
+
+# attributes every LogRecord has: an event field of the same name is left out
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class FallbackHandler(logging.Handler):
+    """Writes mailguard's records to stderr while the app configured no logging.
+
+    Added to the ``mailguard`` logger at import (see "Where the lines go" in
+    this module's docstring); decides per record, so an app that configures
+    logging after importing mailguard takes over from then on.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter(FALLBACK_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not unconfigured(logging.getLogger(record.name)):
+            return
+        try:
+            stream = sys.stderr
+            if stream is None:  # pythonw: nowhere to write
+                return
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def unconfigured(logger: logging.Logger) -> bool:
+    """True when no handler but mailguard's fallback would see ``logger``'s records."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if not isinstance(handler, FallbackHandler):
+                return False
+        if not node.propagate:
+            return True
+        node = node.parent
+    return True
+
+
+def _shown(logger: logging.Logger, level: int) -> bool:
+    """Whether a record at ``level`` is written: the logger's own rule, or,
+    while only the fallback listens and no level was set on a ``mailguard``
+    logger, INFO and up."""
+    if logger.isEnabledFor(level):
+        return True
+    if level < logging.INFO or logging.root.manager.disable >= level:
+        return False
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.level:
+            return False  # the app chose a level for mailguard: it is obeyed
+        node = node.parent
+    return unconfigured(logger)
+
 
 class Reporter:
     """Logs events at the right level and hands them to the user's hook."""
@@ -109,11 +198,41 @@ class Reporter:
         self.logger = logging.getLogger(f"mailguard.{name}")
         self.hook = hook
 
+    def log(self, level: int, line: str, extra: dict[str, object]) -> None:
+        """Log one line with ``extra`` attributes, under the rule above."""
+        logger = self.logger
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", line, extra=extra)
+        elif _shown(logger, level):
+            # below the root logger's WARNING, but only the fallback listens
+            record = logger.makeRecord(
+                logger.name, level, "(unknown file)", 0, "%s", (line,), None, extra=extra
+            )
+            logger.handle(record)
+
     def emit(self, event: Event, level: int = logging.WARNING) -> None:
-        if self.logger.isEnabledFor(level):
-            self.logger.log(level, "%s", event.line())
+        if _shown(self.logger, level):
+            extra: dict[str, object] = {
+                "filter": event.filter,
+                "action": event.action,
+                "client": event.client,
+            }
+            for key, value in event.fields:
+                if key not in _RESERVED and key not in extra:
+                    extra[key] = value
+            self.log(level, event.line(), extra)
         if self.hook is not None:
             try:
                 self.hook(event)
             except Exception:
                 self.logger.exception("mailguard: on_event hook failed for %s", event.action)
+
+    def started(self, fields: tuple[tuple[str, Field], ...]) -> None:
+        """The startup line of a filter: ``mailguard <kind> started guards=... store=...``."""
+        kind = self.logger.name.rpartition(".")[2]
+        if _shown(self.logger, logging.INFO):
+            parts = [f"mailguard {kind} started"]
+            parts.extend(f"{key}={_bare(value)}" for key, value in fields)
+            extra: dict[str, object] = {"filter": kind, "action": "started"}
+            extra.update((k, v) for k, v in fields if k not in _RESERVED)
+            self.log(logging.INFO, " ".join(parts), extra)

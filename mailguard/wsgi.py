@@ -67,6 +67,7 @@ class GuardMiddleware:
             raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
         self.app = app
         self.policy = policy
+        policy.announce()  # the startup line (mailguard.events)
         self._resolve: Callable[[Environ], Client] = policy.resolver.from_wsgi
         if isinstance(app, GuardMiddleware) and app.policy.resolver is policy.resolver:
             # Stacked on a filter with the same client settings: the client is

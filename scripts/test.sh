@@ -6,29 +6,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A real redis-server for the Redis tests (Debian's package; CI runs as root).
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing redis-server (apt)"
+# Debian packages the tests use, installed with apt when missing and root
+# (CI runs as root on a fresh machine); `apt-get update` runs once, first.
+APT_UPDATED=""
+apt_install() {
+  if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+    return 1
+  fi
+  echo "== installing $* (apt)"
+  if [ -z "$APT_UPDATED" ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# A real redis-server for the Redis tests: required.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if ! apt_install redis-server; then
     echo "== redis-server is missing: install it (e.g. sudo apt-get install redis-server)" >&2
     exit 1
   fi
 fi
 
 # A real nginx for the nginx -> unix socket -> uvicorn/gunicorn test (Debian's
-# nginx-light).  Without it, and not root, that test is skipped, not failed.
+# nginx-light).  Without it that test is skipped, not failed.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing nginx-light (apt)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-  else
-    echo "== nginx is missing: tests/test_nginx_unix.py will be skipped" \
-      "(install it, e.g. sudo apt-get install nginx-light)" >&2
-  fi
+  apt_install nginx-light || echo "== nginx is missing: tests/test_nginx_unix.py will be" \
+    "skipped (install it, e.g. sudo apt-get install nginx-light)" >&2
+fi
+
+# fail2ban-regex checks the shipped fail2ban filters (tests/test_fail2ban.py
+# skips those tests without it).
+if ! command -v fail2ban-regex >/dev/null 2>&1; then
+  apt_install fail2ban || echo "== fail2ban-regex is missing: its tests will be skipped" \
+    "(install it, e.g. sudo apt-get install fail2ban)" >&2
 fi
 
 PY=${PYTHON:-python3}

@@ -1,9 +1,13 @@
 """examples/fail2ban: the filters match mailguard's real log lines, and only at the true address.
 
-fail2ban is not installed here, so this emulates what it does with a filter:
-read the file with configparser's ``%(name)s`` interpolation, find and cut the
-time stamp with ``datepattern``, replace the ``<ADDR>`` / ``<SUBNET>`` tags with
-address groups, and search each ``failregex`` in what is left.
+Two ways: an emulation of what fail2ban does with a filter (always runs: read
+the file with configparser's ``%(name)s`` interpolation, find and cut the
+time stamp with the first ``datepattern`` that matches, replace the
+``<ADDR>`` / ``<SUBNET>`` tags with address groups, and search each
+``failregex`` in what is left), and the real ``fail2ban-regex`` (Debian's
+``fail2ban``; scripts/test.sh installs it) on lines written by Python's own
+formatters, uvicorn's and gunicorn's, behind syslog prefixes, and captured
+from real uvicorn and gunicorn runs (marked ``servers``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,16 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import logging
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +32,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from mailguard.events import Event
+from mailguard.events import FALLBACK_FORMAT, Event
 from mailguard.wsgi import InvalidLoginFilter
 
 HERE = Path(__file__).resolve().parent.parent / "examples" / "fail2ban"
@@ -34,7 +47,9 @@ TAGS = {
 DATE_PARTS = {
     "%Y": "[0-9]{4}",
     "%m": "[0-9]{2}",
-    "%d": "[0-9]{2}",
+    "%d": "(?:[0-9]{2}| [1-9])",
+    "%b": "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)",
+    "%z": "(?:[+-][0-9]{2}:?[0-9]{2}|Z)",
     "%H": "[0-9]{2}",
     "%M": "[0-9]{2}",
     "%S": "[0-9]{2}",
@@ -53,21 +68,22 @@ class Fail2banFilter:
         self.failregex = [self._compile(r) for r in definition["failregex"].splitlines() if r]
         ignore = definition.get("ignoreregex", "").strip()
         self.ignoreregex = [self._compile(r) for r in ignore.splitlines() if r]
-        pattern = definition["datepattern"]
-        for part, regex in DATE_PARTS.items():
-            pattern = pattern.replace(part, regex)
-        self.date = re.compile(pattern)
+        self.dates = []
+        for pattern in definition["datepattern"].splitlines():
+            for part, regex in DATE_PARTS.items():
+                pattern = pattern.replace(part, regex)
+            self.dates.append(re.compile(pattern.strip()))
 
     @staticmethod
     def _compile(regex: str) -> re.Pattern[str]:
         for tag, replacement in TAGS.items():
             regex = regex.replace(tag, replacement)
-        assert "<" not in regex.replace("(?P<", ""), f"unknown tag left in {regex!r}"
+        assert not re.search(r"<[A-Z-]+>", regex), f"unknown tag left in {regex!r}"
         return re.compile(regex)
 
     def address(self, line: str) -> str | None:
         """The address fail2ban would count for ``line``, or None (also: no date)."""
-        found = self.date.search(line)
+        found = next((m for m in (d.search(line) for d in self.dates) if m), None)
         if found is None:
             return None
         rest = line[: found.start()] + line[found.end() :] + "\n"
@@ -119,13 +135,14 @@ def blocked(client: str, account: str = "jdoe") -> Event:
 def test_date_is_python_loggings_asctime(login: Fail2banFilter) -> None:
     line = logged(failure("203.0.113.7"))
     assert re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8},[0-9]{3} WARNING mailguard login", line)
-    assert login.date.match(line)
+    assert login.dates[0].match(line)
 
 
 @pytest.mark.parametrize(
     "fmt",
     [
         DEFAULT_FORMAT,
+        FALLBACK_FORMAT,
         "%(asctime)s %(name)s %(levelname)s %(message)s",
         "%(asctime)s %(levelname)s %(name)s: %(message)s",
         "%(asctime)s %(message)s",
@@ -201,7 +218,7 @@ def test_unanchored_regex_would_have_been_fooled() -> None:
     naive = Fail2banFilter.__new__(Fail2banFilter)
     naive.failregex = [Fail2banFilter._compile(r"mailguard login failure client=<ADDR> ")]
     naive.ignoreregex = []
-    naive.date = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8},[0-9]+")
+    naive.dates = [re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8},[0-9]+")]
     event = Event(
         "login",
         "tarpit",
@@ -268,3 +285,224 @@ def test_jail_file_names_the_filters() -> None:
         assert jail["usedns"] == "no"
     assert parser["mailguard"]["enabled"] == "true"
     assert parser["mailguard-dos"]["enabled"] == "false"
+
+
+# ------------------------------------------------- the real fail2ban-regex
+
+FAIL2BAN_REGEX = shutil.which("fail2ban-regex")
+needs_fail2ban = pytest.mark.skipif(
+    FAIL2BAN_REGEX is None, reason="fail2ban-regex missing (apt-get install fail2ban)"
+)
+SMUGGLER = "x client=1.2.3.4"  # an account name that tries to put an address in the line
+SYSLOG = "Nov 30 17:00:00 mail uvicorn[4242]: "
+
+
+def fail2ban_regex(log: Path, conf: str) -> list[str]:
+    """The addresses the real fail2ban-regex finds in ``log`` with filter ``conf``."""
+    assert FAIL2BAN_REGEX is not None
+    done = subprocess.run(
+        [FAIL2BAN_REGEX, "-o", "ip", str(log), str(HERE / "filter.d" / conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def matched(log: Path, conf: str) -> list[str]:
+    """The real tool's answer, or the emulation's where fail2ban is not installed."""
+    if FAIL2BAN_REGEX is not None:
+        return fail2ban_regex(log, conf)
+    emulated = Fail2banFilter(HERE / "filter.d" / conf)
+    lines = log.read_text(encoding="utf-8").splitlines()
+    return [a for a in map(emulated.address, lines) if a is not None]
+
+
+def _formatters() -> dict[str, logging.Formatter]:
+    """The formats mailguard's lines appear in, from the real formatters."""
+    made = {
+        "fallback": logging.Formatter(FALLBACK_FORMAT),  # mailguard's own stderr handler
+        "basicConfig": logging.Formatter(logging.BASIC_FORMAT),
+        "asctime-level": logging.Formatter(DEFAULT_FORMAT),
+        "plain": logging.Formatter("%(message)s"),
+    }
+    uvicorn_logging = pytest.importorskip("uvicorn.logging")
+    made["uvicorn"] = uvicorn_logging.DefaultFormatter("%(levelprefix)s %(message)s", None, "%")
+    made["uvicorn"].use_colors = False
+    try:
+        from gunicorn.glogging import Logger as GunicornLogger
+    except ImportError:
+        pass
+    else:
+        made["gunicorn"] = logging.Formatter(GunicornLogger.error_fmt, GunicornLogger.datefmt)
+    return made
+
+
+@needs_fail2ban
+def test_real_fail2ban_regex_reads_every_format(tmp_path: Path) -> None:
+    """Each format, as written and behind a syslog/journald prefix, gives the true address."""
+    events = [
+        ("mailguard.login", failure("192.0.2.77", SMUGGLER), "mailguard.conf"),
+        ("mailguard.login", blocked("192.0.2.77", 'x" client=1.2.3.4'), "mailguard.conf"),
+        ("mailguard.login", blocked("2001:db8:1:2::/64", SMUGGLER), "mailguard.conf"),
+        (
+            "mailguard.dos",
+            Event("dos", "refused", "198.51.100.9", (("key", "198.51.100.9"),)),
+            "mailguard-dos.conf",
+        ),
+    ]
+    lines: dict[str, list[str]] = {"mailguard.conf": [], "mailguard-dos.conf": []}
+    expected: dict[str, list[str]] = {"mailguard.conf": [], "mailguard-dos.conf": []}
+    for name, formatter in _formatters().items():
+        for logger_name, event, conf in events:
+            record = logging.LogRecord(
+                logger_name, logging.WARNING, __file__, 1, "%s", (event.line(),), None
+            )
+            line = formatter.format(record)
+            timed = name not in ("basicConfig", "plain", "uvicorn")  # no time stamp of their own
+            for prefixed in ([line] if timed else []) + [SYSLOG + line]:
+                lines[conf].append(prefixed)
+                expected[conf].append(event.client)
+    # lines that must never match
+    lines["mailguard.conf"] += [
+        logged(
+            Event(
+                "login", "tarpit", "203.0.113.7", (("account", SMUGGLER),), frozenset({"account"})
+            )
+        ),
+        "2026-11-30 17:00:00,000 WARNING myapp: no mailguard login failure client=1.2.3.4 x",
+        SYSLOG + 'INFO:     1.2.3.4:0 - "GET /mailguard login failure client=1.2.3.4 HTTP/1.1" 401',
+    ]
+    for conf, text in lines.items():
+        log = tmp_path / f"{conf}.log"
+        log.write_text("\n".join(text) + "\n", encoding="utf-8")
+        assert fail2ban_regex(log, conf) == expected[conf], text
+        # the emulation agrees with the real thing
+        emulated = Fail2banFilter(HERE / "filter.d" / conf)
+        assert [a for a in map(emulated.address, text) if a] == expected[conf]
+
+
+# ------------------------------------------------------------ real servers
+
+DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+ATTACKER = "192.0.2.77"
+FLOODER = "198.51.100.9"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post(port: int, path: str, forwarded: str, data: bytes | None) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"X-Forwarded-For": forwarded}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def _serve_and_attack(
+    command: list[str], log: Path, workers: int, env: dict[str, str] | None = None
+) -> str:
+    """Run a real server, fail logins as ATTACKER (with SMUGGLER as account), flood
+    as FLOODER, stop it; what it printed (stdout and stderr) is in ``log``."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DATA)]), **(env or {})}
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [arg.replace("PORT", str(port)) for arg in command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=DATA,
+        )
+        try:
+            deadline = time.monotonic() + 8
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert server.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, "server did not start"
+                    time.sleep(0.05)
+            form = urllib.parse.urlencode({"username": SMUGGLER}).encode()
+            # max_failed_logins=3 per process: enough for every worker to block
+            statuses = [_post(port, "/login", ATTACKER, form) for _ in range(3 * workers + 1)]
+            assert 503 in statuses, statuses
+            flood = [_post(port, "/", FLOODER, None) for _ in range(6 * workers + 6)]
+            assert 503 in flood, flood
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=5)
+    return log.read_text(encoding="utf-8")
+
+
+def _check_capture(log: Path, text: str, workers: int = 1) -> None:
+    # one startup line per filter (and worker process)
+    assert text.count("mailguard login started guards=/login limit=3/300s") == workers, text
+    assert text.count("mailguard dos started guards=all-requests limit=5/1s") == workers, text
+    assert f"WARNING mailguard.login: mailguard login blocked client={ATTACKER} " in text
+    login = matched(log, "mailguard.conf")
+    assert login and set(login) == {ATTACKER}, login  # never 1.2.3.4
+    dos = matched(log, "mailguard-dos.conf")
+    # the attacker's quick logins may be a flood of their own: both, never 1.2.3.4
+    assert FLOODER in dos and set(dos) <= {ATTACKER, FLOODER}, dos
+
+
+@pytest.mark.servers
+def test_uvicorn_lines_reach_stderr_and_fail2ban(tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "logapp:asgi", "--port", "PORT"]
+    text = _serve_and_attack(command, log, workers=1)
+    assert "Uvicorn running on" in text  # the server's own output, in the same capture
+    _check_capture(log, text)
+    # syslog / journald shape of the same captured lines
+    prefixed = tmp_path / "syslog.log"
+    prefixed.write_text("".join(SYSLOG + line for line in text.splitlines(True)), "utf-8")
+    assert set(matched(prefixed, "mailguard.conf")) == {ATTACKER}
+    assert set(matched(prefixed, "mailguard-dos.conf")) == set(matched(log, "mailguard-dos.conf"))
+
+
+@pytest.mark.servers
+def test_gunicorn_lines_reach_stderr_and_fail2ban(tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn")
+    log = tmp_path / "gunicorn.log"
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:PORT", "logapp:wsgi"]
+    text = _serve_and_attack(command, log, workers=2)
+    assert "[INFO] Booting worker" in text
+    _check_capture(log, text, workers=2)
+    # each worker process says it counts on its own
+    assert len(set(re.findall(r"login started .* per=process pid=(\d+)", text))) == 2
+
+
+@pytest.mark.servers
+def test_flask_run_lines_reach_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    log = tmp_path / "flask.log"
+    command = [sys.executable, "-m", "flask", "--app", "logapp:flask_app", "run", "--port", "PORT"]
+    text = _serve_and_attack(command, log, workers=1)
+    assert "Running on http://127.0.0.1:" in text
+    _check_capture(log, text)
+
+
+@pytest.mark.servers
+def test_django_runserver_lines_reach_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    log = tmp_path / "django.log"
+    command = [sys.executable, "-m", "django", "runserver", "--noreload", "127.0.0.1:PORT"]
+    text = _serve_and_attack(command, log, workers=1, env={"DJANGO_SETTINGS_MODULE": "logsite"})
+    assert "Starting development server" in text
+    _check_capture(log, text)

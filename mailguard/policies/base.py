@@ -22,12 +22,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar, TypedDict
 
 from ..core import ALLOW, Verdict, retry_after
-from ..events import Event, EventHook, Reporter
+from ..events import Event, EventHook, Field, Reporter
 from ..identity import AddressSet, Client, ClientResolver
 from ..options import option_error
 from ..options import status_code as check_status
@@ -229,6 +230,7 @@ class Policy:
             primary if isinstance(primary, MemoryStore) else GuardedStore(primary, mode)
         )
         self.report = Reporter(self.kind, on_event)
+        self._announced = False
         self._refusals: dict[tuple[object, ...], Refusal] = {}
 
     # --------------------------------------------------------------- steps
@@ -331,5 +333,55 @@ class Policy:
         """Report an event; ``quoted`` names the fields that hold request text."""
         self.report.emit(Event(self.kind, action, client, tuple(fields.items()), quoted), level)
 
+    def announce(self) -> None:
+        """Log the startup line once (the adapters call it when they wrap an app)::
+
+        mailguard login started guards=/login limit=5/300s block=900s scope=login
+            store=memory per=process pid=812
+        """
+        if self._announced:
+            return
+        self._announced = True
+        self.report.started(self.startup_fields())
+
+    def startup_fields(self) -> tuple[tuple[str, Field], ...]:
+        """What the startup line says: what the filter guards, its limits, its store."""
+        get = self.__dict__.get
+        fields: list[tuple[str, Field]] = []
+        if self.kind == "dos":
+            exempt = get("exempt_paths")
+            fields.append(("guards", "all-requests" if not exempt else "all-but-exempt"))
+            fields.append(("limit", f"{get('limit')}/1s"))
+            delay = get("delay_ms", -1)
+            mode = "reject" if delay < 0 else ("monitor" if delay == 0 else "delay")
+            fields.append(("mode", mode))
+        elif self.kind == "login":
+            paths = getattr(get("login_paths"), "entries", ())
+            fields.append(("guards", ",".join(paths) or "none"))
+            fields.append(("limit", f"{get('limit')}/{_secs(get('interval'))}"))
+            fields.append(("block", _secs(get("block_duration"))))
+            fields.append(("scope", str(get("block_scope"))))
+        elif self.kind == "device":
+            fields.append(("guards", ",".join(get("paths") or ()) or "none"))
+            fields.append(("limit", f"{get('max_requests')}/{_secs(get('time_window'))}"))
+            fields.append(("jail", _secs(get("jail_duration"))))
+        if self.namespace != self.kind:
+            fields.append(("namespace", self.namespace))
+        if isinstance(self.store, MemoryStore):
+            # every worker process has its own memory, and so its own counts
+            fields.extend((("store", "memory"), ("per", "process"), ("pid", os.getpid())))
+        else:
+            primary = getattr(self.store, "primary", self.store)
+            name = type(primary).__name__.removesuffix("Store").lower() or "custom"
+            fields.extend((("store", name), ("on_store_error", self.on_store_error)))
+        return tuple(fields)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(namespace={self.namespace!r}, store={self.store!r})"
+
+
+def _secs(value: object) -> str:
+    """A duration for the startup line: ``300s``, ``1.5s``."""
+    if isinstance(value, (int, float)):
+        return f"{value:g}s"
+    return str(value)
