@@ -67,7 +67,7 @@ class GuardMiddleware:
 
     policy_type: ClassVar[type[Policy]] = Policy
 
-    def __init__(self, app: ASGIApp, /, *, policy: Policy | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, policy: Policy | None = None, **options: Any) -> None:
         if policy is None:
             policy = self.policy_type(**options)
         elif options:
@@ -331,7 +331,7 @@ class DosFilter(GuardMiddleware):
     policy_type = DosPolicy
 
     def __init__(
-        self, app: ASGIApp, /, *, policy: Policy | None = None, **options: Unpack[DosOptions]
+        self, app: ASGIApp, *, policy: Policy | None = None, **options: Unpack[DosOptions]
     ) -> None:
         super().__init__(app, policy=policy, **options)
 
@@ -342,7 +342,7 @@ class InvalidLoginFilter(GuardMiddleware):
     policy_type = InvalidLoginPolicy
 
     def __init__(
-        self, app: ASGIApp, /, *, policy: Policy | None = None, **options: Unpack[LoginOptions]
+        self, app: ASGIApp, *, policy: Policy | None = None, **options: Unpack[LoginOptions]
     ) -> None:
         super().__init__(app, policy=policy, **options)
 
@@ -353,7 +353,7 @@ class DeviceJail(GuardMiddleware):
     policy_type = DeviceJailPolicy
 
     def __init__(
-        self, app: ASGIApp, /, *, policy: Policy | None = None, **options: Unpack[DeviceOptions]
+        self, app: ASGIApp, *, policy: Policy | None = None, **options: Unpack[DeviceOptions]
     ) -> None:
         super().__init__(app, policy=policy, **options)
 

@@ -16,6 +16,13 @@ and the configuration verbs need no store::
     mailguard import-zimbra zmprov-gacf.txt > mailguard.toml   # "-" reads stdin
     mailguard demo [ARGS...]
 
+and two print files installed with the package::
+
+    mailguard example-config > mailguard.toml                  # every setting, explained
+    mailguard fail2ban-filter > /etc/fail2ban/filter.d/mailguard.conf
+    mailguard fail2ban-filter --dos > /etc/fail2ban/filter.d/mailguard-dos.conf
+    mailguard fail2ban-filter --jail > /etc/fail2ban/jail.d/mailguard.local
+
 Blocks lifted here take effect in every process sharing the store without a
 restart (within the RedisStore's ``block_cache_ttl``, 2 s by default).  A
 device is named by its id as the phone sends it (``Appl-F17X`` lifts every
@@ -41,6 +48,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any, TextIO
 
 from . import __version__
@@ -156,6 +164,31 @@ def _parser() -> argparse.ArgumentParser:
     zimbra.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead")
     zimbra.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
+    commands.add_parser(
+        "example-config",
+        help="print the example mailguard.toml (every setting, with its default)",
+        description="Print the example mailguard.toml installed with mailguard "
+        "(examples/mailguard.toml in the source) on standard output.",
+    )
+    fail2ban = commands.add_parser(
+        "fail2ban-filter",
+        help="print the fail2ban filter (or the DoS filter, or the jail)",
+        description="Print the fail2ban filter for mailguard's failed-login and block lines "
+        "(for /etc/fail2ban/filter.d/mailguard.conf), installed with mailguard "
+        "(examples/fail2ban/ in the source; its README says how to set up logging).",
+    )
+    which = fail2ban.add_mutually_exclusive_group()
+    which.add_argument(
+        "--dos",
+        action="store_true",
+        help="the filter for DoS refusal episodes instead (filter.d/mailguard-dos.conf)",
+    )
+    which.add_argument(
+        "--jail",
+        action="store_true",
+        help="the jails for both filters instead (jail.d/mailguard.local)",
+    )
+
     commands.add_parser("demo", help="run the demo (arguments go to the demo)", add_help=False)
     return parser
 
@@ -182,6 +215,13 @@ def main(argv: Sequence[str] | None = None, *, store: Store | None = None) -> in
             return _check_config(args)
         if args.command == "import-zimbra":
             return _import_zimbra(args)
+        if args.command == "example-config":
+            return _print_data("mailguard.toml")
+        if args.command == "fail2ban-filter":
+            name = "mailguard-dos.conf" if args.dos else "mailguard.conf"
+            return _print_data(
+                "fail2ban/jail.d/mailguard.local" if args.jail else f"fail2ban/filter.d/{name}"
+            )
         return _store_command(args, store)
     except UsageError as exc:
         _fail(str(exc))
@@ -237,10 +277,42 @@ def _import_zimbra(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Files installed with the package (copies of examples/, kept equal by
+#: tests/test_package_data.py), under mailguard/data/.
+DATA_FILES = (
+    "mailguard.toml",
+    "fail2ban/filter.d/mailguard.conf",
+    "fail2ban/filter.d/mailguard-dos.conf",
+    "fail2ban/jail.d/mailguard.local",
+)
+
+
+def data_file(name: str) -> str:
+    """The text of one of :data:`DATA_FILES`, as installed with the package."""
+    if name not in DATA_FILES:
+        raise ValueError(f"no such data file: {name!r}")
+    return resources.files("mailguard").joinpath("data", *name.split("/")).read_text("utf-8")
+
+
+def _print_data(name: str) -> int:
+    try:
+        text = data_file(name)
+    except OSError as exc:
+        raise UsageError(
+            f"mailguard: {name} is not installed with this mailguard ({exc})"
+        ) from None
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
 def _demo(argv: list[str]) -> int:
     try:
         demo = importlib.import_module("mailguard.demo")
     except ModuleNotFoundError as exc:
+        if exc.name == "starlette" or (exc.name or "").startswith("starlette."):
+            # the demo's webmail is a Starlette app; mailguard itself needs no Starlette
+            _fail("mailguard: the demo needs Starlette: pip install 'mailguard[demo]'")
+            return EXIT_USAGE
         if exc.name != "mailguard.demo":
             raise
         _fail("mailguard: the demo is not available in this installation (no mailguard.demo)")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite from a clean clone: installs what it needs, then runs
 # ruff, mypy on mailguard/ and pytest, then the Redis tests again on the
-# oldest redis-py allowed.  Safe to run again (reuses .venv and
-# .venv-redis-oldest).
+# oldest redis-py allowed and the stack tests on the oldest Starlette, FastAPI,
+# Flask/Werkzeug and Django allowed.  Safe to run again (reuses .venv,
+# .venv-redis-oldest and .venv-oldest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +79,37 @@ fi
 .venv-redis-oldest/bin/python -m pip install -q --no-deps -e .
 .venv-redis-oldest/bin/python -m pytest -p no:cacheprovider \
   -q tests/test_redis_store.py tests/test_redis_filters.py tests/test_store_conformance.py
+
+# The tests that run mailguard inside real stacks (Starlette, FastAPI, Flask
+# through werkzeug, Django, the examples) once more on the oldest versions the
+# test extra allows, in .venv-oldest: mailguard itself requires none of them,
+# so it must work with what an app already has.  Lower bounds come from
+# pyproject.toml's test extra; the rest comes from .venv's versions (pip cache).
+PINS=$(.venv/bin/python - <<'PY'
+import re
+text = open("pyproject.toml", encoding="utf-8").read()
+test = re.search(r"^test = \[(.*?)^\]", text, re.M | re.S).group(1)
+pins = []
+for name in ("starlette", "fastapi", "flask", "werkzeug", "django", "httpx"):
+    lowest = re.search('"' + name + r'>=([0-9.]+)', test).group(1)
+    pins.append(f"{name}=={lowest}")
+print(" ".join(pins))
+PY
+)
+echo "== pytest: stack tests on the oldest frameworks allowed ($PINS)"
+if [ ! -x .venv-oldest/bin/python ]; then
+  "$PY" -m venv .venv-oldest
+fi
+.venv/bin/python -m pip freeze --exclude-editable \
+  | grep -Eiv '^(starlette|fastapi|flask|werkzeug|django|httpx|anyio|redis)==' > .venv-oldest/constraints.txt
+# shellcheck disable=SC2086  # PINS is a list of requirements
+.venv-oldest/bin/python -m pip install -q -c .venv-oldest/constraints.txt $PINS \
+  cachetools netaddr "tomli; python_version < '3.11'" pytest hypothesis uvicorn
+.venv-oldest/bin/python -m pip install -q --no-deps -e .
+.venv-oldest/bin/python -m pytest -p no:cacheprovider -q \
+  tests/test_examples.py tests/test_reading_stacks.py tests/test_fail2ban.py tests/test_dos.py \
+  tests/test_login.py tests/test_device.py tests/test_login_seam.py tests/test_login_presets.py \
+  tests/test_demo.py tests/test_admin.py tests/test_stacked_identity.py
 
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
