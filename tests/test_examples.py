@@ -154,8 +154,11 @@ def test_flask_webmail_through_werkzeug(store: MemoryStore, clock: FakeClock) ->
         data = {"username": "alice", "password": password}
         return client.post("/login", data=data, environ_base={"REMOTE_ADDR": address})
 
+    # Flask-Login style: the form again (200) for a wrong password, the is_failure recipe
+    assert example.form_re_rendered(200, {}) and not example.form_re_rendered(302, {})
     guesses = [post(attacker, ATTACKER, f"guess{n}") for n in range(6)]
-    assert [r.status_code for r in guesses[:5]] == [401] * 5
+    assert [r.status_code for r in guesses[:5]] == [200] * 5
+    assert "Wrong user name or password" in guesses[0].get_data(as_text=True)
     assert refused(guesses[5])
     assert post(user, USER, "wonderland").status_code == 302
     assert user.get("/inbox", environ_base={"REMOTE_ADDR": USER}).status_code == 200
