@@ -34,6 +34,9 @@ preset           a login attempt is                             a failure is
                  ``/zx/auth/v2/login``, ``.../otp/validate``,   second factor is needed": the
                  ``/service/auth/v2/login``; SOAP and REST as   password was right)
                  ``zimbra``
+``django``       ``POST /accounts/login/`` or                   a 200 (the form re-rendered); a
+                 ``/admin/login/`` (``django.contrib.auth``     redirect is a success, a 403 (CSRF)
+                 ``LoginView``; form field ``username``)        or 401 is no login at all
 ``activesync``   any request to ``/Microsoft-Server-            401 to a request that carried
                  ActiveSync`` (also under ``/SOGo/``)           credentials (a 401 challenge to one
                  carrying Basic or Bearer credentials           without them is the handshake)
@@ -82,6 +85,7 @@ __all__ = [
     "Preset",
     "carbonio_failure",
     "carbonio_login",
+    "django_failure",
     "nextcloud_failure",
     "preset_options",
     "request_cookies",
@@ -282,6 +286,24 @@ def carbonio_failure(status: int, headers: Mapping[str, str]) -> bool:
     return soap_fault(status, headers)
 
 
+def django_failure(status: int, headers: Mapping[str, str]) -> bool:
+    """Django: a POST to ``LoginView`` answered 200 is the login form re-rendered.
+
+    django/django ``django/contrib/auth/views.py``: ``LoginView`` is a
+    ``FormView``; ``ProcessFormView.post`` (``django/views/generic/edit.py``)
+    calls ``form_invalid`` (``FormMixin.form_invalid``: ``render_to_response``,
+    a 200) when ``AuthenticationForm.clean`` (``django/contrib/auth/forms.py``)
+    finds no user for the credentials, and ``LoginView.form_valid`` answers a
+    success with ``HttpResponseRedirect`` (302).  A POST answered 200 for
+    another reason (a field missing) tried no password, but is counted all
+    the same: a login form answers nothing else with 200.  A CSRF refusal
+    (``django/middleware/csrf.py`` ``CsrfViewMiddleware._reject``, the
+    ``csrf_failure`` view of ``django/views/csrf.py``: 403) comes before the
+    view and checked no password: not a failure, nor is any other 4xx.
+    """
+    return status == 200
+
+
 @dataclass(frozen=True)
 class Preset:
     """One application's login shape: keyword options for the login policy."""
@@ -409,6 +431,26 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 is_failure=carbonio_failure,
                 count_basic_auth=True,
                 auth_paths=_ZIMBRA_REST,
+            ),
+            # django/django (5.2): django/contrib/auth/views.py LoginView, mounted at
+            # /accounts/login/ by django.contrib.auth.urls and at /admin/login/ by
+            # AdminSite.login (django/contrib/admin/sites.py).  A wrong password is
+            # FormMixin.form_invalid's 200 re-render (django_failure), a success
+            # LoginView.form_valid's redirect; the CSRF check (CsrfViewMiddleware
+            # ._reject, and csrf_protect on LoginView.dispatch) answers 403 before
+            # any password is checked, so no status is a failure by itself.  The
+            # account is AuthenticationForm's "username" field, whatever the user
+            # model's USERNAME_FIELD (django/contrib/auth/forms.py).
+            _preset(
+                "django",
+                "Django LoginView: POST /accounts/login/, /admin/login/; failure a 200 re-render",
+                login_paths=("/accounts/login/", "/admin/login/"),
+                login_methods=_FORM,
+                login_fields=MappingProxyType({}),
+                account_fields=("username",),
+                failure_statuses=(),
+                is_failure=django_failure,
+                count_basic_auth=False,
             ),
             # Exchange ActiveSync (Zimbra, Carbonio, Z-Push) and SOGo's
             # /SOGo/Microsoft-Server-ActiveSync: Basic or Bearer on every request.

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import importlib.util
 import os
+import re
 import sys
 import time
 import uuid
@@ -153,8 +154,11 @@ def test_flask_webmail_through_werkzeug(store: MemoryStore, clock: FakeClock) ->
         data = {"username": "alice", "password": password}
         return client.post("/login", data=data, environ_base={"REMOTE_ADDR": address})
 
+    # Flask-Login style: the form again (200) for a wrong password, the is_failure recipe
+    assert example.form_re_rendered(200, {}) and not example.form_re_rendered(302, {})
     guesses = [post(attacker, ATTACKER, f"guess{n}") for n in range(6)]
-    assert [r.status_code for r in guesses[:5]] == [401] * 5
+    assert [r.status_code for r in guesses[:5]] == [200] * 5
+    assert "Wrong user name or password" in guesses[0].get_data(as_text=True)
     assert refused(guesses[5])
     assert post(user, USER, "wonderland").status_code == 302
     assert user.get("/inbox", environ_base={"REMOTE_ADDR": USER}).status_code == 200
@@ -167,46 +171,145 @@ def test_flask_webmail_through_werkzeug(store: MemoryStore, clock: FakeClock) ->
 
 # ------------------------------------------------------------------ django
 @pytest.fixture(scope="module")
-def django_site() -> Iterator[tuple[Any, Any]]:
-    """``(asgi application, wsgi application)`` of examples/django_site."""
+def django_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """``(asgi application, wsgi application)`` of examples/django_site, on a fresh
+    SQLite database (migrated) holding the user alice / wonderland."""
     pytest.importorskip("django")
     site = str(EXAMPLES / "django_site")
     sys.path.insert(0, site)
+    os.environ["MAILSITE_DB"] = str(tmp_path_factory.mktemp("mailsite") / "db.sqlite3")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailsite.settings")
     try:
+        from django.conf import settings
+
+        # a fast hasher: Django's PBKDF2 takes a second per wrong password on a busy machine
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
         import mailsite.asgi
         import mailsite.wsgi
+        from django.contrib.auth import get_user_model
+        from django.core.management import call_command
 
+        call_command("migrate", verbosity=0)
+        get_user_model().objects.create_user("alice", password="wonderland")
         yield mailsite.asgi.application, mailsite.wsgi.application
     finally:
         sys.path.remove(site)
+        os.environ.pop("MAILSITE_DB", None)
 
 
-def test_django_wsgi_blocks_a_guesser(django_site: tuple[Any, Any]) -> None:
+CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    found = CSRF_FIELD.search(html)
+    assert found is not None, "no CSRF token in the login form"
+    return found.group(1)
+
+
+def test_django_wsgi_counts_wrong_passwords_not_csrf_refusals(
+    django_site: tuple[Any, Any],
+) -> None:
     _, application = django_site
-    attacker, user = Client(application), Client(application)
+    attacker = "203.0.113.80"
+    env = {"REMOTE_ADDR": attacker}
+    client = Client(application)
+    token = csrf_of(client.get("/accounts/login/", environ_base=env).get_data(as_text=True))
 
-    def post(client: Client, address: str, password: str) -> Any:
-        return client.post(
-            "/accounts/login/",
-            data={"username": "alice", "password": password},
-            environ_base={"REMOTE_ADDR": address},
-        )
+    def guess(password: str) -> Any:
+        data = {"csrfmiddlewaretoken": token, "username": "alice", "password": password}
+        return client.post("/accounts/login/", data=data, environ_base=env)
 
-    guesses = [post(attacker, ATTACKER, f"guess{n}") for n in range(6)]
-    assert [r.status_code for r in guesses[:5]] == [401] * 5
-    assert refused(guesses[5])
-    assert post(user, USER, "wonderland").status_code == 302
-    assert user.get("/inbox/", environ_base={"REMOTE_ADDR": USER}).status_code == 200
+    # no CSRF token: Django refuses before LoginView, no password is tried, nothing counts
+    forged = Client(application, use_cookies=False)
+    data = {"username": "alice", "password": "guess"}
+    for _ in range(6):
+        assert forged.post("/accounts/login/", data=data, environ_base=env).status_code == 403
+    guesses = [guess(f"guess{n}") for n in range(8)]
+    assert [r.status_code for r in guesses[:5]] == [200] * 5  # the form, re-rendered
+    assert "Wrong user name or password" in guesses[0].get_data(as_text=True)
+    assert all(refused(r) for r in guesses[5:])  # blocked at max_failed_logins=5
+    assert "x-login-result" not in guesses[0].headers  # the signal's header stays inside
+    assert refused(guess("wonderland"))  # the address is blocked, whatever the password
+
+    user = Client(application)
+    env = {"REMOTE_ADDR": "192.0.2.80"}
+    token = csrf_of(user.get("/accounts/login/", environ_base=env).get_data(as_text=True))
+    data = {"csrfmiddlewaretoken": token, "username": "alice", "password": "wonderland"}
+    ok = user.post("/accounts/login/", data=data, environ_base=env)
+    assert ok.status_code == 302 and ok.headers["location"] == "/inbox/"
+    inbox = user.get("/inbox/", environ_base=env)
+    assert inbox.status_code == 200 and "Inbox of alice" in inbox.get_data(as_text=True)
 
 
-def test_django_asgi_blocks_and_caps(django_site: tuple[Any, Any]) -> None:
+def test_django_asgi_counts_wrong_passwords_not_csrf_refusals(
+    django_site: tuple[Any, Any],
+) -> None:
     application, _ = django_site
-    calls = [("POST", "/accounts/login/", {"data": {"username": "bob", "password": "no"}})]
-    guesses = asgi(application, calls * 6, client=ATTACKER)
-    assert [r.status_code for r in guesses[:5]] == [401] * 5
-    assert refused(guesses[5])
-    assert asgi(application, [("GET", "/accounts/login/", {})])[0].status_code == 200
+
+    async def session(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=application, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://localhost")
+
+    async def go() -> None:
+        async with await session("203.0.113.81") as attacker:
+            token = csrf_of((await attacker.get("/accounts/login/")).text)
+            for _ in range(6):  # no CSRF token or cookie: a 403 before the view, not counted
+                forged = await attacker.post(
+                    "/accounts/login/",
+                    data={"username": "alice", "password": "x"},
+                    headers={"cookie": ""},
+                )
+                assert forged.status_code == 403
+            guesses = [
+                await attacker.post(
+                    "/accounts/login/",
+                    data={"csrfmiddlewaretoken": token, "username": "alice", "password": f"g{n}"},
+                )
+                for n in range(8)
+            ]
+            assert [r.status_code for r in guesses[:5]] == [200] * 5
+            assert all(refused(r) for r in guesses[5:])
+            right = {"csrfmiddlewaretoken": token, "username": "alice", "password": "wonderland"}
+            assert refused(await attacker.post("/accounts/login/", data=right))
+        async with await session("192.0.2.81") as user:
+            token = csrf_of((await user.get("/accounts/login/")).text)
+            right = {"csrfmiddlewaretoken": token, "username": "alice", "password": "wonderland"}
+            ok = await user.post("/accounts/login/", data=right)
+            assert ok.status_code == 302 and ok.headers["location"] == "/inbox/"
+            inbox = await user.get("/inbox/")
+            assert inbox.status_code == 200 and "Inbox of alice" in inbox.text
+
+    asyncio.run(go())
+
+
+def test_django_signals_judge_a_json_login_that_always_answers_200(
+    django_site: tuple[Any, Any],
+) -> None:
+    application, _ = django_site
+
+    async def go(address: str, passwords: list[str]) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=application, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            await c.get("/accounts/login/")  # the CSRF cookie (login() rotates it)
+            return [
+                await c.post(
+                    "/api/login/",
+                    json={"username": "alice", "password": p},
+                    headers={"x-csrftoken": c.cookies["csrftoken"]},
+                )
+                for p in passwords
+            ]
+
+    guesses = asyncio.run(go("203.0.113.82", [f"g{n}" for n in range(6)]))
+    assert [r.status_code for r in guesses[:5]] == [200] * 5
+    assert guesses[0].json() == {"ok": False} and "x-login-result" not in guesses[0].headers
+    assert refused(guesses[5])  # user_login_failed said "fail" each time
+    good = asyncio.run(go("192.0.2.82", ["wonderland"] * 6))
+    assert [r.json() for r in good] == [{"ok": True}] * 6  # user_logged_in: "ok", never counted
+
+
+def test_django_asgi_caps_requests_per_second(django_site: tuple[Any, Any]) -> None:
+    application, _ = django_site
     # 20 requests/s on a real clock: 60 as fast as possible cannot all pass
     replies = asgi(application, [("GET", "/accounts/login/", {})] * 60, client="198.51.100.7")
     assert replies[0].status_code == 200

@@ -1129,8 +1129,8 @@ def test_login_fields_match_the_query_or_the_body(kind: str, events: Events) -> 
         ({"block_duration": -5}, "block_duration: must be a finite number of seconds > 0, got -5"),
         (
             {"preset": "squirrelmail"},
-            "preset: must be one of activesync, carbonio, dav, nextcloud, roundcube, sogo,"
-            " zimbra, got 'squirrelmail'",
+            "preset: must be one of activesync, carbonio, dav, django, nextcloud, roundcube,"
+            " sogo, zimbra, got 'squirrelmail'",
         ),
         (
             {"login_paths": "/login"},

@@ -38,6 +38,7 @@ from mailguard.policies.login import InvalidLoginPolicy
 from mailguard.presets import (
     PRESETS,
     carbonio_failure,
+    django_failure,
     nextcloud_failure,
     preset_options,
     request_cookies,
@@ -253,6 +254,39 @@ def basic_auth_app(good: dict[str, str], ok_status: int) -> Callable[[FakeReques
         return 401, [("www-authenticate", 'Basic realm="Zimbra"')], b""
 
     return app
+
+
+DJANGO_CSRF = "csrftoken=T0KEN"
+
+
+def django(req: FakeRequest) -> Reply:
+    """django.contrib.auth's LoginView behind CsrfViewMiddleware.
+
+    A POST without the CSRF cookie and token is refused (403) before the view;
+    a wrong password (or a missing field) re-renders the form with 200; the
+    right one redirects (302).  Other views answer 403 to anyone not logged in.
+    """
+    html = [("content-type", "text/html; charset=utf-8")]
+    if req.path not in ("/accounts/login/", "/admin/login/"):
+        return 403, html, b"<h1>403 Forbidden</h1>"
+    if req.method != "POST":
+        return 200, html, b"<form>...</form>"
+    form = req.form()
+    if DJANGO_CSRF not in req.headers.get("cookie", "") or (
+        form.get("csrfmiddlewaretoken") != "T0KEN"
+    ):
+        return 403, html, b"<h1>Forbidden <span>(403)</span></h1><p>CSRF verification failed."
+    if form.get("username") == "alice" and form.get("password") == "right":
+        return 302, [("location", "/accounts/profile/")], b""
+    return 200, html, b"<p>Please enter a correct username and password.</p><form>...</form>"
+
+
+def django_login(path: str = "/accounts/login/", csrf: bool = True, **fields: str) -> Send:
+    data = {"csrfmiddlewaretoken": "T0KEN", **fields} if csrf else fields
+    sent = urlencoded(data)
+    if csrf:
+        sent["headers"]["cookie"] = DJANGO_CSRF
+    return lambda s, ip: s.request("POST", path, ip=ip, **sent)
 
 
 # -------------------------------------------------------------------- cases
@@ -582,6 +616,25 @@ CASES = [
         account="alice@example.com",
     ),
     Case(
+        "django",
+        lambda: django,
+        bad=[
+            django_login(username="alice", password="x"),
+            django_login("/admin/login/?next=/admin/", username="alice", password="y"),
+            django_login(username="alice"),  # no password: a 200 all the same
+        ],
+        good=django_login(username="alice", password="right"),
+        good_status=302,
+        neutral=[
+            django_login(csrf=False, username="alice", password="x"),  # CSRF 403 before the view
+            django_login("/accounts/login/?csrf=1", csrf=False, username="alice", password="right"),
+            lambda s, ip: s.request("GET", "/accounts/login/", ip=ip),
+            django_login("/inbox/", username="alice", password="x"),  # a 403 elsewhere
+            lambda s, ip: s.request("POST", "/admin/", ip=ip, **urlencoded({"username": "a"})),
+        ],
+        account="alice",
+    ),
+    Case(
         "activesync",
         lambda: basic_auth_app(EAS_GOOD, 200),
         bad=[
@@ -725,6 +778,18 @@ def test_every_preset_builds_and_says_what_it_is() -> None:
         assert preset_options(name.upper()) == dict(preset.options)
     with pytest.raises(ValueError, match="preset: must be one of"):
         preset_options(None)
+
+
+def test_django_failure_is_the_form_re_rendered() -> None:
+    html = {"content-type": "text/html; charset=utf-8"}
+    assert django_failure(200, html)
+    for status in (302, 303, 400, 401, 403, 405, 429, 500):
+        assert not django_failure(status, html)
+    policy = InvalidLoginPolicy(preset="django")
+    assert policy.failure_statuses == frozenset() and policy.account_fields == ("username",)
+    moved = InvalidLoginPolicy(preset="django", login_paths=["/login/"])
+    assert moved.login_paths.match("/login/") and not moved.login_paths.match("/accounts/login/")
+    assert moved.is_failure is django_failure
 
 
 @pytest.mark.parametrize(

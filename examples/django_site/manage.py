@@ -2,6 +2,8 @@
 
 Run it (from this directory, with mailguard and django installed)::
 
+    python manage.py migrate                  # the users, in db.sqlite3 (or $MAILSITE_DB)
+    python manage.py createsuperuser          # a user to log in as
     python manage.py runserver 8000
 
 ``runserver`` serves ``mailsite.wsgi.application``, the Django app wrapped

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .base import Policy, PolicyOptions
+from .base import Policy, PolicyOptions, RefusalHook, RefusalInfo
 from .device import DeviceJailPolicy, DeviceOptions
 from .dos import DosOptions, DosPolicy
 from .login import InvalidLoginPolicy, LoginOptions, Outcome
@@ -51,6 +51,8 @@ __all__ = [
     "Outcome",
     "Policy",
     "PolicyOptions",
+    "RefusalHook",
+    "RefusalInfo",
     "filter_kind",
 ]
 

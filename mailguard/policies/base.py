@@ -12,7 +12,7 @@ Adapters (:mod:`mailguard.asgi`, :mod:`mailguard.wsgi`) do the rest:
 3. ``verdict = policy.check(request)``, or ``policy.check_client(client)``
    when ``policy.by_client`` says the client alone decides;
 4. hold the request ``verdict.delay`` seconds, then ``policy.release(verdict)``;
-5. refuse with ``policy.refusal(verdict)`` or call the app, adding
+5. refuse with ``policy.refusal_for(verdict)`` or call the app, adding
    ``policy.allowed_headers(verdict)`` and, when ``verdict.watch`` is set,
    reporting the response status and headers to ``policy.finish``.
 """
@@ -23,7 +23,9 @@ import ipaddress
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar, TypedDict
 
@@ -37,9 +39,71 @@ from ..stores.base import Store
 from ..stores.guard import STORE_ERROR_MODES, GuardedStore, StoreDown
 from ..stores.memory import MemoryStore
 
-__all__ = ["DEFAULT_IPV6_WIDER", "Policy", "PolicyOptions", "Refusal", "wider_limit"]
+__all__ = [
+    "DEFAULT_IPV6_WIDER",
+    "Policy",
+    "PolicyOptions",
+    "Refusal",
+    "RefusalHook",
+    "RefusalInfo",
+    "wider_limit",
+]
 
 _log = logging.getLogger("mailguard")
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # no CR, LF, NUL or other controls
+_OURS = frozenset({"retry-after", "content-length", "transfer-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalInfo:
+    """What a ``refusal=`` hook is told about a refusal.
+
+    Nothing of the request and nothing of the client: refusals are cached by
+    shape and sent to every client of that shape, so a hook cannot echo
+    request text nor leak one client's address to another.
+
+    :ivar filter: the filter's kind: ``"dos"``, ``"device"`` or ``"login"``.
+    :ivar reason: why: ``"rate"`` (DosFilter), ``"blocked"``, ``"busy"``,
+        ``"tarpit"`` (InvalidLoginFilter), ``"rate"``, ``"identity"``,
+        ``"jailed"`` (DeviceJail), ``"store-error"`` (any).
+    :ivar retry_after: the whole seconds of ``Retry-After`` (at least 1),
+        which mailguard sends whatever the hook answers.
+    :ivar status: the status mailguard would send (``status_code``; 503 for
+        ``"store-error"``).
+    :ivar message: the sentence of mailguard's own body ("too many failed
+        logins from your address.").
+    :ivar headers: mailguard's other headers for this refusal (``RateLimit-*``
+        of ``DosFilter(headers=True)``), sent whatever the hook answers.
+    """
+
+    filter: str
+    reason: str
+    retry_after: int
+    status: int
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+RefusalHook = Callable[
+    [RefusalInfo],
+    tuple[int, Mapping[str, str] | Iterable[tuple[str, str]], bytes | str],
+]
+"""``refusal(info) -> (status, headers, body)``: the refusal an application wants.
+
+``status`` 400-599; ``headers`` a mapping or ``(name, value)`` pairs (a
+``Content-Type`` is advised; ``Retry-After``, ``Content-Length`` and
+``Transfer-Encoding`` are mailguard's and dropped); ``body`` bytes or text
+(sent as UTF-8).  Without a ``Cache-Control`` the refusal gets ``no-store``."""
+
+
+def _phrase(status: int) -> str:
+    """The reason phrase of ``status``; one without a standard phrase (499) is "Refused"."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Refused"
 
 
 DEFAULT_IPV6_WIDER: tuple[tuple[int, float], ...] = ((56, 4.0), (48, 16.0))
@@ -129,7 +193,7 @@ class Refusal:
         self.status = status
         self.body = body
         self.headers = [*headers, ("content-length", str(len(body)))]
-        self.status_line = f"{status} {HTTPStatus(status).phrase}"
+        self.status_line = f"{status} {_phrase(status)}"
         self.asgi_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
 
 
@@ -146,6 +210,7 @@ class PolicyOptions(TypedDict, total=False):
     namespace: str | None
     on_store_error: str | None
     on_event: EventHook | None
+    refusal: RefusalHook | None
 
 
 class Policy:
@@ -178,6 +243,13 @@ class Policy:
         the store is back.
     :param on_event: a callable that receives every
         :class:`~mailguard.events.Event` this filter reports.
+    :param refusal: ``refusal(info) -> (status, headers, body)``, the refusal
+        this filter sends (:data:`RefusalHook`, given a :class:`RefusalInfo`):
+        JSON for an API, an HTML page for people, another status for a
+        protocol.  ``Retry-After`` is always mailguard's.  Called once per
+        distinct refusal and the answer reused, so it should depend on
+        ``info`` alone; an answer that raises or is malformed is logged and
+        mailguard's own refusal sent.  Default None: a plain-text refusal.
     """
 
     kind: ClassVar[str] = "policy"
@@ -196,6 +268,7 @@ class Policy:
         namespace: str | None = None,
         on_store_error: str | None = None,
         on_event: EventHook | None = None,
+        refusal: RefusalHook | None = None,
     ) -> None:
         if store is not None and not isinstance(store, Store):
             raise option_error("store", f"must be a mailguard store, got {store!r}")
@@ -231,6 +304,12 @@ class Policy:
         )
         self.report = Reporter(self.kind, on_event)
         self._announced = False
+        if refusal is not None and not callable(refusal):
+            raise option_error(
+                "refusal",
+                f"must be callable as refusal(info) -> (status, headers, body), got {refusal!r}",
+            )
+        self.refusal_hook: RefusalHook | None = refusal
         self._refusals: dict[tuple[object, ...], Refusal] = {}
 
     # --------------------------------------------------------------- steps
@@ -301,17 +380,61 @@ class Policy:
         return made
 
     def refusal(self, verdict: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Status, headers and body of a refusal."""
+        """Status, headers and body of a refusal (the ``refusal=`` hook's, if given)."""
         wait = max(1, verdict.retry_after)
         status = 503 if verdict.reason == "store-error" else self.status_code
+        extra = self.refusal_headers(verdict)
+        message = self.explain(verdict)
+        if self.refusal_hook is not None:
+            info = RefusalInfo(self.kind, verdict.reason, wait, status, message, tuple(extra))
+            try:
+                return self._hook_refusal(info)
+            except Exception:
+                _log.exception(
+                    "mailguard %s refusal hook failed (%s); sending the default refusal",
+                    self.kind,
+                    verdict.reason,
+                )
         headers = [
             ("content-type", "text/plain; charset=utf-8"),
             ("retry-after", str(wait)),
             ("cache-control", "no-store"),
+            *extra,
         ]
-        headers.extend(self.refusal_headers(verdict))
-        body = f"{HTTPStatus(status).phrase}: {self.explain(verdict)} Retry in {wait} s.\n"
+        body = f"{_phrase(status)}: {message} Retry in {wait} s.\n"
         return status, headers, body.encode()
+
+    def _hook_refusal(self, info: RefusalInfo) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The ``refusal=`` hook's answer, checked; ``Retry-After`` is ours."""
+        assert self.refusal_hook is not None
+        answer = self.refusal_hook(info)
+        if not isinstance(answer, tuple) or len(answer) != 3:
+            raise TypeError(f"must return (status, headers, body), got {answer!r:.80}")
+        status, given, body = answer
+        status = check_status("refusal", status)
+        if isinstance(body, str):
+            body = body.encode()
+        if not isinstance(body, bytes):
+            raise TypeError(f"the body must be bytes or str, got {type(body).__name__}")
+        pairs = given.items() if isinstance(given, Mapping) else given
+        mine = _OURS | {name.lower() for name, _ in info.headers}
+        headers: list[tuple[str, str]] = []
+        for pair in pairs:
+            name, value = pair
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+                raise ValueError(f"not a header name: {name!r:.80}")
+            if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+                raise ValueError(f"header {name} has a value that cannot be sent: {value!r:.80}")
+            if name.lower() not in mine:
+                headers.append((name.lower(), value))
+        named = {name for name, _ in headers}
+        if "content-type" not in named:
+            headers.append(("content-type", "text/plain; charset=utf-8"))
+        headers.append(("retry-after", str(info.retry_after)))
+        if "cache-control" not in named:
+            headers.append(("cache-control", "no-store"))
+        headers.extend(info.headers)
+        return status, headers, body
 
     def refusal_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
         return []

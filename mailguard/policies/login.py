@@ -274,8 +274,9 @@ class InvalidLoginPolicy(Policy):
         at least 1).
     :param preset: a login shape from :mod:`mailguard.presets`
         (``"roundcube"``, ``"sogo"``, ``"nextcloud"``, ``"zimbra"``,
-        ``"carbonio"``, ``"activesync"``, ``"dav"``); the keywords below
-        marked *shape* default to the preset's values, and explicit ones win.
+        ``"carbonio"``, ``"django"``, ``"activesync"``, ``"dav"``); the
+        keywords below marked *shape* default to the preset's values, and
+        explicit ones win.
     :param login_paths: *shape*; where logins happen (default ``["/login"]``),
         as :class:`~mailguard.reading.PathRule` reads them (generously).
     :param login_methods: *shape*; methods of a login (default ``["POST"]``).

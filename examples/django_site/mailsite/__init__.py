@@ -1,1 +1,4 @@
-"""A minimal Django site wrapped by mailguard (see ``../manage.py`` to run it)."""
+"""A minimal Django site (django.contrib.auth's LoginView) wrapped by mailguard.
+
+Run it as ``../manage.py`` says: migrate, create a user, runserver.
+"""

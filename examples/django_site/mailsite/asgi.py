@@ -1,10 +1,13 @@
 """The site as an ASGI app, wrapped by mailguard.
 
-Run it (from ``examples/django_site``, with mailguard, django and uvicorn)::
+Run it (from ``examples/django_site``, with mailguard, django and uvicorn),
+after ``python manage.py migrate``::
 
     uvicorn mailsite.asgi:application --port 8000
 
-DosFilter is outermost, so a flood is refused before Django builds a request.
+DosFilter is outermost, so a flood is refused before Django builds a request;
+InvalidLoginFilter (``preset="django"``, see ``settings.MAILGUARD_LOGIN``)
+counts the wrong passwords Django's ``LoginView`` answers with its form again.
 """
 
 import os

@@ -1,35 +1,41 @@
-"""The views: a login that answers 401 on a wrong password, and an inbox.
+"""The views: an inbox behind django.contrib.auth, and a JSON login for scripts.
 
 Run the site as ``../manage.py`` says; requests reach these views through
-``mailsite.asgi`` or ``mailsite.wsgi``, past the filters.
-A real site would call ``django.contrib.auth.authenticate``; the filters only
-look at the status code of the answer.
+``mailsite.asgi`` or ``mailsite.wsgi``, past the filters.  The HTML login is
+Django's own ``LoginView`` (see ``urls.py``).
 """
 
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+import json
 
-USERS = {"alice": "wonderland", "bob": "builder"}  # stand-in for django.contrib.auth
-
-LOGIN_FORM = """<!doctype html><title>Webmail</title>
-<form method="post" action="/accounts/login/">
-  <input name="username" placeholder="user"> <input name="password" type="password">
-  <button>Log in</button>
-</form>"""
+from django.contrib.auth import authenticate, login
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_POST
 
 
-def login(request: HttpRequest) -> HttpResponse:
-    if request.method != "POST":
-        return HttpResponse(LOGIN_FORM)
-    user = request.POST.get("username", "")
-    if USERS.get(user) != request.POST.get("password"):
-        return HttpResponse("Wrong user name or password.\n" + LOGIN_FORM, status=401)
-    response = HttpResponseRedirect("/inbox/")
-    response.set_cookie("session", user, httponly=True)  # a real site uses its sessions
-    return response
-
-
+@login_required
 def inbox(request: HttpRequest) -> HttpResponse:
-    user = request.COOKIES.get("session")
-    if user not in USERS:
-        return HttpResponseRedirect("/accounts/login/")
-    return HttpResponse(f"<h1>Inbox of {user}</h1><p>No new mail.</p>")
+    return HttpResponse(f"<h1>Inbox of {request.user.get_username()}</h1><p>No new mail.</p>")
+
+
+@require_POST
+def api_login(request: HttpRequest) -> JsonResponse:
+    """``{"username", "password"}`` in, ``{"ok": true|false}`` out, always a 200.
+
+    A 200 says nothing to InvalidLoginFilter here: the ``user_login_failed``
+    and ``user_logged_in`` signals do, through ``X-Login-Result`` (see
+    ``login_result.py``).
+    """
+    try:
+        doc = json.loads(request.body)
+    except ValueError:
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    user = authenticate(
+        request, username=str(doc.get("username", "")), password=str(doc.get("password", ""))
+    )
+    if user is None:
+        return JsonResponse({"ok": False})
+    login(request, user)
+    return JsonResponse({"ok": True})

@@ -1,6 +1,6 @@
 """The site as a WSGI app, wrapped by mailguard.
 
-Run it (from ``examples/django_site``)::
+Run it, after ``python manage.py migrate`` (from ``examples/django_site``)::
 
     python manage.py runserver 8000                    # serves this module
     gunicorn mailsite.wsgi:application -b 127.0.0.1:8000
