@@ -824,6 +824,18 @@ class MemoryStore(Store):
             self._recap()
         return gone
 
+    def clear_counters(self) -> None:
+        """Forget every counter; keep the blocks."""
+        with self._lock:
+            self._spaces.clear()
+            self._aged.clear()
+            self._queue.clear()
+            self._ttl.clear()
+            self._extras.clear()
+            self._counters = 0
+            self._extra = 0
+            self._recap()
+
     def clear(self) -> None:
         """Forget every counter and block."""
         with self._lock:
