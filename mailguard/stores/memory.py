@@ -61,9 +61,13 @@ Room for each namespace (filters sharing one store)
     ``max_bytes``, and three namespaces (``login``, ``device``,
     ``device_changes``) can each fill their quarter without touching
     another's.  A block past its namespace's cap (or the total) is refused:
-    counted in :attr:`dropped` and logged once at ERROR per namespace (a
-    flood of jails); the request that made it is still refused (``hit``
-    answers JAILED, ``settle`` JAILED), and the key counts from zero again.
+    counted in :attr:`dropped` and logged at ERROR once per flood (again
+    only after the namespace has come down to half its cap).  The request
+    that made it is still refused, and so are the key's next ones for a
+    while: ``hit`` keeps the key's window and answers OVER (a rate limit
+    instead of a jail: ``limit`` requests per ``window``), ``settle``
+    answers JAILED and keeps the streak at ``limit``, so that ``attempt``
+    answers BUSY until ``interval`` has passed.
     Counters are evicted only from the namespace counted the most bytes, so
     a namespace's counters are never evicted, for another namespace's keys
     or blocks, while it holds fewer bytes than that one: a flood of device
