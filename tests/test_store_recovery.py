@@ -21,10 +21,11 @@ import pytest
 from redis_server import RedisServer
 from werkzeug.test import Client
 
-from mailguard import FakeClock, RedisStore
+from mailguard import FakeClock, MemoryStore, RedisStore
 from mailguard import asgi as mg_asgi
 from mailguard import wsgi as mg_wsgi
-from mailguard.stores.guard import GuardedStore
+from mailguard.stores.base import StoreError
+from mailguard.stores.guard import HANDOVER_BATCH, GuardedStore
 
 T0 = 1_700_000_000.0
 GUESSER = "203.0.113.7"
@@ -32,7 +33,7 @@ MAX_FAILED = 3
 BLOCK = 600.0
 _prefixes = itertools.count()
 
-pytestmark = pytest.mark.skipif(
+needs_redis = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not on PATH"
 )
 
@@ -84,6 +85,7 @@ def login_stack(interface: str, store: RedisStore) -> tuple[Any, Callable[[], in
     return wsgi.policy, guess_wsgi
 
 
+@needs_redis
 @pytest.mark.parametrize("interface", ["asgi", "wsgi"])
 def test_blocks_made_in_memory_mode_outlive_the_outage(interface: str) -> None:
     with RedisServer.for_tests() as own:
@@ -123,6 +125,7 @@ def test_blocks_made_in_memory_mode_outlive_the_outage(interface: str) -> None:
         store.close()
 
 
+@needs_redis
 def test_a_local_block_is_consulted_until_it_is_copied() -> None:
     """Copying may fail (Redis down again): the local block still refuses."""
     with RedisServer.for_tests() as own:
@@ -146,11 +149,10 @@ def test_a_local_block_is_consulted_until_it_is_copied() -> None:
         store.close()
 
 
+@needs_redis
 @pytest.mark.parametrize("persist", [False, True])
 def test_a_redis_restart_keeps_blocks_only_with_appendonly(persist: bool) -> None:
     options = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else []
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
     with RedisServer(options=options) as own:
         clock = FakeClock(T0)
         prefix = f"r{next(_prefixes)}:"
@@ -168,3 +170,50 @@ def test_a_redis_restart_keeps_blocks_only_with_appendonly(persist: bool) -> Non
                 time.sleep(0.05)
         assert (found is not None) is persist
         store.close()
+
+
+class Flaky:
+    """A MemoryStore that fails every call while ``down`` (a stand-in for Redis)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.store = MemoryStore(clock=clock)
+        self._clock = clock
+        self.down = False
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.down:
+                raise StoreError("down")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_many_local_blocks_are_handed_over_a_few_per_call() -> None:
+    clock = FakeClock(T0)
+    flaky = Flaky(clock)
+    guarded = GuardedStore(flaky, "memory")  # type: ignore[arg-type]
+    flaky.down = True
+    for i in range(50):
+        guarded.block("device", f"d{i}", 100.0 + i, "rate")
+    flaky.store.block("device", "d7", 1000.0, "manual")  # the store holds a longer one
+    clock.advance(10.0)
+    assert guarded.unblock("d3", "device") == 1  # lifted locally during the outage
+    flaky.down = False
+    calls = 0
+    while guarded.held and calls < 100:
+        flaky.calls = 0
+        assert guarded.hit("device", "d5", 150, 30.0, 600.0)[0] == 3  # BLOCKED, until copied
+        assert flaky.calls <= 2 * HANDOVER_BATCH + 2  # a few round trips per call
+        calls += 1
+    assert not guarded.held
+    assert calls <= 50 // HANDOVER_BATCH + 2
+    held = {b.key: b for b in flaky.store.blocks("device")}
+    assert set(held) == {f"d{i}" for i in range(50)} - {"d3"}  # the lifted one stays lifted
+    assert held["d7"].until == T0 + 1000.0  # a longer block is kept
+    assert held["d9"].until == T0 + 109.0  # with the time it had left
+    assert guarded.blocks("device") == flaky.store.blocks("device")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,7 @@ class GuardedStore(Store):
         self.down = False
         self.bugs = 0  # StoreBugs seen
         self._memory: MemoryStore | None = None
+        self._queue: deque[Block] = deque()  # local blocks to copy, soonest end first
         self.held = False
         """Whether the local store holds blocks made while the store was
         down, not yet copied into it: they are still consulted."""
@@ -147,11 +149,27 @@ class GuardedStore(Store):
         return self._memory.get_block(ns, key)
 
     def _batch(self) -> list[Block]:
-        """The next local blocks to copy; clears ``held`` when none is left."""
+        """The next local blocks to copy, still live and not lifted; clears
+        ``held`` when none is left.  (The local blocks are listed once, then
+        taken from that list a few at a time.)"""
         memory = self._memory
-        found = [] if memory is None else memory.blocks()[:HANDOVER_BATCH]
-        if not found:
+        if memory is None:
             self.held = False
+            return []
+        queue = self._queue
+        if not queue:
+            queue.extend(memory.blocks())
+            if not queue:
+                self.held = False
+                return []
+        found: list[Block] = []
+        while len(found) < HANDOVER_BATCH:
+            try:
+                block = queue.popleft()
+            except IndexError:  # (another thread took the last ones)
+                break
+            if memory.get_block(block.kind, block.key) == block:
+                found.append(block)
         return found
 
     def _copied(self, block: Block) -> None:
