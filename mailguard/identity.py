@@ -121,7 +121,8 @@ Classes
 All caches are bounded: a cache is emptied when it reaches
 :data:`CACHE_SIZE` entries (fewer for the cache of header walks), so a
 flood of distinct addresses or headers costs some parsing but never
-unbounded memory.
+unbounded memory: about 18 MiB for all of them, full (measured with
+``benchmarks/hostile.py``; see the README's "Stores").
 
 Stacked filters: one resolution per request
 ===========================================
@@ -181,8 +182,9 @@ __all__ = [
     "is_unix_peer",
 ]
 
-#: Number of entries after which a cache is emptied and starts over.
-CACHE_SIZE: Final = 65536
+#: Number of entries after which a cache is emptied and starts over (a full
+#: cache of clients holds about 4.5 MiB).
+CACHE_SIZE: Final = 16384
 
 #: Only this many characters (from the right) of a forwarding header are read.
 MAX_HEADER_LENGTH: Final = 8192

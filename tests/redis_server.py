@@ -1,7 +1,8 @@
 """A throwaway ``redis-server`` for tests and benchmarks.
 
 :class:`RedisServer` runs the ``redis-server`` binary on a free loopback port,
-without persistence (``--save "" --appendonly no``), in a temporary
+without persistence (``--save "" --appendonly no``; ``options`` may turn it
+on: ``["--appendonly", "yes"]``), in a temporary
 directory, and waits until it answers ``PING``.  It can be stopped and
 started again on the same port, which is how the tests simulate an outage.
 
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 __all__ = ["RedisServer", "free_port"]
@@ -39,7 +41,9 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``url`` points at db 0."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, port: int | None = None, options: Sequence[str] = ()
+    ) -> None:
         found = binary or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError("redis-server is not on PATH")
@@ -47,6 +51,7 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = tempfile.TemporaryDirectory(prefix="mailguard-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        self.options = list(options)  # more arguments, after (so over) the defaults
 
     @classmethod
     def for_tests(cls) -> RedisServer:
@@ -75,6 +80,7 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", "",
+            *self.options,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir.name

@@ -11,7 +11,16 @@ filter's chosen mode to each failed call:
     for logins: no guessing while nobody counts).
 ``"memory"``
     answer from a local :class:`~mailguard.MemoryStore` until the store is
-    back: limits hold per process instead of globally.
+    back: limits hold per process instead of globally.  The blocks made
+    there outlive the outage: when the store answers again, they are copied
+    into it with the time they have left (:data:`HANDOVER_BATCH` per call,
+    so recovery costs no request more than a few round trips; a block the
+    store already holds that ends later is kept; the store's clock and this
+    process's are taken to agree), and until each is copied or ends it is
+    still consulted first (``hit`` with a jail, ``attempt``, ``get_block``,
+    ``blocks``; ``unblock`` lifts it too).  The local counters are dropped:
+    the store counts again.  (A Redis restart without persistence loses
+    the blocks it held: see "Redis persistence" in the README.)
 
 One line is logged when an outage starts and one when it ends.  The store
 itself keeps its socket timeouts short and opens a circuit breaker, so an
@@ -27,15 +36,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .base import Store, StoreBug, StoreError
+from ..core import Block
+from .base import BLOCKED, Store, StoreBug, StoreError
 from .memory import MemoryStore
 
-__all__ = ["STORE_ERROR_MODES", "GuardedStore", "StoreDown"]
+__all__ = ["HANDOVER_BATCH", "STORE_ERROR_MODES", "GuardedStore", "StoreDown"]
 
 STORE_ERROR_MODES = ("open", "closed", "memory")
+
+HANDOVER_BATCH = 8
+"""Local blocks copied into the recovered store per successful call."""
 
 _log = logging.getLogger("mailguard.store")
 
@@ -57,6 +71,8 @@ def _sync(name: str) -> Callable[..., Any]:
             return getattr(self.fallback_for(exc), name)(*args, **kwargs)
         if self.down:
             self.recovered()
+        if self.held:
+            self.hand_over()
         return result
 
     call.__name__ = name
@@ -71,6 +87,8 @@ def _async(name: str) -> Callable[..., Any]:
             return await getattr(self.fallback_for(exc), name)(*args, **kwargs)
         if self.down:
             self.recovered()
+        if self.held:
+            await self.ahand_over()
         return result
 
     call.__name__ = name
@@ -88,6 +106,10 @@ class GuardedStore(Store):
         self.down = False
         self.bugs = 0  # StoreBugs seen
         self._memory: MemoryStore | None = None
+        self._queue: deque[Block] = deque()  # local blocks to copy, soonest end first
+        self.held = False
+        """Whether the local store holds blocks made while the store was
+        down, not yet copied into it: they are still consulted."""
 
     def fallback_for(self, exc: StoreError) -> Store:
         if isinstance(exc, StoreBug):
@@ -98,7 +120,9 @@ class GuardedStore(Store):
         if self.mode != "memory":
             raise StoreDown(self.mode, exc) from exc
         if self._memory is None:
-            self._memory = MemoryStore()
+            # on the primary's clock, when it has one (a FakeClock in tests)
+            self._memory = MemoryStore(clock=getattr(self.primary, "_clock", None))
+        self.held = True  # (checked when the store answers again)
         return self._memory
 
     def bug(self, exc: StoreBug) -> None:
@@ -114,6 +138,72 @@ class GuardedStore(Store):
     def recovered(self) -> None:
         self.down = False
         _log.warning("mailguard store up mode=%s", self.mode)
+        if self._memory is not None:
+            self._memory.clear_counters()
+
+    # ------------------------------------------------- blocks made locally
+    def _local(self, ns: str, key: str) -> Block | None:
+        """The live local block on ``key``, while local blocks are held."""
+        if not self.held or self._memory is None:
+            return None
+        return self._memory.get_block(ns, key)
+
+    def _batch(self) -> list[Block]:
+        """The next local blocks to copy, still live and not lifted; clears
+        ``held`` when none is left.  (The local blocks are listed once, then
+        taken from that list a few at a time.)"""
+        memory = self._memory
+        if memory is None:
+            self.held = False
+            return []
+        queue = self._queue
+        if not queue:
+            queue.extend(memory.blocks())
+            if not queue:
+                self.held = False
+                return []
+        found: list[Block] = []
+        while len(found) < HANDOVER_BATCH:
+            try:
+                block = queue.popleft()
+            except IndexError:  # (another thread took the last ones)
+                break
+            if memory.get_block(block.kind, block.key) == block:
+                found.append(block)
+        return found
+
+    def _copied(self, block: Block) -> None:
+        assert self._memory is not None
+        self._memory.unblock(block.key, block.kind)
+
+    def hand_over(self) -> None:
+        """Copy the next local blocks into the recovered store."""
+        memory = self._memory
+        try:
+            for block in self._batch():
+                assert memory is not None
+                left = block.until - memory.now()
+                if left > 0:
+                    held = self.primary.get_block(block.kind, block.key)
+                    if held is None or held.until < block.until:
+                        self.primary.block(block.kind, block.key, left, block.reason)
+                self._copied(block)
+        except StoreError:
+            return  # down again: the rest stay local, and are still consulted
+
+    async def ahand_over(self) -> None:
+        memory = self._memory
+        try:
+            for block in self._batch():
+                assert memory is not None
+                left = block.until - memory.now()
+                if left > 0:
+                    held = await self.primary.aget_block(block.kind, block.key)
+                    if held is None or held.until < block.until:
+                        await self.primary.ablock(block.kind, block.key, left, block.reason)
+                self._copied(block)
+        except StoreError:
+            return
 
     def now(self) -> float:
         try:
@@ -133,23 +223,130 @@ class GuardedStore(Store):
     def __repr__(self) -> str:
         return f"GuardedStore({self.primary!r}, mode={self.mode!r})"
 
-    hit = _sync("hit")
+    _hit = _sync("hit")
     peek = _sync("peek")
-    attempt = _sync("attempt")
+    _attempt = _sync("attempt")
     settle = _sync("settle")
     swap = _sync("swap")
     block = _sync("block")
-    get_block = _sync("get_block")
-    blocks = _sync("blocks")
-    unblock = _sync("unblock")
-    unblock_all = _sync("unblock_all")
-    ahit = _async("ahit")
+    _get_block = _sync("get_block")
+    _blocks = _sync("blocks")
+    _unblock = _sync("unblock")
+    _unblock_all = _sync("unblock_all")
+    _ahit = _async("ahit")
     apeek = _async("apeek")
-    aattempt = _async("aattempt")
+    _aattempt = _async("aattempt")
     asettle = _async("asettle")
     aswap = _async("aswap")
     ablock = _async("ablock")
-    aget_block = _async("aget_block")
-    ablocks = _async("ablocks")
-    aunblock = _async("aunblock")
-    aunblock_all = _async("aunblock_all")
+    _aget_block = _async("aget_block")
+    _ablocks = _async("ablocks")
+    _aunblock = _async("aunblock")
+    _aunblock_all = _async("aunblock_all")
+
+    # The calls that consult the local blocks first, while any are held.  A
+    # local block answers; while the store is down, it is asked all the same
+    # (a read without side effects), so that its return is noticed.
+    def _refusal(self, found: Block) -> tuple[int, int, float]:
+        assert self._memory is not None
+        return BLOCKED, 0, max(0.0, found.until - self._memory.now())
+
+    def _jail(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        """The ``jail`` of a ``hit`` call (after ``ns`` and ``key``)."""
+        return float(args[2] if len(args) > 2 else kwargs.get("jail", 0.0))
+
+    def _held_block(self, ns: str, key: str) -> Block | None:
+        found = self._local(ns, key)
+        if found is not None and self.down:
+            self._get_block(ns, key)
+        return found
+
+    async def _aheld_block(self, ns: str, key: str) -> Block | None:
+        found = self._local(ns, key)
+        if found is not None and self.down:
+            await self._aget_block(ns, key)
+        return found
+
+    def hit(self, ns: str, key: str, *args: Any, **kwargs: Any) -> tuple[int, int, float]:
+        found = self._held_block(ns, key) if self.held and self._jail(args, kwargs) > 0 else None
+        if found is None:
+            answer: tuple[int, int, float] = self._hit(ns, key, *args, **kwargs)
+            return answer
+        return self._refusal(found)
+
+    async def ahit(self, ns: str, key: str, *args: Any, **kwargs: Any) -> tuple[int, int, float]:
+        found = None
+        if self.held and self._jail(args, kwargs) > 0:
+            found = await self._aheld_block(ns, key)
+        if found is None:
+            answer: tuple[int, int, float] = await self._ahit(ns, key, *args, **kwargs)
+            return answer
+        return self._refusal(found)
+
+    def attempt(self, ns: str, key: str, *args: Any, **kwargs: Any) -> tuple[int, int, float]:
+        found = self._held_block(ns, key) if self.held else None
+        if found is None:
+            answer: tuple[int, int, float] = self._attempt(ns, key, *args, **kwargs)
+            return answer
+        return self._refusal(found)
+
+    async def aattempt(
+        self, ns: str, key: str, *args: Any, **kwargs: Any
+    ) -> tuple[int, int, float]:
+        found = await self._aheld_block(ns, key) if self.held else None
+        if found is None:
+            answer: tuple[int, int, float] = await self._aattempt(ns, key, *args, **kwargs)
+            return answer
+        return self._refusal(found)
+
+    def get_block(self, ns: str, key: str) -> Block | None:
+        found = self._held_block(ns, key) if self.held else None
+        if found is None:
+            block: Block | None = self._get_block(ns, key)
+            return block
+        return found
+
+    async def aget_block(self, ns: str, key: str) -> Block | None:
+        found = await self._aheld_block(ns, key) if self.held else None
+        if found is None:
+            block: Block | None = await self._aget_block(ns, key)
+            return block
+        return found
+
+    def _with_local(self, found: list[Block], kind: str | None) -> list[Block]:
+        if not self.held or self._memory is None or self.down:
+            return found  # (while down, the answer came from the local store)
+        mine = {(b.kind, b.key) for b in found}
+        extra = [b for b in self._memory.blocks(kind) if (b.kind, b.key) not in mine]
+        if not extra:
+            return found
+        return sorted([*found, *extra], key=lambda b: (b.until, b.kind, b.key))
+
+    def blocks(self, kind: str | None = None) -> list[Block]:
+        return self._with_local(self._blocks(kind), kind)
+
+    async def ablocks(self, kind: str | None = None) -> list[Block]:
+        return self._with_local(await self._ablocks(kind), kind)
+
+    def _lift_local(self, key: str | None, kind: str | None) -> int:
+        if not self.held or self._memory is None or self.down:
+            return 0
+        if key is None:
+            return self._memory.unblock_all(kind)
+        return self._memory.unblock(key, kind)
+
+    def unblock(self, key: str, kind: str | None = None) -> int:
+        lifted: int = self._unblock(key, kind)
+        return lifted + self._lift_local(key, kind)
+
+    async def aunblock(self, key: str, kind: str | None = None) -> int:
+        lifted: int = await self._aunblock(key, kind)
+        return lifted + self._lift_local(key, kind)
+
+    def unblock_all(self, kind: str | None = None) -> int:
+        lifted: int = self._unblock_all(kind)
+        return lifted + self._lift_local(None, kind)
+
+    async def aunblock_all(self, kind: str | None = None) -> int:
+        lifted: int = await self._aunblock_all(kind)
+        return lifted + self._lift_local(None, kind)

@@ -50,8 +50,28 @@ Bounds
     seen counters go the same way, never that ring; a single ring larger
     than ``max_bytes`` is the one thing that takes the store over it, until
     the next new key needs room (size ``max_bytes`` for many rings of your
-    highest limit).  A live block is never evicted: when every key is a live
-    block, a new block is refused and counted in :attr:`dropped`.
+    highest limit).
+
+Room for each namespace (filters sharing one store)
+    A live block is never evicted, so blocks are capped instead: the live
+    blocks of one namespace take at most a quarter of the store
+    (:data:`BLOCK_SHARE`: ``max_keys // 4`` blocks, and ``max_bytes // 4``
+    of their bytes), and all blocks together at most three quarters.  So
+    counters always keep at least a quarter of ``max_keys`` and
+    ``max_bytes``, and three namespaces (``login``, ``device``,
+    ``device_changes``) can each fill their quarter without touching
+    another's.  A block past its namespace's cap (or the total) is refused:
+    counted in :attr:`dropped` and logged at ERROR once per flood (again
+    only after the namespace has come down to half its cap).  The request
+    that made it is still refused, and so are the key's next ones for a
+    while: ``hit`` keeps the key's window and answers OVER (a rate limit
+    instead of a jail: ``limit`` requests per ``window``), ``settle``
+    answers JAILED and keeps the streak at ``limit``, so that ``attempt``
+    answers BUSY until ``interval`` has passed.
+    Counters are evicted only from the namespace counted the most bytes, so
+    a namespace's counters are never evicted, for another namespace's keys
+    or blocks, while it holds fewer bytes than that one: a flood of device
+    jails or of fresh addresses cannot switch login counting off.
 
 Time
     Every decision reads the store's clock (``time.time`` by default), so a
@@ -64,6 +84,7 @@ come (every 32 new keys, up to 64 of them first in line) and need room, by
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -71,13 +92,14 @@ import time
 from collections import deque
 from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import Cache, TLRUCache
 
 from ..core import (
     Block,
     Clock,
     FakeClock,
     Log,
+    Streak,
     SystemClock,
     begin_attempt,
     end_attempt,
@@ -93,6 +115,7 @@ from .base import BLOCKED, JAILED, OK, OVER, Store
 
 __all__ = [
     "BLOCK_BYTES",
+    "BLOCK_SHARE",
     "DEFAULT_BYTES_PER_KEY",
     "KEY_BYTES",
     "RING_BYTES",
@@ -121,6 +144,12 @@ BLOCK_BYTES = 512
 """Bytes counted for each block (a :class:`~mailguard.core.Block` in a TLRU cache)."""
 DEFAULT_BYTES_PER_KEY = 512
 """``max_bytes`` by default: this many bytes per key of ``max_keys``, at least 1 MiB."""
+BLOCK_SHARE = 4
+"""The live blocks of one namespace take at most ``1 / BLOCK_SHARE`` of the
+store (of ``max_keys`` and of ``max_bytes``), all blocks together at most
+``(BLOCK_SHARE - 1) / BLOCK_SHARE``: see "Room for each namespace" above."""
+
+_log = logging.getLogger("mailguard.store")
 
 
 def _extra(value: Any) -> int:
@@ -143,6 +172,48 @@ def _float_clock(clock: Clock) -> Clock:
 
 def _block_end(_key: object, block: Block, _now: float) -> float:
     return block.until
+
+
+class _Blocks(TLRUCache[tuple[str, str], Block]):
+    """The blocks, each dropped at its end, with a count per namespace
+    (ended blocks included until they are dropped, as ``len``)."""
+
+    def __init__(self, maxsize: int, timer: Clock) -> None:
+        super().__init__(maxsize=maxsize, ttu=_block_end, timer=timer)
+        self.held: dict[str, int] = {}
+
+    def _count(self, ns: str, change: int) -> None:
+        held = self.held.get(ns, 0) + change
+        if held:
+            self.held[ns] = held
+        else:
+            self.held.pop(ns, None)
+
+    def __setitem__(self, key: tuple[str, str], value: Block) -> None:
+        self.expire()
+        was = Cache.__contains__(self, key)  # held, live or ended
+        super().__setitem__(key, value)
+        now = Cache.__contains__(self, key)
+        if now != was:
+            self._count(key[0], 1 if now else -1)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        was = Cache.__contains__(self, key)
+        try:
+            super().__delitem__(key)
+        finally:
+            if was and not Cache.__contains__(self, key):
+                self._count(key[0], -1)
+
+    def expire(self, time: float | None = None) -> list[tuple[tuple[str, str], Block]]:
+        gone: list[tuple[tuple[str, str], Block]] = super().expire(time)
+        for (ns, _), _block in gone:
+            self._count(ns, -1)
+        return gone
+
+    def clear(self) -> None:
+        super().clear()
+        self.held.clear()
 
 
 class MemoryStore(Store):
@@ -192,9 +263,12 @@ class MemoryStore(Store):
         self._extras: dict[str, int] = {}
         self._counters = 0
         self._extra = 0  # the extras of all namespaces
-        self._blocks: TLRUCache[tuple[str, str], Block] = TLRUCache(
-            maxsize=max_keys, ttu=_block_end, timer=self._clock
-        )
+        self._blocks = _Blocks(max_keys, self._clock)
+        # the most live blocks of one namespace, and of all together
+        most_blocks = max_bytes // BLOCK_BYTES
+        self._ns_blocks = max(1, min(max_keys, most_blocks) // BLOCK_SHARE)
+        self._all_blocks = max(1, min(max_keys, most_blocks) * (BLOCK_SHARE - 1) // BLOCK_SHARE)
+        self._full: set[str] = set()  # namespaces whose refused blocks were logged
         self._nblocks = 0  # blocks held, ended ones included until dropped (cheap to read)
         # The store is full for a new counter of KEY_BYTES once it holds _cap
         # counters (max_keys and max_bytes in one number; see _recap).
@@ -205,7 +279,9 @@ class MemoryStore(Store):
         self._batch = max(1, min(_EVICT_BATCH, max_keys // _EVICT_BATCH_PER))
         self._latest = -math.inf  # the latest clock reading hit() has used
         self.dropped = 0
-        """Blocks that could not be recorded because every key was a live block."""
+        """Blocks refused: their namespace (or all blocks) held as many live
+        blocks as it may (see "Room for each namespace" in
+        :mod:`mailguard.stores.memory`), or no counter was left to make room."""
 
     # ------------------------------------------------------------ helpers
     def __len__(self) -> int:
@@ -462,23 +538,48 @@ class MemoryStore(Store):
             return found
         return None
 
-    def _put_block(self, ns: str, key: str, now: float, seconds: float, reason: str) -> Block:
+    def _put_block(
+        self, ns: str, key: str, now: float, seconds: float, reason: str
+    ) -> tuple[Block, bool]:
+        """Record a block; ``(block, False)`` when it was refused (counted in
+        :attr:`dropped`)."""
         made = Block(ns, key, reason, now, now + seconds)
         if (ns, key) not in self._blocks:
             self._drop_ended(now)
+            held = self._blocks.held.get(ns, 0)
+            if held >= self._ns_blocks or self._nblocks >= self._all_blocks:
+                self._refuse(ns, held)
+                return made, False
+            if held < self._ns_blocks // 2:
+                self._full.discard(ns)
             # room for one more block: a key, and BLOCK_BYTES
             most = self.max_keys - 1
             room = self.max_bytes - BLOCK_BYTES
             while self._counters + self._nblocks > most or self._bytes() > room:
                 heaviest = self._heaviest()
                 if not heaviest:
-                    self.dropped += 1
-                    return made
+                    self._refuse(ns, held)
+                    return made, False
                 self._evict(heaviest, most - self._nblocks + 1, room)
             self._nblocks += 1
             self._recap()
         self._blocks[(ns, key)] = made
-        return made
+        return made, True
+
+    def _refuse(self, ns: str, held: int) -> None:
+        """Count a refused block; log the first of a namespace's flood."""
+        self.dropped += 1
+        if ns not in self._full:
+            self._full.add(ns)
+            _log.error(
+                "mailguard store blocks full ns=%s blocks=%d all_blocks=%d max_keys=%d:"
+                " a flood of blocks; new blocks of this namespace are refused (the"
+                " requests that make them are still refused) until some end",
+                ns,
+                held,
+                self._nblocks,
+                self.max_keys,
+            )
 
     # ----------------------------------------------------------- counting
     def hit(
@@ -557,9 +658,16 @@ class MemoryStore(Store):
                 ):
                     self._shed(ns)
                 return OK, remaining, wait
-            self._forget(ns, before)
-            self._put_block(ns, key, now, jail, "rate")
-            return JAILED, 0, jail
+            if self._put_block(ns, key, now, jail, "rate")[1]:
+                self._forget(ns, before)
+                return JAILED, 0, jail
+            # No room for the jail: still refused, and the window is kept, so
+            # the key stays limited to ``limit`` per window (see "Room for
+            # each namespace").  (Fetched again: the namespace may have turned.)
+            self._spaces[ns][key] = log
+            if log is not before and self._recount(ns, before, log) > 0 and self._over():
+                self._shed(ns)
+            return OVER, 0, wait
         finally:
             lock.release()
 
@@ -622,8 +730,14 @@ class MemoryStore(Store):
                 code = JAILED
                 blocked_for = self._penalty(ns, key, now, block_for, factor, max_block, memory)
                 held = self._live_block(ns, key, now)
-                if outlasts(None if held is None else held.until, now, blocked_for):
-                    self._put_block(ns, key, now, blocked_for, "failures")
+                if (
+                    outlasts(None if held is None else held.until, now, blocked_for)
+                    and not self._put_block(ns, key, now, blocked_for, "failures")[1]
+                ):
+                    # No room for the block: keep the streak at the limit, so
+                    # that attempts are refused (BUSY) for ``interval`` more.
+                    pending = (0, 0.0) if record is None else record[2:]
+                    record = Streak(limit, now, *pending)
             if record is not None and self._room(ns, now, STATE_BYTES):
                 self._spaces[ns][key] = (record.expires(interval), record)
             return code, streak_now, blocked_for
@@ -663,7 +777,7 @@ class MemoryStore(Store):
     def block(self, ns: str, key: str, seconds: float, reason: str) -> Block:
         now = self._clock()
         with self._lock:
-            return self._put_block(ns, key, now, seconds, reason)
+            return self._put_block(ns, key, now, seconds, reason)[0]
 
     def get_block(self, ns: str, key: str) -> Block | None:
         now = self._clock()
@@ -713,6 +827,18 @@ class MemoryStore(Store):
             self._nblocks = len(self._blocks)
             self._recap()
         return gone
+
+    def clear_counters(self) -> None:
+        """Forget every counter; keep the blocks."""
+        with self._lock:
+            self._spaces.clear()
+            self._aged.clear()
+            self._queue.clear()
+            self._ttl.clear()
+            self._extras.clear()
+            self._counters = 0
+            self._extra = 0
+            self._recap()
 
     def clear(self) -> None:
         """Forget every counter and block."""
