@@ -242,6 +242,7 @@ class DeviceOptions(PolicyOptions, total=False):
     max_identity_changes: int
     identity_window: Duration
     identity_jail: Duration
+    enforce: bool
 
 
 class DeviceJailPolicy(Policy):
@@ -273,6 +274,10 @@ class DeviceJailPolicy(Policy):
     :param identity_window: seconds the changes are counted over (default
         86400, 24 h).
     :param identity_jail: seconds an identity jail lasts (default 50400, 14 h).
+    :param enforce: refuse jailed devices (default True); False is the
+        monitor (report-only) mode: requests are counted and jails recorded
+        in the store as usual, but logged as ``would-jail`` with
+        ``mode=monitor``, and nothing is ever refused.
 
     Durations also accept strings such as ``"30s"``, ``"10m"`` or ``"14h"``.
     """
@@ -296,9 +301,13 @@ class DeviceJailPolicy(Policy):
         max_identity_changes: int = 2,
         identity_window: Duration = 86400.0,
         identity_jail: Duration = 50400.0,
+        enforce: bool = True,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(enforce, bool):
+            raise option_error("enforce", f"must be True or False, got {enforce!r}")
+        self.enforce = enforce
         self.max_requests = positive_int("max_requests", max_requests)
         self.time_window = duration("time_window", time_window)
         self.jail_duration = duration("jail_duration", jail_duration)
@@ -389,7 +398,11 @@ class DeviceJailPolicy(Policy):
             return ALLOW
         if code == JAILED:
             self.report_jail(request, device, "rate", self.max_requests + 1, self.jail_duration)
+            if not self.enforce:
+                return ALLOW
             return Verdict(False, "rate", device.key, retry_after=retry_after(self.jail_duration))
+        if not self.enforce:
+            return ALLOW  # monitor mode: a recorded jail refuses nothing
         return Verdict(False, "jailed", device.key, retry_after=retry_after(wait))
 
     def identity_jailed(self, request: Request, device: Device) -> Verdict:
@@ -397,6 +410,8 @@ class DeviceJailPolicy(Policy):
         self.report_jail(
             request, device, "identity", self.max_identity_changes + 1, self.identity_jail
         )
+        if not self.enforce:
+            return ALLOW
         return Verdict(False, "identity", device.key, retry_after=retry_after(self.identity_jail))
 
     def report_jail(
@@ -405,8 +420,9 @@ class DeviceJailPolicy(Policy):
         account = device.account
         if account is None and not self.per_account:
             account = self.account_of(request, device.activesync)
+        monitor: dict[str, str] = {} if self.enforce else {"mode": "monitor"}
         self.emit(
-            "jailed",
+            "jailed" if self.enforce else "would-jail",
             request.client.key,
             quoted=_QUOTED,
             device=device.device_id,
@@ -416,6 +432,7 @@ class DeviceJailPolicy(Policy):
             seconds=seconds,
             reason=reason,
             device_type=device.activesync.device_type or "",
+            **monitor,
         )
 
     # ---------------------------------------------------------------- faces

@@ -230,6 +230,7 @@ class LoginOptions(PolicyOptions, total=False):
     account_tarpit: tuple[int, float | str] | None
     max_delayed: int
     attempt_timeout: Duration
+    enforce: bool
 
 
 class InvalidLoginPolicy(Policy):
@@ -281,6 +282,11 @@ class InvalidLoginPolicy(Policy):
     :param max_delayed: tarpitted attempts held at once (default 50).
     :param attempt_timeout: seconds an attempt keeps its slot when its
         response never starts (default 30).
+    :param enforce: refuse blocked addresses (default True); False is the
+        monitor (report-only) mode: failures are counted and blocks recorded
+        in the store as usual, but logged as ``would-block`` (and a blocked
+        address's next attempt as ``would-refuse``) with ``mode=monitor``,
+        and nothing is ever refused or held.
     """
 
     kind = "login"
@@ -318,9 +324,13 @@ class InvalidLoginPolicy(Policy):
         account_tarpit: tuple[int, float | str] | None = None,
         max_delayed: int = 50,
         attempt_timeout: Duration = 30.0,
+        enforce: bool = True,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(enforce, bool):
+            raise option_error("enforce", f"must be True or False, got {enforce!r}")
+        self.enforce = enforce
         shape = preset_options(preset) if preset is not None else {}
         self.preset = preset
 
@@ -527,6 +537,8 @@ class InvalidLoginPolicy(Policy):
             return None
         if code == BLOCKED:
             return self._blocked(key, wait)
+        if not self.enforce:
+            return ALLOW  # monitor mode: no slot was taken, the attempt goes unwatched
         return Verdict(False, "busy", key, retry_after=retry_after(wait))
 
     def _blocked(self, key: str, left: float) -> Verdict:
@@ -535,13 +547,18 @@ class InvalidLoginPolicy(Policy):
             if len(self._refused) >= _EPISODES_MAX:
                 self._refused.clear()
             self._refused[key] = None
-            self.emit("refused", key, seconds=wait)
+            if self.enforce:
+                self.emit("refused", key, seconds=wait)
+            else:
+                self.emit("would-refuse", key, seconds=wait, mode="monitor")
+        if not self.enforce:
+            return ALLOW
         return Verdict(False, "blocked", key, retry_after=wait)
 
     def admit(self, key: str, found: _Attempt, seen: int, protocol: str = "http") -> Verdict:
         """The verdict of an attempt that got a slot; ``seen``: its account's failures."""
         delay = 0.0
-        if self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
+        if self.enforce and self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
             if not self._reserve():
                 return Verdict(False, "tarpit", key, retry_after=retry_after(self.tarpit_delay))
             delay = self.tarpit_delay
@@ -611,8 +628,10 @@ class InvalidLoginPolicy(Policy):
                 streak=self._of(self.limit),
                 **via,
             )
+            if not self.enforce:
+                via["mode"] = "monitor"
             self.emit(
-                "blocked",
+                "blocked" if self.enforce else "would-block",
                 key,
                 quoted=quoted,
                 account=verdict.account,
