@@ -97,7 +97,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..activesync import NO_DEVICE, ActiveSyncRequest, parse_query
@@ -420,7 +420,7 @@ class DeviceJailPolicy(Policy):
         account = device.account
         if account is None and not self.per_account:
             account = self.account_of(request, device.activesync)
-        monitor: dict[str, str] = {} if self.enforce else {"mode": "monitor"}
+        monitor: dict[str, Any] = {} if self.enforce else {"mode": "monitor"}
         self.emit(
             "jailed" if self.enforce else "would-jail",
             request.client.key,
