@@ -272,7 +272,8 @@ def served_registry(registry: CollectorRegistry | None = None) -> CollectorRegis
     from prometheus_client import multiprocess
 
     served = CollectorRegistry()
-    multiprocess.MultiProcessCollector(served)
+    collector: Any = multiprocess.MultiProcessCollector  # untyped in some releases
+    collector(served)
     served.register(_StoreCollectors())
     return served
 
