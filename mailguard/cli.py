@@ -48,7 +48,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from . import __version__
@@ -58,6 +58,7 @@ from .config import ConfigError, load, redact
 from .events import quote
 from .options import declared, duration
 from .policies import KINDS
+from .presets import preset_options
 from .stores.base import Store, StoreError
 from .stores.memory import MemoryStore
 from .zimbra import ImportFailed, import_text
@@ -468,8 +469,12 @@ def _toml(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return json.dumps(value)
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, Mapping):
+        pairs = (
+            f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', str(k)) else json.dumps(str(k))} = {_toml(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(pairs) + "}"
     if isinstance(value, (list, tuple, frozenset, set)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
@@ -482,12 +487,22 @@ def _print_in_force(config: Any, out: TextIO) -> None:
             print(f"[{settings.name}]  # off", file=out)
             continue
         print(f"[{settings.name}]", file=out)
+        preset = settings.options.get("preset")
+        shape = preset_options(preset) if isinstance(preset, str) else {}
+        implied = {
+            "namespace": settings.name,
+            "on_store_error": settings.policy_type.default_on_store_error,
+        }
         for name, option in declared(settings.policy_type).items():
             if name in ("store", "on_event") or option.is_callable:
                 continue
             if name in settings.options:
                 value, origin = settings.options[name], settings.origins.get(name)
                 source = f"{origin[0]}: {origin[1]}" if origin else "set"
+            elif option.default is None and name in shape and not callable(shape[name]):
+                value, source = shape[name], f"preset {preset}"
+            elif option.default is None and name in implied:
+                value, source = implied[name], "default"
             else:
                 value, source = option.default, "default"
             if value is None:

@@ -196,6 +196,11 @@ def test_check_config_prints_values_in_force(
     assert "max_failed_logins = 10  # default" in out
     assert "[device]  # off" in out
     assert "store: in-process memory" in out
+    assert 'namespace = "login"  # default' in out
+    path.write_text('[login]\npreset = "zimbra"\n')
+    code, out, _ = run(["check-config", str(path), "--no-env"], capsys)
+    assert code == 0 and 'login_fields = {loginOp = "login"}  # preset zimbra' in out
+    assert "count_basic_auth = true  # preset zimbra" in out
 
 
 @pytest.mark.servers
