@@ -32,6 +32,13 @@ Endpoints (paths relative to where the app is mounted)
     lifts every block.
 ``GET /stats``
     ``{"blocks": {"login": 2}, "total": 2, "keys": 1234}``.
+``POST /block`` with ``{"key": "203.0.113.7", "seconds": "1h", "reason": "phishing run"}``
+    a manual block, as ``mailguard block`` makes: ``kind`` ``"login"``
+    (default) or ``"device"``; ``key`` an address (an IPv6 address stands for
+    its network of ``ipv6_prefix`` bits, default 64), an IPv6 network of that
+    size, or ``DEVICE[/ACCOUNT]`` for a device; ``seconds`` a number or a
+    duration such as ``"30m"``; ``reason`` optional (``"manual"``).  Answers
+    ``{"blocked": {...}}``, the block as ``GET /blocks`` shows it.
 
 Access
 ======
@@ -48,7 +55,9 @@ caller cannot tell which one failed):
 
 Lifting a block is logged at WARNING as
 ``mailguard admin unblock client=127.0.0.1 key="203.0.113.7" kind=login lifted=1``
-and a refused call as ``mailguard admin refused client=...``.
+and a refused call as ``mailguard admin refused client=...``.  Every block and
+lift also leaves an audit line (:mod:`mailguard.audit`), ``by=admin-token``
+``from=<caller>``, and its event reaches ``on_event``.
 """
 
 from __future__ import annotations
@@ -61,12 +70,14 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
+from .audit import ALL, audit, block_key
 from .core import Block
-from .events import Event
+from .events import Event, EventHook
 from .identity import AddressSet, ClientResolver, canonical_ip
+from .options import duration
 from .stores.base import Store, StoreError
 from .stores.memory import MemoryStore
 
@@ -179,6 +190,8 @@ class AdminApp:
         the caller's address (default none: the TCP peer is the caller).
     :param forwarded_header: the header those proxies write (see
         :class:`~mailguard.identity.ClientResolver`).
+    :param on_event: a callable receiving the audit
+        :class:`~mailguard.events.Event` of every block and lift.
     """
 
     def __init__(
@@ -189,7 +202,11 @@ class AdminApp:
         allow: Iterable[str] = ("127.0.0.0/8", "::1"),
         trusted_proxies: Iterable[str] = (),
         forwarded_header: str = "x-forwarded-for",
+        on_event: EventHook | None = None,
     ) -> None:
+        if on_event is not None and not callable(on_event):
+            raise ValueError(f"on_event: must be callable, got {on_event!r}")
+        self.on_event = on_event
         if not isinstance(store, Store):
             raise ValueError(f"store: must be a mailguard store, got {store!r}")
         if not isinstance(token, str) or len(token.strip()) < MIN_TOKEN_LENGTH:
@@ -228,6 +245,7 @@ class AdminApp:
         """The endpoint name, or an error reply (404 / 405)."""
         path = path.rstrip("/") or "/"
         allowed = {"/blocks": ("GET", "HEAD"), "/stats": ("GET", "HEAD"), "/unblock": ("POST",)}
+        allowed["/block"] = ("POST",)
         methods = allowed.get(path)
         if methods is None:
             return "", _bad(404, "not found: use GET /blocks, POST /unblock or GET /stats")
@@ -304,6 +322,54 @@ class AdminApp:
         quoted = frozenset({"key"})
         _log.warning("%s", Event("admin", "unblock", client, tuple(fields), quoted).line())
 
+    # ------------------------------------------------------ manual blocks
+    @staticmethod
+    def _block_args(body: bytes | None) -> _Manual:
+        """The block a ``POST /block`` body asks for."""
+        data = _json_object(body, '{"key": "203.0.113.7", "seconds": "1h"}')
+        unknown = sorted(set(data) - {"key", "kind", "seconds", "reason", "ipv6_prefix"})
+        if unknown:
+            raise _Answer(400, f"body: unknown field(s) {', '.join(unknown)}")
+        kind = data.get("kind", "login")
+        if kind not in ("login", "device"):
+            raise _Answer(400, "kind: must be login or device (DosFilter keeps no blocks)")
+        try:
+            seconds = duration("seconds", data.get("seconds"))
+        except ValueError as exc:
+            raise _Answer(400, str(exc)) from None
+        reason = data.get("reason", "manual")
+        if not isinstance(reason, str) or not 0 < len(reason.strip()) <= 200:
+            raise _Answer(400, "reason: must be a string of 1 to 200 characters")
+        prefix = data.get("ipv6_prefix", 64)
+        if isinstance(prefix, bool) or not isinstance(prefix, int) or not 32 <= prefix <= 128:
+            raise _Answer(400, "ipv6_prefix: must be a whole number from 32 to 128")
+        key = data.get("key")
+        if not isinstance(key, str) or not key or len(key) > 256:
+            raise _Answer(400, "key: must be a non-empty string (an address or a device id)")
+        try:
+            key = block_key(key, kind, ipv6_prefix=prefix)
+        except ValueError as exc:
+            raise _Answer(400, f"key: {exc}") from None
+        return _Manual(key, kind, seconds, reason.strip())
+
+    def _blocked(self, client: str, manual: _Manual, made: Block) -> Reply:
+        audit(
+            "block",
+            key=manual.key,
+            kind=manual.kind,
+            seconds=manual.seconds,
+            reason=manual.reason,
+            by="admin-token",
+            client=client,
+            hook=self.on_event,
+        )
+        return 200, {"blocked": block_record(made, made.since)}, []
+
+    def _audit_lift(self, client: str, key: str | None, kind: str | None, lifted: int) -> None:
+        key = ALL if key is None else key
+        audit("unblock", key=key, kind=kind, lifted=lifted, by="admin-token", client=client,
+              hook=self.on_event)  # fmt: skip
+
     # --------------------------------------------------------------- WSGI
     def wsgi(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         """The WSGI app."""
@@ -329,6 +395,10 @@ class AdminApp:
                 return 200, self._listing(store.now(), store.blocks(kind), limit), []
             if name == "stats":
                 return 200, self._stats(store.blocks()), []
+            if name == "block":
+                manual = self._block_args(_read_wsgi(environ))
+                made = store.block(manual.kind, manual.key, manual.seconds, manual.reason)
+                return self._blocked(client.address, manual, made)
             key, kind = self._unblock_args(_read_wsgi(environ))
             if key is None:
                 lifted = store.unblock_all(kind)
@@ -340,6 +410,7 @@ class AdminApp:
         except StoreError as exc:
             return _bad(503, f"store unavailable: {exc}")
         self._audit(client.address, key, kind, lifted)
+        self._audit_lift(client.address, key, kind, lifted)
         return 200, {"lifted": lifted}, []
 
     # --------------------------------------------------------------- ASGI
@@ -382,6 +453,10 @@ class AdminApp:
                 return 200, self._listing(store.now(), found, limit), []
             if name == "stats":
                 return 200, self._stats(await store.ablocks()), []
+            if name == "block":
+                manual = self._block_args(await _read_asgi(receive))
+                made = await store.ablock(manual.kind, manual.key, manual.seconds, manual.reason)
+                return self._blocked(client.address, manual, made)
             key, kind = self._unblock_args(await _read_asgi(receive))
             if key is None:
                 lifted = await store.aunblock_all(kind)
@@ -394,7 +469,27 @@ class AdminApp:
         except StoreError as exc:
             return _bad(503, f"store unavailable: {exc}")
         self._audit(client.address, key, kind, lifted)
+        self._audit_lift(client.address, key, kind, lifted)
         return 200, {"lifted": lifted}, []
+
+
+class _Manual(NamedTuple):
+    key: str
+    kind: str
+    seconds: float
+    reason: str
+
+
+def _json_object(body: bytes | None, example: str) -> dict[str, Any]:
+    if body is None:
+        raise _Answer(413, f"body: larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _Answer(400, f"body: expected JSON such as {example}") from None
+    if not isinstance(data, dict):
+        raise _Answer(400, "body: expected a JSON object")
+    return data
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

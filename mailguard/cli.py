@@ -7,6 +7,8 @@ several processes serve the same users::
     mailguard unblock 203.0.113.7 --redis URL            # every kind of block on it
     mailguard unblock 3B7F0E2A --kind device --redis URL # one ActiveSync device
     mailguard unblock --all [--kind login] --redis URL
+    mailguard block 203.0.113.7 --for 1h --reason "phishing run" --redis URL
+    mailguard block Appl-F17X/jdoe --kind device --for 1d --redis URL
     mailguard stats --redis URL
     mailguard blocks --config mailguard.toml             # store taken from [store]
 
@@ -15,6 +17,7 @@ and the configuration verbs need no store::
     mailguard check-config mailguard.toml
     mailguard import-zimbra zmprov-gacf.txt > mailguard.toml   # "-" reads stdin
     mailguard demo [ARGS...]
+    mailguard completion bash|zsh          # e.g. source <(mailguard completion bash)
 
 and two print files installed with the package::
 
@@ -31,8 +34,12 @@ address lifts the block on its /64.
 The in-memory store lives inside the app's process and cannot be reached from
 here: mount the admin app of :mod:`mailguard.admin` in the app instead.
 
-Exit codes: 0 done; 1 nothing to do (no block on that address or device);
-2 usage or configuration error; 3 the store could not be reached or failed.
+Every block and lift leaves an audit line (logger ``mailguard.audit``, see
+:mod:`mailguard.audit`), written to standard error unless logging is set up.
+
+Exit codes: 0 done; 1 nothing to do (no block on that address or device,
+``unblock --all`` with nothing to lift); 2 usage or configuration error; 3 the
+store could not be reached or failed (``check-config`` tries it too).
 Expected failures print one line on standard error, never a traceback.
 """
 
@@ -42,20 +49,24 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, TextIO
 
 from . import __version__
 from .admin import block_record, keys_to_lift
+from .audit import ALL, AUDIT_LOGGER, audit, block_key, who
 from .config import ConfigError, load, redact
 from .events import quote
+from .options import declared, duration
 from .policies import KINDS
+from .presets import preset_options
 from .stores.base import Store, StoreError
 from .stores.memory import MemoryStore
 from .zimbra import ImportFailed, import_text
@@ -70,11 +81,11 @@ EXIT_STORE = 3
 _EPILOG = """\
 exit codes:
   0  done
-  1  nothing to do: no block on that address or device
+  1  nothing to do: no block on that address or device (or none at all for --all)
   2  usage or configuration error
   3  the store could not be reached or failed
 
-The store of blocks/unblock/stats: --redis URL [--prefix P], or --config FILE
+The store of blocks/block/unblock/stats: --redis URL [--prefix P], or --config FILE
 (its [store] table, with MAILGUARD_* environment overrides; default file:
 $MAILGUARD_CONFIG). The in-memory store lives inside the app's process: use
 the admin app (mailguard.admin.AdminApp) there instead.
@@ -153,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--no-env", action="store_true", help="ignore MAILGUARD_* environment overrides"
     )
+    check.add_argument(
+        "--no-connect", action="store_true", help="do not try to reach a Redis store"
+    )
 
     zimbra = commands.add_parser(
         "import-zimbra",
@@ -190,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("demo", help="run the demo (arguments go to the demo)", add_help=False)
+    _add_admin_verbs(commands, store)
     return parser
 
 
@@ -203,6 +218,14 @@ def main(argv: Sequence[str] | None = None, *, store: Store | None = None) -> in
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["demo"]:
         return _demo(args_list[1:])
+    try:
+        with _audit_to_stderr():
+            return _main(args_list, store)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(args_list: list[str], store: Store | None) -> int:
     try:
         try:
             args = _parser().parse_args(args_list)
@@ -222,6 +245,8 @@ def main(argv: Sequence[str] | None = None, *, store: Store | None = None) -> in
             return _print_data(
                 "fail2ban/jail.d/mailguard.local" if args.jail else f"fail2ban/filter.d/{name}"
             )
+        if args.command == "completion":
+            return _completion(args.shell, sys.stdout)
         return _store_command(args, store)
     except UsageError as exc:
         _fail(str(exc))
@@ -229,8 +254,6 @@ def main(argv: Sequence[str] | None = None, *, store: Store | None = None) -> in
     except ConfigError as exc:
         _fail(f"mailguard: {exc}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
 
 
 def _fail(message: str) -> None:
@@ -245,7 +268,8 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK: {config.describe()}")
     if not config.enabled:
         _fail(f"mailguard: warning: {args.file} enables no filter")
-    return EXIT_OK
+    _print_in_force(config, sys.stdout)
+    return _try_store(config, connect=not args.no_connect, out=sys.stdout)
 
 
 def _import_zimbra(args: argparse.Namespace) -> int:
@@ -376,6 +400,7 @@ def _redis(url: str, prefix: str) -> Store:
 def _store_command(args: argparse.Namespace, injected: Store | None) -> int:
     if args.command == "unblock" and (args.all == (args.key is not None)):
         raise UsageError("mailguard unblock: give an ADDRESS or DEVICE, or --all (see --help)")
+    manual = _block_args(args) if args.command == "block" else None
     if injected is not None:
         store, where = injected, repr(injected)
     else:
@@ -385,6 +410,8 @@ def _store_command(args: argparse.Namespace, injected: Store | None) -> int:
             return _blocks(store, args.kind, args.json, sys.stdout)
         if args.command == "unblock":
             return _unblock(store, args, sys.stdout)
+        if manual is not None:
+            return _block(store, manual, sys.stdout)
         return _stats(store, args.json, sys.stdout)
     except _store_errors() as exc:
         _fail(f"mailguard: store {where}: {exc}")
@@ -442,11 +469,16 @@ def _unblock(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     kind = args.kind
     if args.all:
         lifted = store.unblock_all(kind)
+        audit("unblock", key=ALL, kind=kind, lifted=lifted, by=who())
+        if not lifted:
+            _fail("mailguard: no block to lift" + (f" of kind {kind}" if kind else ""))
+            return EXIT_NOT_FOUND
         print(f"lifted {lifted} block(s)" + (f" of kind {kind}" if kind else ""), file=out)
         return EXIT_OK
     keys = keys_to_lift(store.blocks(kind), args.key)
     listed = [b for b in store.blocks(kind) if b.key in keys]
     lifted = sum(store.unblock(k, kind) for k in keys)
+    audit("unblock", key=args.key, kind=kind, lifted=lifted, by=who())
     if not lifted:
         what = f"{kind} block" if kind else "block"
         _fail(f"mailguard: no {what} on {_shown(args.key)}")
@@ -494,6 +526,265 @@ def _stats(store: Store, as_json: bool, out: TextIO) -> int:
     if keys is not None:
         print(f"keys in store: {keys}", file=out)
     return EXIT_OK
+
+
+# -------------------------------------------------- check-config: in force
+
+
+def _toml(value: Any) -> str:
+    """A value as it would be written in mailguard.toml."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}" if value != int(value) else str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        pairs = (
+            f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', str(k)) else json.dumps(str(k))} = {_toml(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, (list, tuple, frozenset, set)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def _print_in_force(config: Any, out: TextIO) -> None:
+    """Every option of every enabled filter, with where its value comes from."""
+    for settings in config.filters:
+        if not settings.enabled:
+            print(f"[{settings.name}]  # off", file=out)
+            continue
+        print(f"[{settings.name}]", file=out)
+        preset = settings.options.get("preset")
+        shape = preset_options(preset) if isinstance(preset, str) else {}
+        implied = {
+            "namespace": settings.name,
+            "on_store_error": settings.policy_type.default_on_store_error,
+        }
+        for name, option in declared(settings.policy_type).items():
+            if name in ("store", "on_event") or option.is_callable:
+                continue
+            if name in settings.options:
+                value, origin = settings.options[name], settings.origins.get(name)
+                source = f"{origin[0]}: {origin[1]}" if origin else "set"
+            elif option.default is None and name in shape and not callable(shape[name]):
+                value, source = shape[name], f"preset {preset}"
+            elif option.default is None and name in implied:
+                value, source = implied[name], "default"
+            else:
+                value, source = option.default, "default"
+            if value is None:
+                print(f"# {name} unset  ({source})", file=out)
+            else:
+                print(f"{name} = {_toml(value)}  # {source}", file=out)
+
+
+def _try_store(config: Any, *, connect: bool, out: TextIO) -> int:
+    """Reach the configured store once (Redis); exit 3 when it does not answer."""
+    settings = config.store
+    if settings.type != "redis":
+        print("store: in-process memory, nothing to connect to", file=out)
+        return EXIT_OK
+    where = f"{redact(settings.url or '')} prefix {settings.prefix!r}"
+    if not connect:
+        print(f"store: {where} (not tried: --no-connect)", file=out)
+        return EXIT_OK
+    try:
+        store = settings.build()
+    except ImportError as exc:
+        raise UsageError(f"mailguard: the Redis store is not available ({exc})") from None
+    try:
+        store.get_block("dos", "mailguard-check-config")
+    except _store_errors() as exc:
+        _fail(f"mailguard: store {where}: {exc}")
+        return EXIT_STORE
+    finally:
+        with contextlib.suppress(Exception):
+            store.close()
+    print(f"store: {where}: answered", file=out)
+    return EXIT_OK
+
+
+# ------------------------------------------------------ block, completion
+
+
+_BLOCK_KINDS = ("login", "device")
+
+
+def _add_admin_verbs(commands: Any, store: argparse.ArgumentParser) -> None:
+    """The ``block`` and ``completion`` verbs."""
+    block = commands.add_parser(
+        "block",
+        parents=[store],
+        help="block an address, an IPv6 /64 or a device by hand",
+        description="Block KEY by hand for --for; the filters refuse it as their own block "
+        "(a login block refuses login attempts, or every request with block_scope = 'all').",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    block.add_argument(
+        "key",
+        metavar="ADDRESS|NETWORK|DEVICE",
+        help="an address (IPv6: its /64), an IPv6 /64, or DEVICE[/ACCOUNT] with --kind device",
+    )
+    block.add_argument(
+        "--kind",
+        metavar="KIND",
+        default="login",
+        help="the filter whose block it is: login (default) or device (dos has no blocks)",
+    )
+    block.add_argument(
+        "--for", dest="seconds", metavar="DURATION", required=True, help="e.g. 900, 30m, 1h, 2d"
+    )
+    block.add_argument("--reason", default="manual", help='why (default "manual")')
+    block.add_argument(
+        "--ipv6-prefix",
+        type=int,
+        metavar="BITS",
+        help="IPv6 clients are counted per network of BITS (default: the config's, or 64)",
+    )
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script: source <(mailguard completion bash), or in "
+        "~/.zshrc: source <(mailguard completion zsh).",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
+
+
+class _Manual:
+    """A checked ``mailguard block`` request."""
+
+    def __init__(self, key: str, kind: str, seconds: float, reason: str) -> None:
+        self.key, self.kind, self.seconds, self.reason = key, kind, seconds, reason
+
+
+def _block_args(args: argparse.Namespace) -> _Manual:
+    kind = args.kind
+    if kind == "dos":
+        raise UsageError(
+            "mailguard block: DosFilter keeps no blocks (it refuses per second); block the"
+            " address with --kind login, and block_scope = 'all' refuses all its requests"
+        )
+    if kind not in _BLOCK_KINDS:
+        raise UsageError(f"mailguard block: --kind: must be login or device, got {kind!r}")
+    try:
+        seconds = duration("--for", args.seconds)
+    except ValueError as exc:
+        raise UsageError(f"mailguard block: {exc}") from None
+    reason = args.reason.strip()
+    if not reason or len(reason) > 200 or not reason.isprintable():
+        raise UsageError("mailguard block: --reason: 1 to 200 printable characters")
+    prefix = args.ipv6_prefix
+    if prefix is None:
+        prefix = _configured_prefix(args, kind)
+    try:
+        key = block_key(args.key, kind, ipv6_prefix=prefix)
+    except ValueError as exc:
+        raise UsageError(f"mailguard block: {exc}") from None
+    return _Manual(key, kind, seconds, reason)
+
+
+def _configured_prefix(args: argparse.Namespace, kind: str) -> int:
+    """The ipv6_prefix of the filter ``kind`` in --config (or $MAILGUARD_CONFIG), else 64."""
+    path = getattr(args, "config", None) or (
+        None if getattr(args, "redis", None) else os.environ.get("MAILGUARD_CONFIG")
+    )
+    if not path:
+        return 64
+    settings = load(path).filter(kind)
+    prefix = settings.options.get("ipv6_prefix", 64) if settings is not None else 64
+    return prefix if isinstance(prefix, int) else 64
+
+
+def _block(store: Store, manual: _Manual, out: TextIO) -> int:
+    made = store.block(manual.kind, manual.key, manual.seconds, manual.reason)
+    audit(
+        "block",
+        key=manual.key,
+        kind=manual.kind,
+        seconds=manual.seconds,
+        reason=manual.reason,
+        by=who(),
+    )
+    print(
+        f"blocked {manual.kind} {_shown(manual.key)} for {_left(manual.seconds)}"
+        f" (until {_when(made.until)}): {_shown(manual.reason)}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _verbs() -> dict[str, list[str]]:
+    """Each verb's options, read from the parser (the completion scripts' word lists)."""
+    parser = _parser()
+    verbs: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                words = {o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+                for a in sub._actions:  # a positional with fixed choices: completion's shell
+                    if not a.option_strings and a.choices is not None:
+                        words.update(str(c) for c in a.choices)
+                verbs[name] = sorted(words - {"--help"})
+    return verbs
+
+
+def _completion(shell: str, out: TextIO) -> int:
+    verbs = _verbs()
+    cases = "\n".join(
+        f'        {name}) words="{" ".join(opts)}" ;;' for name, opts in verbs.items()
+    )
+    head = f"# mailguard {__version__} {shell} completion: source <(mailguard completion {shell})"
+    script = (
+        head
+        + f"""
+_mailguard() {{
+    local cur words
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{" ".join(verbs)} --help --version" -- "$cur"))
+        return 0
+    fi
+    case "${{COMP_WORDS[COMP_CWORD-1]}}" in
+        --kind) COMPREPLY=($(compgen -W "{" ".join(KINDS)}" -- "$cur")); return 0 ;;
+    esac
+    case "${{COMP_WORDS[1]}}" in
+{cases}
+        *) words="" ;;
+    esac
+    COMPREPLY=($(compgen -W "$words --help" -- "$cur"))
+}}
+"""
+    )
+    if shell == "zsh":
+        script += "autoload -U +X bashcompinit && bashcompinit\n"
+    script += "complete -o default -F _mailguard mailguard\n"
+    out.write(script)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _audit_to_stderr() -> Iterator[None]:
+    """Audit lines go to standard error unless logging already sends them somewhere."""
+    logger = logging.getLogger(AUDIT_LOGGER)
+    node: logging.Logger | None = logger
+    while node is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in node.handlers):
+            yield
+            return
+        node = node.parent if node.propagate else None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,14 +1,70 @@
 """Prometheus metrics (the ``prometheus`` extra: ``pip install 'mailguard[prometheus]'``).
 
-::
+Count the filters' events with the hook :func:`instrument` returns, and serve
+``/metrics`` next to (not inside) the protected app, so scrapes are neither
+counted nor refused.  With Starlette (any ASGI framework that mounts apps):
 
-    from prometheus_client import CollectorRegistry
-    from mailguard import metrics
+>>> from prometheus_client import CollectorRegistry
+>>> from starlette.applications import Starlette
+>>> from starlette.responses import PlainTextResponse
+>>> from starlette.routing import Mount, Route
+>>> import mailguard.asgi
+>>> from mailguard import MemoryStore, metrics
+>>> from mailguard.config import loads
+>>> registry = CollectorRegistry()  # leave it out for prometheus_client's default
+>>> store = MemoryStore()
+>>> hook = metrics.instrument(store, registry)
+>>> async def inbox(request):
+...     return PlainTextResponse("inbox")
+>>> config = loads("[dos]\\nmax_requests_per_sec = 50\\n")  # or "mailguard.toml"
+>>> webmail = Starlette(routes=[Route("/", inbox)])
+>>> webmail = mailguard.asgi.protect(webmail, config, store=store, on_event=hook)
+>>> scrape = Route("/metrics", metrics.asgi_app(registry))
+>>> app = Starlette(routes=[scrape, Mount("/", webmail)])
 
-    store = MemoryStore()
-    hook = metrics.instrument(store)                  # default registry
-    app = mailguard.asgi.protect(app, "mailguard.toml", store=store, on_event=hook)
-    app.mount("/metrics", metrics.asgi_app())        # or metrics.wsgi_app()
+and with Flask (any WSGI app), werkzeug's dispatcher does the mounting:
+
+>>> from flask import Flask
+>>> from werkzeug.middleware.dispatcher import DispatcherMiddleware
+>>> import mailguard.wsgi
+>>> flask_app = Flask("webmail")
+>>> guarded = mailguard.wsgi.protect(flask_app.wsgi_app, config, store=store, on_event=hook)
+>>> flask_app.wsgi_app = DispatcherMiddleware(guarded, {"/metrics": metrics.wsgi_app(registry)})
+
+Both serve the same registry:
+
+>>> from starlette.testclient import TestClient
+>>> with TestClient(app) as client:
+...     print(client.get("/").text, client.get("/metrics").status_code)
+inbox 200
+>>> text = flask_app.test_client().get("/metrics").get_data(as_text=True)
+>>> 'mailguard_blocks{kind="login"} 0.0' in text
+True
+
+Several worker processes
+========================
+
+Under ``uvicorn --workers N``, gunicorn or any pre-fork server each worker
+counts in its own memory, and a scrape reaches one worker at random: the
+totals jump between workers' counts, which Prometheus takes for counter
+resets.  prometheus_client's multiprocess mode adds them up.  Point
+``PROMETHEUS_MULTIPROC_DIR`` at an empty directory, writable by the workers,
+before the server starts (clear it at each start; the variable must be set
+before ``prometheus_client`` is imported, so set it in the environment, not in
+the app)::
+
+    rm -rf /run/mailguard-metrics && mkdir -p /run/mailguard-metrics
+    PROMETHEUS_MULTIPROC_DIR=/run/mailguard-metrics uvicorn app:app --workers 4
+
+and call :func:`instrument` and :func:`asgi_app` / :func:`wsgi_app` *without*
+a registry: the counters then live in files in that directory and every
+worker's ``/metrics`` answers the sum over all workers (the events of workers
+that have exited included, so the totals never go down).  The block gauges
+are read from the store at each scrape, so they agree across workers when
+the store is shared (:class:`~mailguard.RedisStore`); a
+:class:`~mailguard.MemoryStore` is per process, and so are its blocks.
+(Passing your own ``registry`` in multiprocess mode is up to you: add
+``prometheus_client.multiprocess.MultiProcessCollector(registry)`` to it.)
 
 Metrics
 =======
@@ -48,6 +104,7 @@ Alerting on blocks needs no metrics at all: any ``on_event`` hook can filter
 
 from __future__ import annotations
 
+import os
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -67,7 +124,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "mailguard.metrics needs prometheus-client: pip install 'mailguard[prometheus]'"
     ) from exc
 
-__all__ = ["MetricsCollector", "PrometheusHook", "asgi_app", "instrument", "wsgi_app"]
+__all__ = [
+    "MetricsCollector",
+    "PrometheusHook",
+    "asgi_app",
+    "instrument",
+    "multiprocess_dir",
+    "served_registry",
+    "wsgi_app",
+]
 
 KINDS = FILTER_KINDS
 """The filter kinds whose blocks are always exported (:data:`mailguard.policies.KINDS`)."""
@@ -163,23 +228,75 @@ class MetricsCollector:
             yield keys
 
 
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, or None when it is off."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+_default_collectors: list[MetricsCollector] = []
+"""The store collectors :func:`instrument` put on the default registry."""
+
+
+class _StoreCollectors:
+    """Every collector of :data:`_default_collectors`, read at each scrape."""
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())  # names are known only at scrape time: register without checks
+
+    def collect(self) -> Iterator[Any]:
+        for collector in list(_default_collectors):
+            yield from collector.collect()
+
+
 def instrument(store: Store, registry: CollectorRegistry | None = None) -> PrometheusHook:
     """Register a :class:`MetricsCollector` for ``store`` and return a :class:`PrometheusHook`.
 
     Pass the hook as ``on_event`` to the filters (or to ``protect``).
     """
     where = REGISTRY if registry is None else registry
-    where.register(MetricsCollector(store))
+    collector = MetricsCollector(store)
+    where.register(collector)
+    if registry is None:
+        _default_collectors.append(collector)
     return PrometheusHook(where)
 
 
+def served_registry(registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """What a ``/metrics`` app serves: ``registry`` when given; else the default
+    registry, or, in multiprocess mode (:func:`multiprocess_dir`), a registry
+    adding up every worker's counters plus the store gauges of :func:`instrument`."""
+    if registry is not None:
+        return registry
+    if multiprocess_dir() is None:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    served = CollectorRegistry()
+    collector: Any = multiprocess.MultiProcessCollector  # untyped in some releases
+    collector(served)
+    served.register(_StoreCollectors())
+    return served
+
+
+class _AsgiApp:
+    """prometheus_client's ASGI app as an object, not a function, so that
+    ``starlette.routing.Route("/metrics", app)`` takes it for an ASGI app
+    (a plain function would be called as a request endpoint)."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
 def asgi_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
-    """An ASGI app serving the registry in Prometheus' text format (mount it at /metrics)."""
-    app: Callable[..., Any] = _make_asgi_app(REGISTRY if registry is None else registry)
-    return app
+    """An ASGI app serving the metrics in Prometheus' text format: a route's
+    endpoint (``Route("/metrics", asgi_app())``) or mounted (``Mount``)."""
+    return _AsgiApp(_make_asgi_app(served_registry(registry)))
 
 
 def wsgi_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:
-    """A WSGI app serving the registry in Prometheus' text format (mount it at /metrics)."""
-    app: Callable[..., Any] = _make_wsgi_app(REGISTRY if registry is None else registry)
+    """A WSGI app serving the metrics in Prometheus' text format (mount it at /metrics)."""
+    app: Callable[..., Any] = _make_wsgi_app(served_registry(registry))
     return app

@@ -186,8 +186,9 @@ def test_unblock_all(store: MemoryStore, capsys: pytest.CaptureFixture[str]) -> 
     assert {b.kind for b in store.blocks()} == {"device", "dos"}
     code, out, _ = run(["unblock", "--all"], capsys, store=store)
     assert code == 0 and "lifted 3 block(s)" in out and store.blocks() == []
-    code, _, _ = run(["unblock", "--all"], capsys, store=store)
-    assert code == 0  # nothing left is not an error for --all
+    code, out, err = run(["unblock", "--all"], capsys, store=store)
+    assert code == 1 and out == ""  # nothing to do: exit 1, as for one key with no block
+    assert "no block to lift" in err
 
 
 # ------------------------------------------------------------ configuration

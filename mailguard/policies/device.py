@@ -112,7 +112,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..activesync import MAX_DEVICE_IDS, NO_DEVICE, ActiveSyncRequest, parse_query
@@ -279,6 +279,7 @@ class DeviceOptions(PolicyOptions, total=False):
     identity_window: Duration
     identity_jail: Duration
     default_domain: str | None
+    enforce: bool
 
 
 class DeviceJailPolicy(Policy):
@@ -314,6 +315,10 @@ class DeviceJailPolicy(Policy):
     :param default_domain: when set, an account without ``@`` gets
         ``@<default_domain>``, so ``jdoe`` and ``jdoe@example.com`` are one
         account in a device's key (default None).
+    :param enforce: refuse jailed devices (default True); False is the
+        monitor (report-only) mode: requests are counted and jails recorded
+        in the store as usual, but logged as ``would-jail`` with
+        ``mode=monitor``, and nothing is ever refused.
 
     Durations also accept strings such as ``"30s"``, ``"10m"`` or ``"14h"``.
     """
@@ -338,9 +343,13 @@ class DeviceJailPolicy(Policy):
         identity_window: Duration = 86400.0,
         identity_jail: Duration = 50400.0,
         default_domain: str | None = None,
+        enforce: bool = True,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(enforce, bool):
+            raise option_error("enforce", f"must be True or False, got {enforce!r}")
+        self.enforce = enforce
         if default_domain is not None:
             self.accounts = AccountRule(
                 strip_domain=self.accounts.strip_domain, default_domain=default_domain
@@ -442,7 +451,11 @@ class DeviceJailPolicy(Policy):
             return ALLOW
         if code == JAILED:
             self.report_jail(request, device, "rate", self.max_requests + 1, self.jail_duration)
+            if not self.enforce:
+                return ALLOW
             return Verdict(False, "rate", device.key, retry_after=retry_after(self.jail_duration))
+        if not self.enforce:
+            return ALLOW  # monitor mode: a recorded jail refuses nothing
         return Verdict(False, "jailed", device.key, retry_after=retry_after(wait))
 
     def identity_jailed(self, request: Request, device: Device) -> Verdict:
@@ -450,6 +463,8 @@ class DeviceJailPolicy(Policy):
         self.report_jail(
             request, device, "identity", self.max_identity_changes + 1, self.identity_jail
         )
+        if not self.enforce:
+            return ALLOW
         return Verdict(False, "identity", device.key, retry_after=retry_after(self.identity_jail))
 
     def report_jail(
@@ -458,8 +473,9 @@ class DeviceJailPolicy(Policy):
         account = device.account
         if account is None and not self.per_account:
             account = self.account_of(request, device.activesync)
+        monitor: dict[str, Any] = {} if self.enforce else {"mode": "monitor"}
         self.emit(
-            "jailed",
+            "jailed" if self.enforce else "would-jail",
             request.client.key,
             quoted=_QUOTED,
             device=device.device_id,
@@ -469,6 +485,7 @@ class DeviceJailPolicy(Policy):
             seconds=seconds,
             reason=reason,
             device_type=device.activesync.device_type or "",
+            **monitor,
         )
 
     # ---------------------------------------------------------------- faces

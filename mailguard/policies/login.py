@@ -261,6 +261,7 @@ class LoginOptions(PolicyOptions, total=False):
     max_delayed: int
     attempt_timeout: Duration
     default_domain: str | None
+    enforce: bool
 
 
 class InvalidLoginPolicy(Policy):
@@ -319,6 +320,11 @@ class InvalidLoginPolicy(Policy):
     :param default_domain: when set, an account without ``@`` gets
         ``@<default_domain>``, so ``victim`` and ``victim@example.com`` are
         one account for the tarpit (default None).
+    :param enforce: refuse blocked addresses (default True); False is the
+        monitor (report-only) mode: failures are counted and blocks recorded
+        in the store as usual, but logged as ``would-block`` (and a blocked
+        address's next attempt as ``would-refuse``) with ``mode=monitor``,
+        and nothing is ever refused or held.
     """
 
     kind = "login"
@@ -357,9 +363,13 @@ class InvalidLoginPolicy(Policy):
         max_delayed: int = 50,
         attempt_timeout: Duration = 30.0,
         default_domain: str | None = None,
+        enforce: bool = True,
         **options: Unpack[PolicyOptions],
     ) -> None:
         super().__init__(**options)
+        if not isinstance(enforce, bool):
+            raise option_error("enforce", f"must be True or False, got {enforce!r}")
+        self.enforce = enforce
         if default_domain is not None:
             self.accounts = AccountRule(
                 strip_domain=self.accounts.strip_domain, default_domain=default_domain
@@ -598,6 +608,8 @@ class InvalidLoginPolicy(Policy):
             return None
         if code == BLOCKED:
             return self._blocked(key, wait)
+        if not self.enforce:
+            return ALLOW  # monitor mode: no slot was taken, the attempt goes unwatched
         return Verdict(False, "busy", key, retry_after=retry_after(wait))
 
     def _blocked(self, key: str, left: float) -> Verdict:
@@ -606,7 +618,12 @@ class InvalidLoginPolicy(Policy):
             if len(self._refused) >= _EPISODES_MAX:
                 self._refused.clear()
             self._refused[key] = None
-            self.emit("refused", key, seconds=wait)
+            if self.enforce:
+                self.emit("refused", key, seconds=wait)
+            else:
+                self.emit("would-refuse", key, seconds=wait, mode="monitor")
+        if not self.enforce:
+            return ALLOW
         return Verdict(False, "blocked", key, retry_after=wait)
 
     def admit(
@@ -615,7 +632,7 @@ class InvalidLoginPolicy(Policy):
         """The verdict of an attempt that got a slot; ``seen``: its account's failures;
         ``clean``: its address had no failure streak and no other attempt under way."""
         delay = 0.0
-        if self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
+        if self.enforce and self.tarpit_after and (found.suspect or seen >= self.tarpit_after):
             if self._reserve():
                 delay = self.tarpit_delay
             elif not clean:
@@ -688,8 +705,10 @@ class InvalidLoginPolicy(Policy):
                 streak=self._of(self.limit),
                 **via,
             )
+            if not self.enforce:
+                via["mode"] = "monitor"
             self.emit(
-                "blocked",
+                "blocked" if self.enforce else "would-block",
                 key,
                 quoted=quoted,
                 account=verdict.account,
