@@ -135,3 +135,24 @@ def test_a_flood_of_fresh_devices_does_not_evict_a_login_streak() -> None:
     store.attempt("login", GUESSER, MAX_FAILED, 60.0, 30.0)
     code, _, _ = store.settle("login", GUESSER, True, MAX_FAILED, 60.0, 900.0)
     assert code == 2  # JAILED: the streak survived the flood
+
+
+def test_identity_rule_still_jails_when_its_blocks_are_full() -> None:
+    """The identity rule's own jail namespace at its block share: the store
+    answers OVER instead of JAILED, and the device is still refused."""
+    store = MemoryStore(max_keys=2000, clock=FakeClock(T0))
+    policy = DeviceJailPolicy(store=store, identity_changes=True)
+    for n in range(2000):  # fill the rule's namespace up to its share, and on
+        store.block(policy._changes_ns, f"invented{n}", 3600.0, "identity")
+    assert store.dropped > 0
+    statuses: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    client = Client(mg_wsgi.DeviceJail(app, policy=policy))
+    for agent in ["Apple-iPhone/1", "Apple-iPhone/2", "Apple-iPhone/1", "Apple-iPhone/2"]:
+        reply = client.get(AS + "ABC123", headers={"User-Agent": agent})
+        statuses.append(reply.status_code)
+    assert statuses == [200, 200, 200, 503]

@@ -120,7 +120,7 @@ from ..core import ALLOW, Block, Verdict, retry_after
 from ..options import Duration, at_least_a_second, duration, option_error, positive_int, whole
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule
 from ..request import Request
-from ..stores.base import JAILED, OK
+from ..stores.base import JAILED, OK, OVER
 from .base import Policy, PolicyOptions
 from .steps import Steps, arun, call, run
 
@@ -533,7 +533,9 @@ class DeviceJailPolicy(Policy):
             self.identity_window,
             self.identity_jail,
         )
-        if code != JAILED:
+        # OVER with a jail asked for: the store had no room left for this
+        # namespace's blocks (see MemoryStore's block share); still a jail
+        if code != JAILED and code != OVER:
             return ALLOW
         yield call("block", self.namespace, device.key, self.identity_jail, "identity")
         return self.identity_jailed(request, device)
