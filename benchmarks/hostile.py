@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import platform
 import random
 import sys
@@ -35,6 +36,9 @@ from mailguard import asgi as mg_asgi
 from mailguard.policies.dos import _EPISODES_MAX as DOS_EPISODES
 from mailguard.policies.login import _EPISODES_MAX as LOGIN_EPISODES
 from mailguard.reading import _CACHED_PATHS
+
+# Only the tables: mailguard's own log lines (refusals, startup) stay out of the way.
+logging.getLogger("mailguard").addHandler(logging.NullHandler())
 
 PROXY = ["10.0.0.0/8"]
 REFUSAL_SHAPES = 512  # mailguard.policies.base: Policy._refusals
