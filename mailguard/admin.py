@@ -485,7 +485,7 @@ def _json_object(body: bytes | None, example: str) -> dict[str, Any]:
         raise _Answer(413, f"body: larger than {MAX_BODY} bytes")
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, huge numbers, deep nesting
         raise _Answer(400, f"body: expected JSON such as {example}") from None
     if not isinstance(data, dict):
         raise _Answer(400, "body: expected a JSON object")

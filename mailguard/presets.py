@@ -130,7 +130,9 @@ def request_cookies(request: Request, *, php: bool = False) -> dict[str, list[st
     return cookies
 
 
-_TAG = re.compile(r"<[^>]*(?:>|$)")
+# PHP's strip_tags starts a tag at '<' only when no white space follows it
+# (ext/standard/string.c php_strip_tags_ex: "< login" stays text)
+_TAG = re.compile(r"<(?!\s)[^>]*(?:>|$)")
 _NOT_ASCII_WORD = re.compile(r"[^a-z0-9_.-]+")
 
 
@@ -365,15 +367,16 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             # nextcloud/server (read through the search index: the repository is
             # too large to fetch): core/Controller/LoginController.php tryLogin
             # answers a failure with createLoginFailedResponse, a RedirectResponse
-            # (303) to core.login.showLoginForm; lib/base.php handleLogin tries
-            # Basic credentials (Session::tryBasicAuthLogin) for remote.php
-            # (WebDAV, CalDAV, CardDAV) and ocs/v1.php, ocs/v2.php, whose
-            # failures are 401 (Sabre's Auth plugin, OCS's "not logged in");
-            # public.php takes a share's password the same way.  429 is
-            # Nextcloud's own brute-force throttle.  PHP reads the form.
+            # (303) to core.login.showLoginForm; lib/base.php handleLogin runs
+            # for every request from a guest (OC::handleRequest, all of
+            # index.php, remote.php, ocs/, public.php) and tries Basic
+            # credentials (Session::tryBasicAuthLogin) on each, so Basic or
+            # Bearer credentials count wherever they are sent; failures are
+            # 401 (Sabre's Auth plugin, OCS's "not logged in", index.php).
+            # 429 is Nextcloud's own brute-force throttle.  PHP reads the form.
             _preset(
                 "nextcloud",
-                "Nextcloud: POST /login (303 back to /login), Basic on remote.php/ocs (401)",
+                "Nextcloud: POST /login (303 back to /login), Basic/Bearer anywhere (401)",
                 login_paths=("/login", "/index.php/login"),
                 login_methods=_FORM,
                 login_fields=MappingProxyType({}),
@@ -381,7 +384,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 failure_statuses=(401, 429),
                 is_failure=nextcloud_failure,
                 count_basic_auth=True,
-                auth_paths=("/remote.php/", "/ocs/", "/public.php/"),
+                auth_paths=("*",),
                 php_forms=True,
             ),
             # Zimbra: the web client's login.jsp (loginOp=login, a failure

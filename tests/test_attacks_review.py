@@ -111,11 +111,6 @@ def test_nextcloud_multipart_decoy_name_keeps_the_account(kind: str) -> None:
     assert failures(events) == ["victim"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PHP strip_tags keeps a '<' followed by whitespace as text ('< login' ->"
-    " asciiwords -> 'login'); _roundcube_word strips '< login' to the end: no login seen",
-)
 @pytest.mark.parametrize("value", ["%3C%20login", "%3C%09login", "lo%3C%20gin"])
 def test_roundcube_action_with_lone_angle_bracket_is_a_login(kind: str, value: str) -> None:
     events: list[Event] = []
@@ -125,12 +120,6 @@ def test_roundcube_action_with_lone_angle_bracket_is_a_login(kind: str, value: s
     assert codes[-1] == 503, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Nextcloud lib/base.php runs handleLogin (tryBasicAuthLogin) for every guest"
-    " request through index.php, not only remote.php/ocs/public.php: Basic guesses"
-    " at /index.php/apps/... are never counted",
-)
 @pytest.mark.parametrize("path", ["/index.php/apps/files/", "/apps/dashboard/", "/"])
 def test_nextcloud_basic_credentials_on_any_index_php_path_are_counted(
     kind: str, path: str
@@ -496,12 +485,6 @@ def admin_post(kind: str, path: str, body: bytes) -> int:
         return 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /block's _json_object catches only UnicodeDecodeError/JSONDecodeError:"
-    " an integer of > 4300 digits (ValueError) or deep nesting (RecursionError) escapes"
-    " as a 500 (POST /unblock catches both)",
-)
 @pytest.mark.parametrize("body", [b'{"seconds": ' + b"1" * 5000 + b"}", b"[" * 30000])
 def test_admin_block_rejects_hostile_json_with_400(kind: str, body: bytes) -> None:
     assert admin_post(kind, "/block", body) == 400
