@@ -25,9 +25,11 @@ Endpoints (paths relative to where the app is mounted)
     ``limit``, default 1000; ``count`` is the total).
 ``POST /unblock`` with ``{"key": "203.0.113.7", "kind": "login"}``
     lifts the blocks on an address or device (``kind`` optional: every
-    kind).  An IPv6 address also lifts a block on the network that holds it
-    (IPv6 clients are blocked per /64).  Answers ``{"lifted": 1}``; a key
-    with no block answers ``{"lifted": 0}``, status 200 all the same.
+    kind).  An address also lifts a block on every network that holds it
+    (IPv6 clients are blocked per /64, and per /56 and /48 with
+    ``ipv6_wider``); a network (``2001:db8:1::/48``) is named as itself.
+    Answers ``{"lifted": 1}``; a key with no block answers
+    ``{"lifted": 0}``, status 200 all the same.
 ``POST /unblock`` with ``{"all": true}`` (and optional ``"kind"``)
     lifts every block.
 ``GET /stats``

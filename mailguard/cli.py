@@ -29,8 +29,9 @@ and two print files installed with the package::
 Blocks lifted here take effect in every process sharing the store without a
 restart (within the RedisStore's ``block_cache_ttl``, 2 s by default).  A
 device is named by its id as the phone sends it (``Appl-F17X`` lifts every
-account's jail of that device) or by a full key (``applf17x/jdoe``); an IPv6
-address lifts the block on its /64.
+account's jail of that device) or by a full key (``applf17x/jdoe``); an
+address also lifts every network block holding it (an IPv6 address: its /64,
+/56 and /48), and a network (``2001:db8:1::/48``) is named as itself.
 The in-memory store lives inside the app's process and cannot be reached from
 here: mount the admin app of :mod:`mailguard.admin` in the app instead.
 
@@ -143,7 +144,10 @@ def _parser() -> argparse.ArgumentParser:
         "key",
         nargs="?",
         metavar="ADDRESS|DEVICE",
-        help="an address (an IPv6 address also lifts a block on its /64) or a device id",
+        help=(
+            "an address (also lifts a block on any network holding it: its /64, /56, /48),"
+            " a network, or a device id"
+        ),
     )
     unblock.add_argument(
         "--kind", metavar="KIND", help=f"only blocks of this filter: {', '.join(KINDS)}"

@@ -53,9 +53,10 @@ Rules:
   option to the filter's policy (:class:`~mailguard.policies.DosPolicy`,
   :class:`~mailguard.policies.InvalidLoginPolicy`,
   :class:`~mailguard.policies.DeviceJailPolicy`), which documents them.
-  ``store``, ``on_event`` and ``key_func`` cannot be set in a file: the store
-  comes from ``[store]`` and hooks are Python callables (pass
-  ``on_event=`` to ``protect``).
+  ``store``, ``on_event`` and the options that take a Python callable
+  (``key_func``, ``is_failure``, ``device_func``, ``refusal``) cannot be set
+  in a file: the store comes from ``[store]``, and hooks are built in code
+  (pass ``on_event=`` to ``protect``).
 - ``[common]`` takes ``safe_ips``, ``trusted_proxies``, ``forwarded_header``,
   ``ipv6_prefix``, ``ipv6_wider`` and ``on_store_error``.  A filter that sets one of them
   itself replaces the common value (lists are not merged).

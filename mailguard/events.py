@@ -4,7 +4,7 @@ Every refusal episode, login failure, block and jail becomes an
 :class:`Event`.  It is logged under the ``mailguard`` logger (``mailguard.dos``,
 ``mailguard.login``, ``mailguard.device``) as one line of fixed shape::
 
-    mailguard dos refused client=203.0.113.7 count=101 limit=100/1s
+    mailguard dos refused client=203.0.113.7 key=203.0.113.7 limit=100/1s mode=reject
     mailguard login failure client=203.0.113.7 account="jdoe" streak=3/5
     mailguard login blocked client=203.0.113.7 account="jdoe" seconds=1500 failures=5
     mailguard device jailed client=198.51.100.2 device=a1b2 account="jdoe" count=151

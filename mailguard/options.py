@@ -138,7 +138,7 @@ def duration(name: str, value: object, *, allow_zero: bool = False) -> float:
             )
         seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = float(value) if abs(value) <= 1e308 else math.inf  # an int past any float
     else:
         raise option_error(name, f"must be a number of seconds, got {value!r}")
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):

@@ -72,6 +72,8 @@ def test_block_then_unblock_leave_audit_lines_and_events(
     [
         ({"key": "203.0.113.7"}, "seconds"),
         ({"key": "203.0.113.7", "seconds": "soon"}, "not a duration"),
+        ({"key": "203.0.113.7", "seconds": 10**400}, "finite"),  # too big for a float
+        ({"key": "203.0.113.7", "seconds": -(10**400)}, "finite"),
         ({"key": "203.0.113.7", "seconds": 60, "kind": "dos"}, "DosFilter keeps no blocks"),
         ({"key": "10.0.0.0/8", "seconds": 60}, "per address"),
         ({"key": "", "seconds": 60}, "key"),
