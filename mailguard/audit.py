@@ -24,7 +24,7 @@ import getpass
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .events import Event, EventHook, _bare, quote
 from .identity import ClientResolver, canonical_ip
@@ -103,12 +103,16 @@ def audit(
     return event
 
 
-def block_key(text: str, kind: str, *, ipv6_prefix: int = 64) -> str:
+def block_key(
+    text: str, kind: str, *, ipv6_prefix: int = 64, ipv6_wider: Iterable[int] = (56, 48)
+) -> str:
     """The store key a filter of ``kind`` would block for ``text``, as an admin types it.
 
     - ``login`` and ``dos``: an address (an IPv6 address stands for its
       network of ``ipv6_prefix`` bits, the way the filters count it), or an
-      IPv6 network of exactly ``ipv6_prefix`` bits (``2001:db8:1:2::/64``);
+      IPv6 network of exactly ``ipv6_prefix`` bits (``2001:db8:1:2::/64``) or
+      of one of the ``ipv6_wider`` sizes (``2001:db8:1::/48``), which
+      InvalidLoginFilter also blocks;
     - ``device``: ``DEVICE`` or ``DEVICE/ACCOUNT`` (the id normalised as the
       phone's ``DeviceId`` is, the account as a login name is).  With
       ``per_account`` on (the default) the filter jails ``DEVICE/ACCOUNT``.
@@ -135,9 +139,17 @@ def block_key(text: str, kind: str, *, ipv6_prefix: int = 64) -> str:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"{text!r} is not an IP address or network") from None
-    if network.version == 4 or network.prefixlen != ipv6_prefix:
+    wider = tuple(p for p in ipv6_wider if p < ipv6_prefix)
+    sized = network.prefixlen == ipv6_prefix or network.prefixlen in wider
+    if network.version == 4 or not sized:
+        sizes = ", ".join(f"/{p}" for p in (ipv6_prefix, *wider))
         raise ValueError(
             f"{text!r}: the filters count IPv4 clients per address and IPv6 clients per"
-            f" /{ipv6_prefix}; block an address, or an IPv6 /{ipv6_prefix}"
+            f" {sizes}; block an address, or an IPv6 network of one of those sizes"
         )
-    return resolver.resolve(str(network.network_address), ()).key
+    if network.prefixlen == ipv6_prefix:
+        return resolver.resolve(str(network.network_address), ()).key
+    # a wider network: its key as the resolver writes it in Client.wider
+    widening = ClientResolver((), ipv6_prefix=ipv6_prefix, ipv6_wider=(network.prefixlen,))
+    [key] = widening.resolve(str(network.network_address), ()).wider
+    return key

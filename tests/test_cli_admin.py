@@ -67,7 +67,7 @@ def test_block_key_is_what_the_filters_look_up() -> None:
     assert block_key("2001:db8:1:2::5", "login", ipv6_prefix=56) == "2001:db8:1::/56"
     assert block_key("Appl-F17X", "device") == "applf17x"
     assert block_key("Appl-F17X/CORP\\JDoe", "device") == "applf17x/jdoe"
-    for bad, kind in [("10.0.0.0/8", "login"), ("2001:db8::/48", "login"), ("nope", "login"),
+    for bad, kind in [("10.0.0.0/8", "login"), ("2001:db8::/40", "login"), ("nope", "login"),
                       ("--", "device"), ("abc/", "device")]:  # fmt: skip
         with pytest.raises(ValueError):
             block_key(bad, kind)
@@ -297,3 +297,13 @@ def test_zsh_completion_uses_bashcompinit(capsys: pytest.CaptureFixture[str]) ->
             ["zsh", "-fc", f"{script}\nprint ok"], capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_block_key_takes_the_wider_ipv6_networks_the_login_filter_blocks() -> None:
+    from mailguard.audit import block_key
+
+    assert block_key("2001:db8:1::/48", "login") == "2001:db8:1::/48"
+    assert block_key("2001:db8:1:200::/56", "login") == "2001:db8:1:200::/56"
+    assert block_key("2001:db8:1:2::9", "login") == "2001:db8:1:2::/64"
+    with pytest.raises(ValueError, match="/64, /56, /48"):
+        block_key("2001:db8::/40", "login")

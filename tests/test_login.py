@@ -1237,3 +1237,20 @@ def test_default_domain_joins_user_and_user_at_domain_for_the_seam() -> None:
     assert policy.begin("192.0.2.3", "victim").delay == 1.0  # one account, now in the tarpit
     with pytest.raises(ValueError, match=r"^default_domain: must be a domain"):
         InvalidLoginPolicy(default_domain="a@b")
+
+
+def test_tarpit_budget_leaves_wsgi_threads_free() -> None:
+    """Under WSGI a tarpitted attempt holds a worker thread: an unset
+    ``max_delayed`` is 2 there (50 under ASGI); a value given is kept."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    async def aapp(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    assert wsgi.InvalidLoginFilter(app, account_tarpit=(3, 1)).policy.max_delayed == 2
+    assert asgi.InvalidLoginFilter(aapp, account_tarpit=(3, 1)).policy.max_delayed == 50
+    given = wsgi.InvalidLoginFilter(app, account_tarpit=(3, 1), max_delayed=8)
+    assert given.policy.max_delayed == 8

@@ -182,6 +182,8 @@ IsFailure = Callable[[int, Mapping[str, str]], bool]
 
 _EPISODES_MAX = 10_000  # blocked addresses remembered as "refusal already logged"
 _MAX_TARPIT_DELAY = 60.0
+_MAX_DELAYED_ASGI = 50  # tarpitted attempts held at once: an await costs no thread
+_MAX_DELAYED_WSGI = 2  # ... but each held WSGI request holds a worker thread
 MAX_FAILED_LOGINS = 10_000
 """The highest ``max_failed_logins``: more would never block anyone."""
 _FAIL_WORDS = frozenset({"fail", "failed", "failure"})
@@ -258,7 +260,7 @@ class LoginOptions(PolicyOptions, total=False):
     max_block_duration: Duration
     offender_memory: Duration
     account_tarpit: tuple[int, float | str] | None
-    max_delayed: int
+    max_delayed: int | None
     attempt_timeout: Duration
     default_domain: str | None
     enforce: bool
@@ -312,9 +314,10 @@ class InvalidLoginPolicy(Policy):
     :param account_tarpit: ``(M, D)``: after ``M`` failures for one account
         within ``failure_interval``, hold each further attempt for it ``D``
         seconds (at most 60).  Default None: off.
-    :param max_delayed: tarpitted attempts held at once (default 50); when
-        full, a login from an address with a clean slate passes undelayed,
-        others are refused for ``D`` seconds.
+    :param max_delayed: tarpitted attempts held at once (default 50 under
+        ASGI, 2 under WSGI, where each held attempt holds a worker thread);
+        when full, a login from an address with a clean slate passes
+        undelayed, others are refused for ``D`` seconds.
     :param attempt_timeout: seconds an attempt keeps its slot when its
         response never starts, counted from the end of its body (default 30).
     :param default_domain: when set, an account without ``@`` gets
@@ -360,7 +363,7 @@ class InvalidLoginPolicy(Policy):
         max_block_duration: Duration = 86400.0,
         offender_memory: Duration = 86400.0,
         account_tarpit: tuple[int, float | str] | None = None,
-        max_delayed: int = 50,
+        max_delayed: int | None = None,
         attempt_timeout: Duration = 30.0,
         default_domain: str | None = None,
         enforce: bool = True,
@@ -492,7 +495,10 @@ class InvalidLoginPolicy(Policy):
                     f" got {account_tarpit[1]!r}",
                 )
         self.account_namespace = f"{self.namespace}_account"
-        self.max_delayed = positive_int("max_delayed", max_delayed)
+        self._max_delayed_set = max_delayed is not None
+        self.max_delayed = (
+            _MAX_DELAYED_ASGI if max_delayed is None else positive_int("max_delayed", max_delayed)
+        )
         self.attempt_timeout = duration("attempt_timeout", attempt_timeout)
         self.pending_ttl = self.attempt_timeout + self.tarpit_delay
         self._refused: dict[str, None] = {}
@@ -748,6 +754,13 @@ class InvalidLoginPolicy(Policy):
                 return False
             self._waiting += 1
             return True
+
+    def hold_in_threads(self) -> None:
+        """The WSGI adapter's call: a tarpitted attempt holds a worker thread, so
+        an unset ``max_delayed`` becomes the WSGI default (2).  A full tarpit
+        still lets a clean address through, so the real user is not refused."""
+        if not self._max_delayed_set:
+            self.max_delayed = min(self.max_delayed, _MAX_DELAYED_WSGI)
 
     def release(self, verdict: Verdict) -> None:
         if verdict.reason == "tarpit" and verdict.allowed:
