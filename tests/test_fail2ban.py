@@ -506,3 +506,19 @@ def test_django_runserver_lines_reach_stderr(tmp_path: Path) -> None:
     text = _serve_and_attack(command, log, workers=1, env={"DJANGO_SETTINGS_MODULE": "logsite"})
     assert "Starting development server" in text
     _check_capture(log, text)
+
+
+def test_monitor_mode_lines_are_never_a_ban(tmp_path: Path) -> None:
+    """enforce=False logs ``mode=monitor`` last on every line; the filter
+    skips those, and an account name cannot end a real line with it."""
+    monitor = Event(
+        "login",
+        "failure",
+        "203.0.113.7",
+        (("account", "jdoe"), ("streak", "3/10"), ("mode", "monitor")),
+        frozenset({"account"}),
+    )
+    sly = failure("198.51.100.9", account="x mode=monitor")
+    log = tmp_path / "monitor.log"
+    log.write_text(logged(monitor) + "\n" + logged(sly) + "\n", encoding="utf-8")
+    assert matched(log, "mailguard.conf") == ["198.51.100.9"]

@@ -702,6 +702,8 @@ class InvalidLoginPolicy(Policy):
         quoted = frozenset({"account"})
         # a login that did not come over HTTP says which door it came through
         via: dict[str, Any] = {} if verdict.protocol == "http" else {"protocol": verdict.protocol}
+        if not self.enforce:  # monitor mode: every line says so, last (fail2ban skips them)
+            via["mode"] = "monitor"
         if code == JAILED:
             self.emit(
                 "failure",
@@ -711,8 +713,6 @@ class InvalidLoginPolicy(Policy):
                 streak=self._of(self.limit),
                 **via,
             )
-            if not self.enforce:
-                via["mode"] = "monitor"
             self.emit(
                 "blocked" if self.enforce else "would-block",
                 key,
