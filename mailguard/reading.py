@@ -370,10 +370,10 @@ DEFAULT_ACCOUNTS = AccountRule()
 MAX_PARTS = 200
 """Multipart parts looked at; a body with more is read as "cannot tell"."""
 
+_C_SPACE = " \t\n\r\x0b\x0c"  # C isspace(): what PHP skips around parameters
+
 _MEDIA_END = re.compile(r"[;,\s]")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-_DISPOSITION_NAME = re.compile(r';\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', re.IGNORECASE)
-_DISPOSITION_FILE = re.compile(r";\s*filename\*?\s*=", re.IGNORECASE)
 _BOUNDARY = re.compile(r'[;,\s]boundary\s*=\s*(?:"([^"]*)"|([^;,\s]*))', re.IGNORECASE)
 _JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
 
@@ -453,17 +453,94 @@ def _boundary(content_type: str) -> bytes | None:
     return value.encode("latin-1", "replace")
 
 
-def _part_name(head: bytes) -> str | None:
+def _stop(text: str, pos: int, stop: str) -> int:
+    """The index of the first ``stop`` at or after ``pos`` outside quotes (or the end).
+
+    As PHP's ``php_ap_getword``: a ``"`` or ``'`` anywhere opens a quote that
+    runs to the same character (a backslash before it escapes it) or to the end.
+    """
+    end = len(text)
+    while pos < end:
+        char = text[pos]
+        if char == stop:
+            return pos
+        pos += 1
+        if char == '"' or char == "'":
+            while pos < end and text[pos] != char:
+                pos += 2 if text[pos] == "\\" and text[pos + 1 : pos + 2] == char else 1
+            pos += 1
+    return end
+
+
+def _words(text: str, stop: str) -> list[str]:
+    """``text`` split at ``stop`` outside quotes; a run of ``stop`` is one."""
+    words: list[str] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        at = _stop(text, pos, stop)
+        words.append(text[pos:at])
+        while at < end and text[at] == stop:
+            at += 1
+        pos = at
+    return words
+
+
+def _param_value(text: str) -> str:
+    """A parameter's value, as PHP's ``php_ap_getword_conf`` reads it.
+
+    Leading space skipped; ``"..."`` or ``'...'`` is the text up to the same
+    quote (or the end), else the text up to the first space; a backslash
+    escapes a backslash or the quote.
+    """
+    text = text.lstrip(_C_SPACE)
+    quote = text[:1] if text[:1] in ('"', "'") else ""
+    if quote:
+        text = text[1:]
+    out: list[str] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        char = text[pos]
+        if (quote and char == quote) or (not quote and char in _C_SPACE):
+            break
+        if char == "\\" and pos + 1 < end and text[pos + 1] in ("\\", quote or "\\"):
+            pos += 1
+            char = text[pos]
+        out.append(char)
+        pos += 1
+    return "".join(out)
+
+
+def _disposition(value: str, *, php: bool = False) -> tuple[str | None, bool]:
+    """The ``name`` of a Content-Disposition value, and whether it names a file.
+
+    Parameters are split at ``;`` outside quotes and read by name (the last
+    one wins), so a ``name=`` or ``filename=`` inside another parameter's
+    quoted value is text.  With ``php`` a parameter name is compared as PHP
+    compares it (``name =`` is not ``name``; ``filename*`` is no file name);
+    otherwise spaces around ``=`` are allowed and ``filename*`` is a file.
+    """
+    name: str | None = None
+    is_file = False
+    for pair in _words(value, ";"):
+        at = _stop(pair, 0, "=")
+        if at == len(pair):
+            continue
+        key, rest = pair[:at], pair[at:]
+        key = key.lstrip(_C_SPACE).lower() if php else key.strip(_C_SPACE).lower()
+        if key == "name":
+            name = _param_value(rest.lstrip("="))
+        elif key == "filename" or (not php and key == "filename*"):
+            is_file = True
+    return name, is_file
+
+
+def _part_name(head: bytes, php: bool = False) -> str | None:
     """The field name of a part's headers; None for a file or a part without one."""
     for line in head.decode("latin-1").split("\n"):
         key, colon, rest = line.partition(":")
         if colon and key.strip().lower() == "content-disposition":
-            if _DISPOSITION_FILE.search(rest):
-                return None
-            found = _DISPOSITION_NAME.search(rest)
-            if found is None:
-                return None
-            return found.group(1) if found.group(1) is not None else found.group(2)
+            name, is_file = _disposition(rest.strip(), php=php)
+            return None if is_file else name
     return None
 
 
@@ -489,7 +566,7 @@ def multipart_fields(raw: bytes, content_type: str, *, php: bool = False) -> Fie
         blank = _BLANK_LINE.search(piece)
         if blank is None:
             continue
-        name = _part_name(piece[: blank.start()])
+        name = _part_name(piece[: blank.start()], php)
         if name is None:
             continue
         value = piece[blank.end() :]
@@ -522,6 +599,7 @@ def body_fields(
     limit: int,
     declared: int | None = None,
     chunked: bool = False,
+    encoded: bool = False,
     php: bool = False,
 ) -> Fields:
     """The form fields of a body, of which ``raw`` is what was buffered.
@@ -531,7 +609,10 @@ def body_fields(
         read up to ``limit``, and is not ``complete``.
     :param declared: the ``Content-Length``, when one was sent.
     :param chunked: a body was announced without a length
-        (``Transfer-Encoding``).
+        (``Transfer-Encoding``, or a ``Content-Length`` that is no number).
+    :param encoded: the body has a ``Content-Encoding`` other than
+        ``identity``: a server may inflate it before the application reads
+        it, so a non-empty body is "cannot tell".
     :param php: read parameter names as PHP does (:func:`php_name`).
 
     A body of another media type is read as JSON when it is a JSON object
@@ -540,6 +621,8 @@ def body_fields(
     """
     if raw is None:  # not buffered
         return Fields({}, not declared and not chunked)
+    if encoded and raw:
+        return Fields({}, False)
     kind = media_kind(content_type)
     cut = (
         len(raw) > limit
@@ -574,12 +657,17 @@ def _declared_length(request: Request) -> int | None:
 
 def request_body_fields(request: Request, limit: int, *, php: bool = False) -> Fields:
     """:func:`body_fields` of ``request``'s buffered body."""
+    declared = _declared_length(request)
+    length = (request.header("content-length") or "").strip()
+    encoding = (request.header("content-encoding") or "").strip().lower()
     return body_fields(
         request.body,
         request.header("content-type"),
         limit=limit,
-        declared=_declared_length(request),
-        chunked=request.header("transfer-encoding") is not None,
+        declared=declared,
+        chunked=request.header("transfer-encoding") is not None
+        or (declared is None and bool(length)),
+        encoded=encoding not in ("", "identity"),
         php=php,
     )
 

@@ -422,18 +422,30 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
 
     Never reads past the Content-Length, and nothing when there is none and
     the server does not end the body itself (``wsgi.input_terminated``).
-    Returns whether the whole body has been read.
+    Returns whether the whole body has been read.  A body of unknown length
+    (``Transfer-Encoding``, or a Content-Length that is no number) on a
+    server that does not end it is not read at all: ``request.body`` stays
+    None ("cannot tell", counted as an attempt), never ``b""``.
     """
+    text = str(environ.get("CONTENT_LENGTH") or "").strip()
+    length: int | None
     try:
-        length: int | None = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(text) if text else 0
     except ValueError:
-        length = 0
+        length = None  # unknown
     if length is not None and length < 0:
-        length = 0
+        length = None
+    if environ.get("HTTP_TRANSFER_ENCODING") is not None:
+        length = None  # the length is the transfer coding's, not Content-Length's
     if not length:
         if not environ.get("wsgi.input_terminated"):
-            request.body = b"" if limit else None
-            return True
+            if length == 0:  # no body
+                request.body = b"" if limit else None
+                return True
+            # a body with no end we can see: not read; a verdict that waits
+            # for it is reached when the app starts its response
+            request.body = None
+            return False
         length = None
     stream = environ["wsgi.input"]
     want = limit if length is None else min(limit, length)

@@ -71,12 +71,6 @@ def multipart(*parts: tuple[str, str]) -> tuple[dict[str, str], bytes]:
 
 
 # ------------------------------------------------------- holes: multipart
-@pytest.mark.xfail(
-    strict=True,
-    reason="multipart name='_action' (single quotes): PHP's rfc1867 php_ap_getword_conf"
-    " strips ' as well as \", mailguard reads the name \"'_action'\": Roundcube logins"
-    " are never counted",
-)
 def test_roundcube_multipart_single_quoted_name_is_a_login(kind: str) -> None:
     events: list[Event] = []
     stack = login(kind, events, preset="roundcube")
@@ -85,11 +79,6 @@ def test_roundcube_multipart_single_quoted_name_is_a_login(kind: str) -> None:
     assert codes[-1] == 503, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a quoted parameter holding '; filename=' (x=\"; filename=a\") makes mailguard"
-    " skip the part as a file; PHP honours the quotes and sees a plain _action field",
-)
 def test_roundcube_multipart_quoted_filename_decoy_is_a_login(kind: str) -> None:
     events: list[Event] = []
     stack = login(kind, events, preset="roundcube")
@@ -98,11 +87,6 @@ def test_roundcube_multipart_quoted_filename_decoy_is_a_login(kind: str) -> None
     assert codes[-1] == 503, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a quoted decoy '; name=' parameter before the real name hides the account"
-    ' field from the tarpit (PHP reads name="user")',
-)
 def test_nextcloud_multipart_decoy_name_keeps_the_account(kind: str) -> None:
     events: list[Event] = []
     stack = login(kind, events, preset="nextcloud", max_failed_logins=100)
@@ -530,13 +514,6 @@ def test_admin_refuses_forged_forwarded_for_and_wrong_token(kind: str) -> None:
     assert wrong.status_code == 403
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsgi._buffer sets request.body = b'' (read as a complete, empty body) when there"
-    " is no Content-Length and no wsgi.input_terminated, even with Transfer-Encoding:"
-    " chunked, so body_fields never sees 'not buffered'; an app that reads wsgi.input to"
-    " EOF (mod_wsgi WSGIChunkedRequest) gets the login uncounted",
-)
 def test_wsgi_chunked_body_without_input_terminated_is_counted() -> None:
     """A server that announces no end of input: the filter cannot read the body."""
     events: list[Event] = []
@@ -558,12 +535,6 @@ def test_wsgi_chunked_body_without_input_terminated_is_counted() -> None:
     assert codes[-1] == 503, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a gzip-encoded form body is read as plain text (complete, no _action): where the"
-    " server inflates request bodies (Apache SetInputFilter DEFLATE) PHP sees _action=login;"
-    " the SOAP reader already counts any Content-Encoding",
-)
 def test_roundcube_compressed_form_body_is_counted(kind: str) -> None:
     import gzip
 

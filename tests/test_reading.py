@@ -21,6 +21,7 @@ from mailguard.reading import (
     AccountRule,
     Fields,
     PathRule,
+    _disposition,
     authorization_user,
     basic_user,
     body_fields,
@@ -441,6 +442,9 @@ def test_malformed_bodies_are_cannot_tell() -> None:
     assert body_fields(None, "application/json", limit=limit) == ({}, True)
     assert body_fields(None, "text/plain", limit=limit, declared=3) == ({}, False)
     assert body_fields(None, None, limit=limit, chunked=True) == ({}, False)
+    # a compressed body: the server may inflate it for the application
+    assert body_fields(b"x", "text/plain", limit=limit, encoded=True) == ({}, False)
+    assert body_fields(b"", None, limit=limit, encoded=True) == ({}, True)
     # a multipart body that never closes, or has too many parts
     part = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\ny\r\n'
     ctype = "multipart/form-data; boundary=b"
@@ -453,6 +457,64 @@ def test_malformed_bodies_are_cannot_tell() -> None:
         {"a": ["1"]},
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "name", "is_file"),
+    [
+        ('form-data; name="user"', "user", False),
+        ("form-data; name='_action'", "_action", False),  # PHP strips ' too
+        ("form-data; name=user", "user", False),
+        ("form-data; NAME = user", "user", False),
+        ('form-data; name="a\\"b"', 'a"b', False),
+        ('form-data; name="user"; filename="a.txt"', "user", True),
+        ("form-data; name=user; filename*=UTF-8''a.txt", "user", True),
+        ('form-data; x="; filename=a"; name="_action"', "_action", False),
+        ('form-data; x="; name=decoy"; name="user"', "user", False),
+        ("form-data; x='; name=decoy'; name=user", "user", False),
+        ('form-data; name="first"; name="last"', "last", False),
+        ('form-data; name="decoy"' + "; a=b" * 500 + '; name="last"', "last", False),
+        ('form-data; name="open', "open", False),  # an unclosed quote runs to the end
+        ("form-data", None, False),
+    ],
+)
+def test_content_disposition_parameters(value: str, name: str | None, is_file: bool) -> None:
+    assert _disposition(value) == (name, is_file)
+
+
+def test_content_disposition_parameter_names_as_php_compares_them() -> None:
+    # PHP keeps the space before "=" in the key: "name =" is not "name"
+    assert _disposition('form-data; name="_action"; name ="x"', php=True) == ("_action", False)
+    assert _disposition('form-data; name="a"; filename ="f"', php=True) == ("a", False)
+    assert _disposition("form-data; name=a; filename*=UTF-8''f", php=True) == ("a", False)
+    assert _disposition('form-data; name="a"; \xa0name="x"', php=True) == ("a", False)
+
+
+_param_text = st.text(alphabet=st.sampled_from("ab=;'\" \\\t*"), max_size=30)
+
+
+@FUZZ
+@given(value=st.text(max_size=200), php=st.booleans())
+def test_content_disposition_reader_never_raises(value: str, php: bool) -> None:
+    name, is_file = _disposition(value, php=php)
+    assert name is None or isinstance(name, str)
+    assert isinstance(is_file, bool)
+
+
+@FUZZ
+@given(
+    decoy=_param_text,
+    quote=st.sampled_from(['"', "'"]),
+    real=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True),
+    php=st.booleans(),
+)
+def test_a_decoy_inside_quotes_never_wins(decoy: str, quote: str, real: str, php: bool) -> None:
+    # whatever a quoted value holds, it is one parameter's text
+    inner = decoy.replace(quote, "").replace("\\", "")
+    value = f'form-data; x={quote}{inner}; name=decoy; filename=f{quote}; name="{real}"'
+    assert _disposition(value, php=php) == (real, False)
+    body = f"--b\r\nContent-Disposition: {value}\r\n\r\nv\r\n--b--\r\n".encode()
+    assert multipart_fields(body, "multipart/form-data; boundary=b") == ({real: ["v"]}, True)
 
 
 @FUZZ
@@ -498,6 +560,16 @@ def test_body_readers_never_raise(
         ("multipart/form-data; boundary=b", b"--b\n" * 250_000),
         ("multipart/form-data; boundary=b", b"--b" * 300_000),
         ("multipart/form-data; boundary=b", b"--b\r\n" + b"\n" * (1 << 20)),
+        (
+            "multipart/form-data; boundary=b",
+            b"--b\r\nContent-Disposition: form-data"
+            + b'; x=""; name=a' * 70_000
+            + b"\r\n\r\nv\r\n--b--",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            b"--b\r\nContent-Disposition: form-data" + b";" * (1 << 19) + b"\r\n\r\nv\r\n--b--",
+        ),
         ("application/x-www-form-urlencoded", b"&=" * 500_000),
         ("application/x-www-form-urlencoded", b"%" * (1 << 20)),
     ],
