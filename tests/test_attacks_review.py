@@ -2,8 +2,10 @@
 
 Each test tries one way past a filter through a real stack (Starlette behind
 httpx, Flask behind werkzeug; ``stacks.py``) or the login seam, and asserts
-that the defence holds.  Holes found are marked ``xfail(strict=True)``: they
-fail now and say why.
+that the defence holds.  The holes this review found (multipart names in
+single quotes or behind quoted decoys, a lone ``<`` in Roundcube's
+``_action``, Nextcloud Basic guesses on any path, chunked and compressed
+bodies, hostile JSON to ``POST /block``) were fixed; their tests stay here.
 """
 
 from __future__ import annotations
