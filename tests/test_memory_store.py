@@ -11,13 +11,14 @@ import threading
 import time
 import tracemalloc
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cachetools import Cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threads import run_threads
 
 from mailguard.core import FakeClock
 from mailguard.stores.base import BLOCKED, BUSY, JAILED, OK, OVER, Store
@@ -158,27 +159,6 @@ def test_failure_block_never_shortens_a_longer_block_asked_at_once() -> None:
 
 
 # ---------------------------------------------------------- concurrency
-
-
-def run_threads(n: int, work: Callable[[], list[Any]]) -> list[Any]:
-    barrier = threading.Barrier(n)
-    results: list[list[Any]] = [[] for _ in range(n)]
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not errors, errors
-    return [r for rs in results for r in rs]
 
 
 @pytest.mark.usefixtures("fast_switching")

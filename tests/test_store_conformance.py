@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import math
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis_server import RedisServer
+from threads import run_threads
 
 from mailguard import FakeClock, MemoryStore, RedisStore
 from mailguard.core import (
@@ -912,27 +912,6 @@ def test_odd_keys_stay_apart_and_round_trip(store: Store, key: str) -> None:
 
 
 # -------------------------------------------------------------- threads
-
-
-def run_threads(n: int, work: Callable[[], list[Any]]) -> list[Any]:
-    barrier = threading.Barrier(n)
-    results: list[list[Any]] = [[] for _ in range(n)]
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not errors, errors
-    return [r for rs in results for r in rs]
 
 
 @pytest.mark.usefixtures("fast_switching")

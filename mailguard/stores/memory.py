@@ -831,28 +831,26 @@ class MemoryStore(Store):
     def clear_counters(self) -> None:
         """Forget every counter; keep the blocks."""
         with self._lock:
-            self._spaces.clear()
-            self._aged.clear()
-            self._queue.clear()
-            self._ttl.clear()
-            self._extras.clear()
-            self._counters = 0
-            self._extra = 0
+            self._forget_counters()
             self._recap()
 
     def clear(self) -> None:
         """Forget every counter and block."""
         with self._lock:
-            self._spaces.clear()
-            self._aged.clear()
-            self._queue.clear()
-            self._ttl.clear()
-            self._extras.clear()
-            self._counters = 0
-            self._extra = 0
+            self._forget_counters()
             self._blocks.clear()
             self._nblocks = 0
             self._recap()
+
+    def _forget_counters(self) -> None:
+        """Drop every counter (the caller holds the lock and recaps)."""
+        self._spaces.clear()
+        self._aged.clear()
+        self._queue.clear()
+        self._ttl.clear()
+        self._extras.clear()
+        self._counters = 0
+        self._extra = 0
 
     # -------------------------------------------------------------- async
     # Memory operations take microseconds and never wait on I/O, so the
