@@ -1044,15 +1044,11 @@ class RedisStore(Store):
         return f"{_glob(self.prefix)}{{{inner}}}:b".encode("utf-8", "surrogatepass")
 
     # ----------------------------------------------------------- counting
-    def hit(
-        self,
-        ns: str,
-        key: str,
-        limit: int,
-        window: float,
-        jail: float = 0.0,
-        detail: bool = True,  # the script always works out remaining and wait
-    ) -> tuple[int, int, float]:
+    def _answer_locally(
+        self, ns: str, key: str, limit: int, window: float, jail: float
+    ) -> tuple[int, int, float] | None:
+        """A ``hit`` answered from this process: a cached block (with a jail)
+        or a cached refusal (without); None when Redis must be asked."""
         if jail > 0.0:
             if self._cache:
                 cached = self._cached(ns, key)
@@ -1062,6 +1058,21 @@ class RedisStore(Store):
             wait = self._refused(ns, key, limit, window)
             if wait is not None:
                 return OVER, 0, wait
+        return None
+
+    def hit(
+        self,
+        ns: str,
+        key: str,
+        limit: int,
+        window: float,
+        jail: float = 0.0,
+        detail: bool = True,  # the script always works out remaining and wait
+    ) -> tuple[int, int, float]:
+        if self._cache or self._refusals:
+            local = self._answer_locally(ns, key, limit, window, jail)
+            if local is not None:
+                return local
         sent = time.monotonic()
         reply = self._call(self._hit_command(ns, key, limit, window, jail))
         if reply[0] == 48:  # b"0": allowed, the common answer
@@ -1171,15 +1182,10 @@ class RedisStore(Store):
         jail: float = 0.0,
         detail: bool = True,  # the script always works out remaining and wait
     ) -> tuple[int, int, float]:
-        if jail > 0.0:
-            if self._cache:
-                cached = self._cached(ns, key)
-                if cached is not None:
-                    return BLOCKED, 0, cached[1]
-        elif self._refusals:
-            wait = self._refused(ns, key, limit, window)
-            if wait is not None:
-                return OVER, 0, wait
+        if self._cache or self._refusals:
+            local = self._answer_locally(ns, key, limit, window, jail)
+            if local is not None:
+                return local
         if self._threaded:
             return await asyncio.to_thread(self.hit, ns, key, limit, window, jail)
         sent = time.monotonic()
