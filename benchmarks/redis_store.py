@@ -37,6 +37,12 @@ RedisStore sends (checked byte for byte at start):
 - *round-trip floor, trivial script*: redis-py EVALSHA of ``return 1``, for
   the cost of a round trip without the script's work.
 
+Cluster rows: the same RedisStore on a loopback Redis Cluster of 3 masters
+(``benchmarks/redis_cluster.py``, no replicas), many keys, so the decisions
+spread over the masters by slot; the target is decisions/s with 64 concurrent
+coroutines across the 3 masters >= 0.9x the same on the one standalone
+server (routing costs little).  ``--no-cluster`` leaves them out.
+
 limits is optional (``pip install limits``): its rows are left out when it is
 missing.
 """
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import platform
@@ -57,12 +64,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis_server import RedisServer
+from redis_cluster import RedisCluster
+from redis_server import RedisServer  # type: ignore[import-not-found]
 
 import mailguard
 from mailguard import RedisStore
@@ -72,6 +81,7 @@ WINDOW = 1.0
 HOT = "203.0.113.7"
 KEYS = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(10_000)]
 CONCURRENCY = 16
+WIDE = 64  # concurrency of the cluster comparison
 PREFIX = "bench:"
 
 # The labels the ratios refer to.
@@ -88,6 +98,8 @@ BLOCK_REDIS = "RedisStore.hit, blocked client, block cache off"
 AOURS = "RedisStore.ahit, {load}, {n} concurrent"
 APY = "redis.asyncio EVALSHA hit script, {load}, {n} concurrent"
 ALIMITS = "limits async {strategy}, {load}, {n} concurrent"
+CLUSTER_SYNC = "RedisStore.hit, many keys, cluster of 3 masters"
+CLUSTER_ASYNC = "RedisStore.ahit, many keys, {n} concurrent, cluster of 3 masters"
 
 Decide = Callable[[], Any]
 ADecide = Callable[[], Awaitable[Any]]
@@ -190,12 +202,15 @@ class RawSocket:
 class Contenders:
     """Every contender: sync ones as a call, async ones as a setup and a concurrency."""
 
-    def __init__(self, url: str, port: int) -> None:
+    def __init__(self, url: str, port: int, cluster_url: str | None) -> None:
         self.url = url
         self.port = port
         self.sync: dict[str, Decide] = {}
         self.asyncs: dict[str, tuple[ASetup, int]] = {}
+        self.stores: list[RedisStore] = []  # closed before the servers stop
         self._ours()
+        if cluster_url is not None:
+            self._cluster(cluster_url)
         try:
             import limits  # noqa: F401
         except ImportError:
@@ -210,13 +225,20 @@ class Contenders:
         sha = bare.script_load(source)
         assert sha == hashlib.sha1(source).hexdigest()
         store = RedisStore(url, prefix=PREFIX, refusal_cache_size=0)  # a round trip each
+        self.stores.append(store)
 
         # The baselines must send what the store sends, byte for byte.
-        packed = {key: store._hit_command("dos", key, LIMIT, WINDOW, 0.0) for key in KEYS}
-        packed[HOT] = store._hit_command("dos", HOT, LIMIT, WINDOW, 0.0)
         packer = bare.connection_pool.make_connection()
+
+        def pack(*args: Any) -> bytes:
+            return b"".join(packer.pack_command(*args))  # type: ignore[no-untyped-call]
+
+        packed = {
+            key: pack("EVALSHA", sha, *store._hit_command("dos", key, LIMIT, WINDOW, 0.0))
+            for key in [*KEYS, HOT]
+        }
         for key in (HOT, KEYS[0]):
-            by_redis_py = b"".join(packer.pack_command("EVALSHA", sha, *hit_args(key)))
+            by_redis_py = pack("EVALSHA", sha, *hit_args(key))
             if by_redis_py != packed[key]:
                 raise SystemExit(
                     f"baseline differs from RedisStore:\n{by_redis_py!r}\n{packed[key]!r}"
@@ -237,13 +259,15 @@ class Contenders:
         self.sync[RAW_MANY] = lambda: raw.exchange(many_packed())
 
         self.sync[OURS_HOT] = lambda: store.hit("dos", HOT, LIMIT, WINDOW)
-        key = cycling()
-        self.sync[OURS_MANY] = lambda: store.hit("dos", key(), LIMIT, WINDOW)
+        next_key = cycling()
+        self.sync[OURS_MANY] = lambda: store.hit("dos", next_key(), LIMIT, WINDOW)
         cached = RedisStore(url, prefix=PREFIX)  # the default: refusal cache on
+        self.stores.append(cached)
         self.sync[OURS_CACHED] = lambda: cached.hit("dos", HOT, LIMIT, WINDOW)
         store.block("device", "phone", 3600, "bench")
         self.sync[BLOCK_CACHE] = lambda: store.hit("device", "phone", LIMIT, WINDOW, 600)
         uncached = RedisStore(url, prefix=PREFIX, refusal_cache_size=0, block_cache_ttl=0)
+        self.stores.append(uncached)
         self.sync[BLOCK_REDIS] = lambda: uncached.hit("device", "phone", LIMIT, WINDOW, 600)
 
         def ahit(keys: Callable[[], Callable[[], str]]) -> ASetup:
@@ -264,7 +288,7 @@ class Contenders:
                 key = keys()
 
                 async def decide() -> Any:
-                    return await client.evalsha(sha, *hit_args(key()))  # type: ignore[misc]
+                    return await client.evalsha(sha, *hit_args(key()))
 
                 return decide, client.aclose
 
@@ -274,6 +298,25 @@ class Contenders:
         for load, keys in (("hot key", lambda: hot), ("many keys", cycling)):
             self.asyncs[AOURS.format(load=load, n=CONCURRENCY)] = (ahit(keys), CONCURRENCY)
             self.asyncs[APY.format(load=load, n=CONCURRENCY)] = (abare(keys), CONCURRENCY)
+        self.asyncs[AOURS.format(load="many keys", n=WIDE)] = (ahit(cycling), WIDE)
+
+    def _cluster(self, url: str) -> None:
+        """The same store on a 3-master cluster: keys spread over the masters by slot."""
+        store = RedisStore(url, prefix=PREFIX, refusal_cache_size=0)
+        self.stores.append(store)
+        key = cycling()
+        self.sync[CLUSTER_SYNC] = lambda: store.hit("dos", key(), LIMIT, WINDOW)
+
+        def setup() -> tuple[ADecide, Close | None]:
+            made = RedisStore(url, prefix=PREFIX, refusal_cache_size=0)
+            key = cycling()
+
+            async def decide() -> Any:
+                return await made.ahit("dos", key(), LIMIT, WINDOW)
+
+            return decide, made.aclose
+
+        self.asyncs[CLUSTER_ASYNC.format(n=WIDE)] = (setup, WIDE)
 
     def _limits(self) -> None:
         from limits import RateLimitItemPerSecond
@@ -284,19 +327,18 @@ class Contenders:
         item = RateLimitItemPerSecond(LIMIT)
         url = self.url.removesuffix("/0")
         storage = storage_from_string(url)
+
+        def hits(limiter: Any, name: str, key: Callable[[], str]) -> Callable[[], Any]:
+            return lambda: limiter.hit(item, name, key())
+
         for name, strategy in (
             ("FixedWindow", FixedWindowRateLimiter),
             ("MovingWindow", MovingWindowRateLimiter),
         ):
             limiter = strategy(storage)
             # the strategies keep different data under one key: give each its own
-            self.sync[f"limits RedisStorage {name}, hot key"] = lambda limiter=limiter, name=name: (
-                limiter.hit(item, name, HOT)
-            )
-            key = cycling()
-            self.sync[f"limits RedisStorage {name}, many keys"] = (
-                lambda limiter=limiter, name=name, key=key: limiter.hit(item, name, key())
-            )
+            self.sync[f"limits RedisStorage {name}, hot key"] = hits(limiter, name, lambda: HOT)
+            self.sync[f"limits RedisStorage {name}, many keys"] = hits(limiter, name, cycling())
 
         def ahit(strategy: Any, name: str, keys: Callable[[], Callable[[], str]]) -> ASetup:
             def setup() -> tuple[ADecide, Close | None]:
@@ -315,13 +357,13 @@ class Contenders:
             ahit(moving, "MovingWindow", lambda: hot),
             1,
         )
-        for name, strategy in (
+        for name, astrategy in (
             ("FixedWindow", aio.FixedWindowRateLimiter),
             ("MovingWindow", moving),
         ):
             for load, keys in (("hot key", lambda: hot), ("many keys", cycling)):
                 self.asyncs[ALIMITS.format(strategy=name, load=load, n=CONCURRENCY)] = (
-                    ahit(strategy, name, keys),
+                    ahit(astrategy, name, keys),
                     CONCURRENCY,
                 )
 
@@ -334,11 +376,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=0.2, help="per contender per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (contenders take turns)")
+    parser.add_argument(
+        "--no-cluster", action="store_true", help="leave out the 3-master cluster rows"
+    )
     args = parser.parse_args()
 
     rates: dict[str, list[float]] = {}
-    with RedisServer() as server:
-        contenders = Contenders(server.url, server.port)
+    with contextlib.ExitStack() as running:
+        server = running.enter_context(RedisServer())
+        cluster = None if args.no_cluster else running.enter_context(RedisCluster(3))
+        contenders = Contenders(server.url, server.port, cluster and cluster.url)
+
+        def close_stores() -> None:
+            for store in contenders.stores:
+                store.close()
+
+        running.callback(close_stores)
         info = redis.Redis.from_url(server.url).info("server")
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds} ...", file=sys.stderr)
@@ -440,8 +493,20 @@ def main() -> None:
                 f"async {n} concurrent, {load}: RedisStore / limits async {strategy}",
                 AOURS.format(load=load, n=n),
                 ALIMITS.format(strategy=strategy, load=load, n=n),
-                2.0,
+                3.0,
             )
+    ratio(
+        f"async {WIDE} concurrent, many keys: cluster of 3 masters / one standalone",
+        CLUSTER_ASYNC.format(n=WIDE),
+        AOURS.format(load="many keys", n=WIDE),
+        0.9,
+    )
+    ratio(
+        "sync many keys: cluster of 3 masters / one standalone",
+        CLUSTER_SYNC,
+        OURS_MANY,
+        None,
+    )
     ratio(
         "hot key: refusal cache on / off (a round trip each)",
         OURS_CACHED,

@@ -26,7 +26,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from types import TracebackType
+
+from processes import Managed, stop_process
 
 __all__ = ["RedisServer", "free_port"]
 
@@ -38,7 +39,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
+class RedisServer(Managed):
     """One ``redis-server`` process on 127.0.0.1; ``url`` points at db 0."""
 
     def __init__(
@@ -106,27 +107,7 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server (data is lost: nothing is persisted)."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, grace=5.0)
 
-    def close(self) -> None:
-        self.stop()
+    def cleanup(self) -> None:
         self.dir.cleanup()
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()

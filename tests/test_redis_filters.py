@@ -248,19 +248,19 @@ def test_a_store_bug_is_logged_every_time(
     """A programming error is never a quiet outage: one ERROR line per failed decision."""
     from mailguard.stores import redis as mg_redis
 
+    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
     if interface == "wsgi":
 
-        def broken(conn: Any, commands: Any) -> Any:
+        def broken(*args: Any, **options: Any) -> Any:
             raise AttributeError("'Connection' object has no attribute 'is_connected'")
 
-        monkeypatch.setattr(mg_redis, "_talk", broken)
+        monkeypatch.setattr(store._sync(), "execute_command", broken)
     else:
 
-        async def broken_batch(conn: Any, commands: Any) -> Any:
+        async def broken_batch(client: Any, commands: Any) -> Any:
             raise AttributeError("'Connection' object has no attribute 'is_connected'")
 
-        monkeypatch.setattr(mg_redis._AsyncLane, "_write_read", staticmethod(broken_batch))
-    store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
+        monkeypatch.setattr(mg_redis, "_pipeline", broken_batch)
     middleware = mg_wsgi.DosFilter if interface == "wsgi" else mg_asgi.DosFilter
     wrapper = WsgiApp if interface == "wsgi" else AsgiApp
     app = wrapper(middleware, store, max_requests_per_sec=5)

@@ -253,14 +253,25 @@ def test_every_key_has_a_ttl(
 ) -> None:
     store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0) if with_clock else None)
     _exercise(store)
+    store.close()  # (its channel thread indexes the blocks made before it stops)
     names = keys_under(client, prefix)
     suffixes = Counter(name[-2:] for name in names)
-    assert suffixes == {b":w": 20, b":b": 60, b":a": 20, b":o": 20, b":s": 20}
-    for name in names:
+    assert suffixes == {b":w": 20, b":b": 60, b":a": 20, b":o": 20, b":s": 20, b"ds": 1}
+    counters = [name for name in names if not name.endswith((b":b", b"block-ends"))]
+    for name in counters:
         assert client.pttl(name) > 0, name
     # nothing outlives its state (the longest here: offences, 30 s; with a clock, +1 s grace)
-    assert max(client.pttl(name) for name in names) <= 31_000
-    store.close()
+    assert max(client.pttl(name) for name in counters) <= 31_000
+    # the exception: blocks have no TTL (no eviction policy may take them), and
+    # each is in the index of block ends the sweep reads, by its end
+    blocks = [name for name in names if name.endswith(b":b")]
+    assert all(client.pttl(name) == -1 for name in blocks)
+    index = dict(client.zrange(f"{prefix}block-ends", 0, -1, withscores=True))
+    assert len(index) == 60
+    for member, score in index.items():
+        until, name = member.split(b" ", 1)
+        assert name in blocks and client.hget(name, "until") == until
+        assert float(until) == score
 
 
 def test_keys_expire_on_the_server_clock(
@@ -272,8 +283,14 @@ def test_keys_expire_on_the_server_clock(
     store.hit("device", "d", 1, 0.2, jail=0.3)
     store.swap("seen", "x", "v", 0.2)
     store.attempt("login", "u", 3, 0.2, 0.2)
-    assert len(keys_under(client, prefix)) == 4
+    jail = f"{prefix}{{device:d}}:b".encode()
+    assert jail in keys_under(client, prefix)
     time.sleep(0.45)
+    # counters expire; the ended jail waits for the sweep (it has no TTL)
+    assert set(keys_under(client, prefix)) <= {jail, f"{prefix}block-ends".encode()}
+    store._channel_tick(client)  # (what the channel thread does every few seconds)
+    store._next_sweep = 0.0
+    assert store._sweep(client) in (0, 1)  # (the thread may have swept it first)
     assert keys_under(client, prefix) == []
     store.close()
 
@@ -324,16 +341,14 @@ def test_noscript_recovery(store: RedisStore, client: redis.Redis) -> None:
 def test_async_concurrent_decisions_are_exact_and_batched(
     server: RedisServer, prefix: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mailguard.stores.redis import _AsyncLane
-
     batches: list[int] = []
-    exchange = _AsyncLane.exchange
+    pipeline = mg_redis._pipeline
 
-    async def counted(self: _AsyncLane, commands: list[bytes]) -> list[Any]:
+    async def counted(client: Any, commands: Any) -> list[Any]:
         batches.append(len(commands))
-        return await exchange(self, commands)
+        return await pipeline(client, commands)
 
-    monkeypatch.setattr(_AsyncLane, "exchange", counted)
+    monkeypatch.setattr(mg_redis, "_pipeline", counted)
     store = RedisStore(server.url, prefix=prefix, clock=FakeClock(T0))
 
     async def main() -> list[tuple[int, int, float]]:
@@ -801,10 +816,10 @@ def test_programming_errors_raise_store_bug_and_leave_the_breaker_closed(
     """A defect (here: a redis-py without an attribute the store reads) is no outage."""
     assert store.hit("dos", "k", 3, 1.0)[0] == OK
 
-    def broken(conn: Any, commands: Any) -> Any:
+    def broken(*args: Any, **options: Any) -> Any:
         raise AttributeError("'Connection' object has no attribute 'is_connected'")
 
-    monkeypatch.setattr(mg_redis, "_talk", broken)
+    monkeypatch.setattr(store._sync(), "execute_command", broken)
     for _ in range(3):
         with pytest.raises(StoreBug, match="AttributeError") as caught:
             store.hit("dos", "k", 3, 1.0)
@@ -814,10 +829,10 @@ def test_programming_errors_raise_store_bug_and_leave_the_breaker_closed(
     assert store.hit("dos", "k", 3, 1.0)[0] == OK
 
     async def asynchronous() -> None:
-        async def broken_batch(conn: Any, commands: Any) -> Any:
+        async def broken_batch(client: Any, commands: Any) -> Any:
             raise TypeError("get_connection() missing 1 required positional argument")
 
-        monkeypatch.setattr(mg_redis._AsyncLane, "_write_read", staticmethod(broken_batch))
+        monkeypatch.setattr(mg_redis, "_pipeline", broken_batch)
         with pytest.raises(StoreBug, match="TypeError"):
             await store.ahit("dos", "k", 3, 1.0)
         monkeypatch.undo()
@@ -835,20 +850,57 @@ def test_error_replies_are_not_store_bugs(
     assert not isinstance(caught.value, StoreBug)
 
 
-def test_get_connection_arguments_fit_every_redis_py() -> None:
-    class Before53:  # redis-py 5.0 to 5.2: the command name is required
-        def get_connection(self, command_name: str, *keys: Any, **options: Any) -> None: ...
+def _paused_call(
+    server: RedisServer, prefix: str, pause_ms: int, held_up: float
+) -> tuple[str, float]:
+    """One ``ahit`` while Redis holds its reply back ``pause_ms`` (CLIENT PAUSE)
+    and the event loop is itself held up ``held_up`` seconds from 20 ms on, by
+    a blocking call as an application might make; the outcome and how long the
+    call took."""
+    store = RedisStore(server.url, prefix=prefix, socket_timeout=0.25)
+    other = redis.Redis.from_url(server.url)
 
-    class From53:  # 5.3 on: optional, and deprecated when given
-        def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> None: ...
+    async def call() -> tuple[str, float]:
+        await store.ahit("dos", "warm", 5, 1.0)  # connected, scripts loaded
+        loop = asyncio.get_running_loop()
+        other.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
+        started = time.monotonic()
+        if held_up:
+            loop.call_later(0.02, time.sleep, held_up)
+        try:
+            answer = await store.ahit("dos", "k", 5, 1.0)
+            outcome = "ok" if answer[0] == OK else repr(answer)
+        except StoreError as exc:
+            outcome = str(exc)
+        finally:
+            await store.aclose()
+        return outcome, time.monotonic() - started
 
-    class Bare:
-        def get_connection(self) -> None: ...
+    try:
+        return asyncio.run(call())
+    finally:
+        other.execute_command("CLIENT", "UNPAUSE")
+        other.close()
+        store.close()
 
-    assert mg_redis._take_args(Before53()) == ("EVALSHA",)
-    assert mg_redis._take_args(From53()) == ()
-    assert mg_redis._take_args(Bare()) == ()
-    installed = redis.Redis().connection_pool  # no connection is opened
-    assert mg_redis._take_args(installed) == (
-        ("EVALSHA",) if tuple(map(int, redis.__version__.split(".")[:2])) < (5, 3) else ()
-    )
+
+def test_an_answer_that_came_while_the_loop_was_held_up_is_kept(
+    server: RedisServer, prefix: str
+) -> None:
+    # Redis answers after 100 ms, the loop is blocked from 20 ms to 620 ms: the
+    # answer is in the socket when the 250 ms deadline is found passed.
+    # On Python 3.12+ asyncio.wait_for threw it away ("redis unavailable:
+    # TimeoutError"), and with it every decision in flight.
+    outcome, took = _paused_call(server, prefix, pause_ms=100, held_up=0.6)
+    assert outcome == "ok"
+    assert 0.6 <= took < 1.5
+
+
+def test_a_reply_that_does_not_come_still_times_out(server: RedisServer, prefix: str) -> None:
+    outcome, took = _paused_call(server, prefix, pause_ms=1500, held_up=0.0)
+    assert outcome.startswith("redis unavailable: TimeoutError: no answer within 0.25 s")
+    assert 0.24 <= took < 0.6
+    # held up past the deadline with no answer at hand: still a timeout, at once
+    outcome, took = _paused_call(server, prefix, pause_ms=1500, held_up=0.6)
+    assert outcome.startswith("redis unavailable: TimeoutError")
+    assert 0.6 <= took < 1.0

@@ -33,8 +33,13 @@ Result codes (the first item of most results):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..core import BLOCKED, BUSY, JAILED, OK, OVER, Block
+
+if TYPE_CHECKING:
+    from .overlay import Overlay, OverlayChange
 
 __all__ = ["BLOCKED", "BUSY", "JAILED", "OK", "OVER", "Store", "StoreBug", "StoreError"]
 
@@ -158,6 +163,39 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (nothing to do for memory)."""
+
+    # ------------------------------------------------ live configuration
+    # A small versioned document (mailguard.stores.overlay); the store knows
+    # nothing of what it means.  Optional: a store without it cannot carry
+    # a live configuration (mailguard.live).
+
+    def read_overlay(self) -> Overlay:
+        """The live configuration document (version 0 and empty: none yet)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no live configuration")
+
+    def overlay_version(self) -> int:
+        """The document's version alone (a cheap read, for polling)."""
+        return self.read_overlay().version
+
+    def write_overlay(self, expected: int, values: Mapping[str, Any], change: OverlayChange) -> int:
+        """Replace the document's values if its version is still ``expected``;
+        keep ``change`` among the newest records and tell every process
+        (:meth:`watch_overlay`).  Returns the new version (``expected + 1``).
+
+        :raises ~mailguard.stores.overlay.OverlayConflict: the version moved.
+        :raises ValueError: the document would not be storable or too large.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no live configuration")
+
+    def watch_overlay(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from any thread) when the document may have changed."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no live configuration")
+
+    @property
+    def overlay_heard(self) -> bool:
+        """Whether changes made elsewhere reach :meth:`watch_overlay` now (False:
+        poll :meth:`overlay_version` often)."""
+        return False
 
     # -------------------------------------------------------------- async
     @abstractmethod

@@ -22,9 +22,17 @@ filter's chosen mode to each failed call:
     the store counts again.  (A Redis restart without persistence loses
     the blocks it held: see "Redis persistence" in the README.)
 
-One line is logged when an outage starts and one when it ends.  The store
-itself keeps its socket timeouts short and opens a circuit breaker, so an
-outage costs a failed call, not a timeout, on each request.
+One line is logged when an outage starts (WARNING) and one when it ends
+(INFO), per store and process, however many filters share the store and
+whatever the mix of requests: :class:`StoreHealth` holds that state (and
+:mod:`mailguard.metrics` exports it as ``mailguard_store_up``).  A store that
+reports its own health (a :class:`~mailguard.RedisStore`, as ``.health``)
+says "down" when a real round trip fails as an outage and "up" only when one
+answers again: an answer from its local block cache is no evidence either
+way.  For any other store the guard decides: a failed call is down, a
+successful one up.  The store itself keeps its socket timeouts short and
+opens a circuit breaker, so an outage costs a failed call, not a timeout, on
+each request.
 
 A :class:`~mailguard.stores.base.StoreBug` (a programming error in the
 store or an incompatible client library, not an outage) gets the same mode,
@@ -35,16 +43,19 @@ traceback: a defect must not pass for an outage that nobody notices.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..core import Block
+from ..events import Reporter
 from .base import BLOCKED, Store, StoreBug, StoreError
 from .memory import MemoryStore
 
-__all__ = ["HANDOVER_BATCH", "STORE_ERROR_MODES", "GuardedStore", "StoreDown"]
+__all__ = ["HANDOVER_BATCH", "STORE_ERROR_MODES", "GuardedStore", "StoreDown", "StoreHealth"]
 
 STORE_ERROR_MODES = ("open", "closed", "memory")
 
@@ -52,6 +63,132 @@ HANDOVER_BATCH = 8
 """Local blocks copied into the recovered store per successful call."""
 
 _log = logging.getLogger("mailguard.store")
+_lines = Reporter("store")  # (INFO lines reach stderr while the app configured no logging)
+
+
+class StoreHealth:
+    """Whether a store is up, as its last real round trip said: one line per change.
+
+    :meth:`failed` (an outage) and :meth:`answered` (a round trip that came
+    back) log only when the state changes, so an outage gives exactly one
+    WARNING line when it starts and one INFO line when it ends, whatever the
+    number of requests, threads or filters in between.  An outage that is
+    Redis answering ``OOM`` is logged at ERROR instead, as "Redis is full":
+    it is a sizing problem, not a network one.  ``up`` is read by the
+    ``mailguard_store_up`` gauge.
+
+    A store made of parts that fail on their own (the masters of a Redis
+    Cluster) names the part: the store is down while any part is (the down
+    line names the first, ``node=``), and up again only when every part
+    that failed has answered, or was :meth:`dropped` (a master replaced by
+    its promoted replica).  Still one pair of lines per outage; a second
+    part failing meanwhile is logged at INFO only.  A part dropped that way
+    failing again is not a new outage: a client whose slot map is older
+    than the failover asked the dead master once more (it counts again
+    once it has answered, as a master rejoining does).
+
+    :param name: how the lines name the store (no password: a ``repr``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_down",
+        "_lock",
+        "_replaced",
+        "down_since",
+        "name",
+        "outages",
+        "up",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+        self.outages = 0  # down transitions seen
+        self.down_since = 0.0  # time.monotonic() of the last one
+        self._down: set[str] = set()  # the parts down ("": the store as a whole)
+        self._replaced: set[str] = set()  # parts dropped while down and not heard since
+        self._lock = threading.Lock()
+
+    @property
+    def parts_down(self) -> frozenset[str]:
+        """The parts that failed and have not answered since ("" the whole store)."""
+        with self._lock:
+            return frozenset(self._down)
+
+    def failed(self, error: BaseException | str, part: str = "") -> None:
+        """A real call failed as an outage: log once when this starts one."""
+        with self._lock:
+            if part in self._down or part in self._replaced:
+                return
+            self._down.add(part)
+            if not self.up:
+                first = False
+            else:
+                first = True
+                self.up = False
+                self.outages += 1
+                self.down_since = time.monotonic()
+        where = f" node={part}" if part else ""
+        text = str(error)
+        if not first:
+            _log.info("mailguard store down store=%s%s error=%s (also)", self.name, where, text)
+        elif text.startswith("OOM") or "OutOfMemoryError" in text or " OOM " in text:
+            _log.error(
+                "mailguard store down store=%s%s error=Redis is full: %s "
+                "(maxmemory reached and nothing left to evict: see the README, Running at scale)",
+                self.name,
+                where,
+                text,
+            )
+        else:
+            _log.warning("mailguard store down store=%s%s error=%s", self.name, where, text)
+
+    def answered(self, part: str = "") -> None:
+        """A real round trip came back: log once when this ends an outage."""
+        with self._lock:
+            self._replaced.discard(part)
+            if self.up:
+                return
+            self._down.discard(part)
+            if self._down:
+                return
+            self.up = True
+            lasted = time.monotonic() - self.down_since
+        line = f"mailguard store up store={self.name} after={lasted:.1f}s"
+        _lines.log(logging.INFO, line, {})  # shown like the startup lines
+
+    def dropped(self, parts: set[str]) -> None:
+        """Parts that no longer serve (a master replaced): no longer waited for."""
+        with self._lock:
+            gone = self._down & parts
+            if len(self._replaced) > 256:  # nodes come and go: never grow without bound
+                self._replaced.clear()
+        for part in gone:
+            self.answered(part)
+        with self._lock:
+            self._replaced |= {part for part in gone if part}
+
+
+# The health of stores that do not report their own, shared by every guard of
+# one store (each filter wraps the store it is given in a GuardedStore of its own).
+_SHARED: weakref.WeakKeyDictionary[Store, StoreHealth] = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def health_of(store: Store) -> tuple[StoreHealth, bool]:
+    """``store``'s health and whether the store reports it itself."""
+    own = getattr(store, "health", None)
+    if isinstance(own, StoreHealth):
+        return own, True
+    with _SHARED_LOCK:
+        try:
+            found = _SHARED.get(store)
+            if found is None:
+                found = _SHARED[store] = StoreHealth(repr(store))
+        except TypeError:  # not weakly referenceable: a health of its own
+            found = StoreHealth(repr(store))
+    return found, False
 
 
 class StoreDown(Exception):
@@ -70,7 +207,7 @@ def _sync(name: str) -> Callable[..., Any]:
         except StoreError as exc:
             return getattr(self.fallback_for(exc), name)(*args, **kwargs)
         if self.down:
-            self.recovered()
+            self.answered()
         if self.held:
             self.hand_over()
         return result
@@ -86,7 +223,7 @@ def _async(name: str) -> Callable[..., Any]:
         except StoreError as exc:
             return await getattr(self.fallback_for(exc), name)(*args, **kwargs)
         if self.down:
-            self.recovered()
+            self.answered()
         if self.held:
             await self.ahand_over()
         return result
@@ -103,8 +240,13 @@ class GuardedStore(Store):
             raise ValueError(f"on_store_error: must be one of {STORE_ERROR_MODES}, got {mode!r}")
         self.primary = primary
         self.mode = mode
+        self.health, self._reported = health_of(primary)
+        """The store's :class:`StoreHealth`, shared with every guard of it."""
         self.down = False
+        """Whether this guard has answered from its mode since the store last
+        answered for real (the local store's counters are dropped when it does)."""
         self.bugs = 0  # StoreBugs seen
+        self._last_refusal_log = -60.0
         self._memory: MemoryStore | None = None
         self._queue: deque[Block] = deque()  # local blocks to copy, soonest end first
         self.held = False
@@ -114,9 +256,12 @@ class GuardedStore(Store):
     def fallback_for(self, exc: StoreError) -> Store:
         if isinstance(exc, StoreBug):
             self.bug(exc)
-        elif not self.down:
+        else:
             self.down = True
-            _log.error("mailguard store down mode=%s error=%s", self.mode, exc)
+            if not self._reported:
+                self.health.failed(exc)
+            elif self.health.up:
+                self.refused_while_up(exc)
         if self.mode != "memory":
             raise StoreDown(self.mode, exc) from exc
         if self._memory is None:
@@ -135,9 +280,27 @@ class GuardedStore(Store):
             exc_info=exc if self.bugs == 1 else None,
         )
 
+    def refused_while_up(self, exc: StoreError) -> None:
+        """A failure the store does not count as an outage (an error reply
+        about one key, say): logged at ERROR at most once a minute per guard."""
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 60.0:
+            self._last_refusal_log = now
+            _log.error("mailguard store error (not an outage) mode=%s error=%s", self.mode, exc)
+
+    def answered(self) -> None:
+        """A call through this guard succeeded while it was down."""
+        if not self._reported:
+            self.health.answered()
+        elif not self.health.up:
+            return  # answered from the store's local cache: Redis may still be down
+        self.recovered()
+
     def recovered(self) -> None:
+        """The store answers again: drop the counters kept locally meanwhile."""
         self.down = False
-        _log.warning("mailguard store up mode=%s", self.mode)
+        if not self._reported:
+            self.health.answered()
         if self._memory is not None:
             self._memory.clear_counters()
 

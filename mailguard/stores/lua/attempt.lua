@@ -14,6 +14,8 @@ local b = redis.call('HMGET', KEYS[2], 'until', 'since', 'reason')
 if b[1] and tonumber(b[1]) > now then
   return '3 0 ' .. num(wait_until(tonumber(b[1]), now)) .. ' ' .. num(now) .. ' '
     .. b[2] .. ' ' .. b[1] .. ' ' .. (b[3] or '')
+elseif b[1] then
+  redis.call('DEL', KEYS[2])   -- ended: deleted on read (blocks have no TTL)
 end
 
 local limit = tonumber(ARGV[2])

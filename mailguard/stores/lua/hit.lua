@@ -20,6 +20,8 @@ if jail > 0 then
   if b[1] and tonumber(b[1]) > now then
     return '3 0 ' .. num(wait_until(tonumber(b[1]), now)) .. ' ' .. num(now) .. ' '
       .. b[2] .. ' ' .. b[1] .. ' ' .. (b[3] or '')
+  elseif b[1] then
+    redis.call('DEL', KEYS[2])   -- ended: deleted on read (blocks have no TTL)
   end
 end
 
@@ -51,7 +53,7 @@ if count > 0 and count >= limit then
     local untl = now + jail
     redis.call('HSET', KEYS[2], 'kind', ARGV[5], 'key', ARGV[6], 'reason', 'rate',
       'since', num(now), 'until', num(untl))
-    redis.call('PEXPIRE', KEYS[2], ttl(jail))
+    redis.call('PERSIST', KEYS[2])   -- no TTL: never evicted (see RedisStore, Blocks)
     return '2 0 ' .. ARGV[4] .. ' ' .. num(now) .. ' ' .. num(now) .. ' ' .. num(untl) .. ' rate'
   end
   -- the request whose leaving frees a slot: the oldest, or later when the

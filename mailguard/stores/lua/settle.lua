@@ -63,7 +63,7 @@ if failed then
     elseif untl > now then
       redis.call('HSET', KEYS[2], 'kind', ARGV[10], 'key', ARGV[11], 'reason', 'failures',
         'since', num(now), 'until', num(untl))
-      redis.call('PEXPIRE', KEYS[2], ttl(blocked_for))
+      redis.call('PERSIST', KEYS[2])   -- no TTL: never evicted (see RedisStore, Blocks)
     else
       redis.call('DEL', KEYS[2])   -- an empty block lifts any block, as in MemoryStore
     end
