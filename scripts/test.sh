@@ -37,11 +37,37 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     "skipped (install it, e.g. sudo apt-get install nginx-light)" >&2
 fi
 
+# Real mail servers for tests/test_mail_doors.py (Dovecot asking `mailguard
+# serve`, nginx's mail proxy in front of a second Dovecot): Debian's Dovecot
+# with IMAP, POP3 and submission, and nginx's mail module.  Without them those
+# tests are skipped, not failed.
+MAIL_PACKAGES=""
+[ -x /usr/lib/dovecot/imap-login ] || MAIL_PACKAGES="$MAIL_PACKAGES dovecot-imapd"
+[ -x /usr/lib/dovecot/pop3-login ] || MAIL_PACKAGES="$MAIL_PACKAGES dovecot-pop3d"
+[ -x /usr/lib/dovecot/submission-login ] || MAIL_PACKAGES="$MAIL_PACKAGES dovecot-submissiond"
+[ -f /usr/lib/nginx/modules/ngx_mail_module.so ] || MAIL_PACKAGES="$MAIL_PACKAGES libnginx-mod-mail"
+if [ -n "$MAIL_PACKAGES" ]; then
+  # shellcheck disable=SC2086  # a list of packages
+  apt_install $MAIL_PACKAGES || echo "== missing$MAIL_PACKAGES: tests/test_mail_doors.py" \
+    "will be skipped (install them, e.g. sudo apt-get install$MAIL_PACKAGES)" >&2
+fi
+
 # fail2ban-regex checks the shipped fail2ban filters (tests/test_fail2ban.py
 # skips those tests without it).
 if ! command -v fail2ban-regex >/dev/null 2>&1; then
   apt_install fail2ban || echo "== fail2ban-regex is missing: its tests will be skipped" \
     "(install it, e.g. sudo apt-get install fail2ban)" >&2
+fi
+
+# A real headless Chromium for the admin console's browser tests
+# (tests/test_console_browser.py; selenium comes with the test extra): Debian's
+# chromium and chromium-driver.  Without them (and not root) those tests are
+# skipped; as root a missing browser fails them.
+if ! command -v chromedriver >/dev/null 2>&1 \
+  || { ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; }; then
+  apt_install chromium chromium-driver || echo "== chromium or chromedriver is missing:" \
+    "tests/test_console_browser.py will be skipped (install them, e.g. sudo apt-get install" \
+    "chromium chromium-driver)" >&2
 fi
 
 PY=${PYTHON:-python3}
@@ -74,11 +100,14 @@ if [ ! -x .venv-redis-oldest/bin/python ]; then
 fi
 .venv/bin/python -m pip freeze --exclude-editable | grep -iv '^redis==' > .venv-redis-oldest/constraints.txt
 .venv-redis-oldest/bin/python -m pip install -q -c .venv-redis-oldest/constraints.txt \
-  "redis==$OLDEST" starlette werkzeug cachetools netaddr "tomli; python_version < '3.11'" \
-  pytest hypothesis httpx anyio
+  "redis==$OLDEST" starlette werkzeug flask prometheus-client cachetools netaddr \
+  "tomli; python_version < '3.11'" pytest hypothesis httpx anyio
 .venv-redis-oldest/bin/python -m pip install -q --no-deps -e .
 .venv-redis-oldest/bin/python -m pytest -p no:cacheprovider \
-  -q tests/test_redis_store.py tests/test_redis_filters.py tests/test_store_conformance.py
+  -q tests/test_redis_store.py tests/test_redis_filters.py tests/test_store_conformance.py \
+  tests/test_redis_failover.py tests/test_redis_cluster.py tests/test_redis_sentinel.py \
+  tests/test_redis_urls.py tests/test_invalidation.py tests/test_redis_eviction.py \
+  tests/test_outage_log.py tests/test_redis_gaps.py tests/test_redis_cluster_scale.py
 
 # The tests that run mailguard inside real stacks (Starlette, FastAPI, Flask
 # through werkzeug, Django, the examples) once more on the oldest versions the
