@@ -34,6 +34,17 @@ Endpoints (paths relative to where the app is mounted)
     lifts every block.
 ``GET /stats``
     ``{"blocks": {"login": 2}, "total": 2, "keys": 1234}``.
+``GET /config`` (with ``live=``)
+    the live configuration in force (:mod:`mailguard.live`): ``{"version": 4,
+    "live": true, "store": "...", "entries": [{"key": "dos.max_requests_per_sec",
+    "value": 150, "source": "overlay", "detail": "v4 set by alice@mx1 at
+    2026-12-01T03:40:00Z"}, ...], "fixed": ["store.*", ...]}``; ``source`` is
+    ``file``, ``env``, ``overlay`` or ``default``.  Without ``live``: 404.
+``POST /config`` with ``{"op": "set", "key": "dos.max_requests_per_sec", "value": 150}``
+    changes it (``op`` ``set``, ``add`` / ``remove`` on a list key,
+    ``unset``), checked as the file's keys are: ``{"version": 5}``, or 400
+    with ``{"error": "<the message mailguard config prints>"}`` and nothing
+    changed.  Audited ``by=admin-token from=<caller>``.
 ``POST /block`` with ``{"key": "203.0.113.7", "seconds": "1h", "reason": "phishing run"}``
     a manual block, as ``mailguard block`` makes: ``kind`` ``"login"``
     (default) or ``"device"``; ``key`` an address (an IPv6 address stands for
@@ -41,6 +52,13 @@ Endpoints (paths relative to where the app is mounted)
     size, or ``DEVICE[/ACCOUNT]`` for a device; ``seconds`` a number or a
     duration such as ``"30m"``; ``reason`` optional (``"manual"``).  Answers
     ``{"blocked": {...}}``, the block as ``GET /blocks`` shows it.
+``GET /refusals[?limit=100]``, ``GET /series``
+    this process's last refusals and refused requests per filter and minute
+    (:mod:`mailguard.console`), unless ``console=False``.
+``GET /console`` (and ``/console.js``, ``/console.css``)
+    the admin console, a web page using the endpoints above
+    (:mod:`mailguard.console`): ``allow`` applies, the token is typed into
+    the page.  Unless ``console=False``.
 
 Access
 ======
@@ -64,6 +82,7 @@ lift also leaves an audit line (:mod:`mailguard.audit`), ``by=admin-token``
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -72,16 +91,20 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http import HTTPStatus
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs
 
+from . import console as _console
 from .audit import ALL, audit, block_key
 from .core import Block
 from .events import Event, EventHook
-from .identity import AddressSet, ClientResolver, canonical_ip
+from .identity import AddressSet, Client, ClientResolver, canonical_ip
 from .options import duration
 from .stores.base import Store, StoreError
 from .stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from .live import LiveConfig
 
 __all__ = ["AdminApp", "block_record", "keys_to_lift"]
 
@@ -98,6 +121,7 @@ Send = Callable[[Message], Awaitable[None]]
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 Reply = tuple[int, dict[str, Any], list[tuple[str, str]]]
+Headers = list[tuple[str, str]]
 
 
 def block_record(block: Block, now: float) -> dict[str, Any]:
@@ -194,6 +218,11 @@ class AdminApp:
         :class:`~mailguard.identity.ClientResolver`).
     :param on_event: a callable receiving the audit
         :class:`~mailguard.events.Event` of every block and lift.
+    :param live: the :class:`~mailguard.live.LiveConfig` that ``GET`` /
+        ``POST /config`` read and change (``protect(...).live``).
+    :param console: serve the admin console (``/console``, ``/refusals``,
+        ``/series``; :mod:`mailguard.console`), whose recorder then listens to
+        this process's events (default True).
     """
 
     def __init__(
@@ -205,7 +234,13 @@ class AdminApp:
         trusted_proxies: Iterable[str] = (),
         forwarded_header: str = "x-forwarded-for",
         on_event: EventHook | None = None,
+        live: LiveConfig | None = None,
+        console: bool = True,
     ) -> None:
+        self.live = live
+        self.console = bool(console)
+        if self.console:
+            _console.install()
         if on_event is not None and not callable(on_event):
             raise ValueError(f"on_event: must be callable, got {on_event!r}")
         self.on_event = on_event
@@ -242,12 +277,42 @@ class AdminApp:
             return self._refuse(address, "token")
         return None
 
+    def _page(
+        self, method: str, path: str, caller: Callable[[], Client]
+    ) -> tuple[int, Headers, bytes] | None:
+        """The console's page or static file (``allow`` applies, no token), else None."""
+        if not self.console or path.rstrip("/") not in _console.PAGES:
+            return None
+        client = caller()
+        if not (client.is_ip and client.address in self.allow):
+            status, payload, extra = self._refuse(client.address, "network")
+            return status, _headers(payload, extra), _encode(payload)
+        if method not in ("GET", "HEAD"):
+            payload = {"error": "method not allowed"}
+            return 405, _headers(payload, [("allow", "GET, HEAD")]), _encode(payload)
+        if path.endswith("/"):  # relative links need /console, not /console/
+            name = path.rstrip("/").rpartition("/")[2]
+            return 308, [("location", "../" + name), ("content-length", "0")], b""
+        kind, data = _console.static(path)
+        return 200, [("content-type", kind), ("content-length", str(len(data))),
+                     ("cache-control", "no-cache"), *_console.SECURITY_HEADERS], data  # fmt: skip
+
+    def _console_data(self, name: str, query: str) -> dict[str, Any]:
+        """The body of ``GET /refusals`` or ``GET /series``."""
+        if not self.console:
+            raise _Answer(404, "not found: the console is off (console=False)")
+        limit = parse_qs(query).get("limit", ["100"])[-1].strip()
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= _console.KEEP:
+            raise _Answer(400, f"limit: must be a whole number from 1 to {_console.KEEP}")
+        return _console.answer(name, int(limit))
+
     @staticmethod
     def _route(method: str, path: str) -> tuple[str, Reply | None]:
         """The endpoint name, or an error reply (404 / 405)."""
         path = path.rstrip("/") or "/"
         allowed = {"/blocks": ("GET", "HEAD"), "/stats": ("GET", "HEAD"), "/unblock": ("POST",)}
         allowed["/block"] = ("POST",)
+        allowed["/refusals"] = allowed["/series"] = ("GET", "HEAD")
         methods = allowed.get(path)
         if methods is None:
             return "", _bad(404, "not found: use GET /blocks, POST /unblock or GET /stats")
@@ -375,6 +440,11 @@ class AdminApp:
     # --------------------------------------------------------------- WSGI
     def wsgi(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         """The WSGI app."""
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+        page = self._page(method, path, lambda: self.resolver.from_wsgi(environ))
+        if page is not None:
+            start_response(f"{page[0]} {HTTPStatus(page[0]).phrase}", page[1])
+            return [b"" if method == "HEAD" else page[2]]
         status, payload, headers = self._wsgi_reply(environ)
         body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else _encode(payload)
         start_response(f"{status} {HTTPStatus(status).phrase}", _headers(payload, headers))
@@ -385,6 +455,10 @@ class AdminApp:
         denied = self._admit(client.address, client.is_ip, environ.get("HTTP_AUTHORIZATION"))
         if denied is not None:
             return denied
+        if environ.get("PATH_INFO", "").rstrip("/") == "/config":
+            method = environ.get("REQUEST_METHOD", "GET")
+            body = _read_wsgi(environ) if method == "POST" else b""
+            return self._config(client.address, method, body)
         name, error = self._route(
             environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
         )
@@ -397,6 +471,8 @@ class AdminApp:
                 return 200, self._listing(store.now(), store.blocks(kind), limit), []
             if name == "stats":
                 return 200, self._stats(store.blocks()), []
+            if name in ("refusals", "series"):
+                return 200, self._console_data(name, environ.get("QUERY_STRING", "")), []
             if name == "block":
                 manual = self._block_args(_read_wsgi(environ))
                 made = store.block(manual.kind, manual.key, manual.seconds, manual.reason)
@@ -425,6 +501,18 @@ class AdminApp:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        page = self._page(
+            scope.get("method", "GET"),
+            path[len(root) :] if root and path.startswith(root) else path,
+            lambda: self.resolver.from_asgi(scope),
+        )
+        if page is not None:
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in page[1]]
+            await send({"type": "http.response.start", "status": page[0], "headers": raw})
+            body = b"" if scope.get("method") == "HEAD" else page[2]
+            await send({"type": "http.response.body", "body": body})
+            return
         status, payload, headers = await self._asgi_reply(scope, receive)
         body = b"" if scope.get("method") == "HEAD" else _encode(payload)
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in _headers(payload, headers)]
@@ -444,6 +532,10 @@ class AdminApp:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
+        if path.rstrip("/") == "/config":
+            method = scope.get("method", "GET")
+            body = await read_asgi_body(scope, receive, MAX_BODY) if method == "POST" else b""
+            return await asyncio.to_thread(self._config, client.address, method, body)
         name, error = self._route(scope.get("method", "GET"), path)
         if error is not None:
             return error
@@ -455,11 +547,14 @@ class AdminApp:
                 return 200, self._listing(store.now(), found, limit), []
             if name == "stats":
                 return 200, self._stats(await store.ablocks()), []
+            if name in ("refusals", "series"):
+                query = scope.get("query_string", b"").decode("latin-1")
+                return 200, self._console_data(name, query), []
             if name == "block":
-                manual = self._block_args(await _read_asgi(receive))
+                manual = self._block_args(await read_asgi_body(scope, receive, MAX_BODY))
                 made = await store.ablock(manual.kind, manual.key, manual.seconds, manual.reason)
                 return self._blocked(client.address, manual, made)
-            key, kind = self._unblock_args(await _read_asgi(receive))
+            key, kind = self._unblock_args(await read_asgi_body(scope, receive, MAX_BODY))
             if key is None:
                 lifted = await store.aunblock_all(kind)
             else:
@@ -473,6 +568,37 @@ class AdminApp:
         self._audit(client.address, key, kind, lifted)
         self._audit_lift(client.address, key, kind, lifted)
         return 200, {"lifted": lifted}, []
+
+    # --------------------------------------------- live configuration
+    def _config(self, caller: str, method: str, body: bytes | None) -> Reply:
+        """``GET /config`` and ``POST /config`` (see the module docstring)."""
+        from .config import ConfigError
+
+        live = self.live
+        if live is None:
+            return _bad(404, "no live configuration here (AdminApp(..., live=...))")
+        if method in ("GET", "HEAD"):
+            return 200, live.describe(), []
+        if method != "POST":
+            return 405, {"error": "method not allowed"}, [("allow", "GET, HEAD, POST")]
+        try:
+            data = _json_object(body, '{"op": "set", "key": "dos.delay_ms", "value": 0}')
+            unknown = sorted(set(data) - {"op", "key", "value"})
+            if unknown:
+                raise _Answer(400, f"body: unknown field(s) {', '.join(unknown)[:200]}")
+            op, key = data.get("op"), data.get("key")
+            if not isinstance(op, str) or not isinstance(key, str):
+                raise _Answer(400, 'body: give "op" and "key" (and "value" but for unset)')
+            if op != "unset" and "value" not in data:
+                raise _Answer(400, f'body: "value" is needed for {op[:20]!r}')
+            version = live.change(op, key, data.get("value"), by="admin-token", client=caller)
+        except _Answer as answer:
+            return answer.reply
+        except ConfigError as exc:
+            return _bad(400, str(exc))
+        except StoreError as exc:
+            return _bad(503, f"store unavailable: {exc}")
+        return 200, {"version": version}, []
 
 
 class _Manual(NamedTuple):
@@ -503,6 +629,7 @@ def _headers(payload: dict[str, Any], extra: list[tuple[str, str]]) -> list[tupl
         ("content-type", "application/json"),
         ("content-length", str(len(_encode(payload)))),
         ("cache-control", "no-store"),
+        *_console.SECURITY_HEADERS,
         *extra,
     ]
 
@@ -523,7 +650,12 @@ def _read_wsgi(environ: Environ) -> bytes | None:
     return data
 
 
-async def _read_asgi(receive: Receive) -> bytes | None:
+async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than ``limit`` (reading
+    stops there; a ``Content-Length`` over it is refused before reading)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
+            return None
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -532,7 +664,7 @@ async def _read_asgi(receive: Receive) -> bytes | None:
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
