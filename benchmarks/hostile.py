@@ -28,7 +28,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from mailguard import MemoryStore, identity
@@ -44,7 +44,7 @@ PROXY = ["10.0.0.0/8"]
 REFUSAL_SHAPES = 512  # mailguard.policies.base: Policy._refusals
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     """401 for POST /login (every guess fails), else 200."""
     login = scope["path"] == "/login" and scope["method"] == "POST"
     await send({"type": "http.response.start", "status": 401 if login else 200, "headers": []})

@@ -28,11 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .config import Config, load_policies
+from .config import Config
 from .core import ALLOW, Verdict
-from .events import EventHook
+from .events import EventHook, refused_request
 from .identity import Client
-from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
+from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy, PolicyHolder
 from .request import AsgiRequest
 from .stores.base import Store
 from .stores.guard import StoreDown
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
+    from .live import LiveConfig
     from .policies import DeviceOptions, DosOptions, LoginOptions
 
 __all__ = [
@@ -62,10 +63,31 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _log = logging.getLogger("mailguard")
 
 
-class GuardMiddleware:
+class _State:
+    """What a request reads of its filter's policy, read once per request:
+    a live change (:meth:`GuardMiddleware.swap`) replaces the whole object
+    with one assignment, so a request sees the old policy or the new one,
+    never half of each."""
+
+    __slots__ = ("by_client", "local", "policy", "reads_body", "strip", "waits")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.reads_body = type(policy).wants_body is not Policy.wants_body
+        # a policy whose verdict must wait for the whole body (login slots)
+        self.waits: Callable[[AsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
+        self.local = policy.store.local
+        self.by_client = policy.by_client
+        self.strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
+
+
+class GuardMiddleware(PolicyHolder):
     """The shared translation from a policy's verdict to ASGI messages."""
 
     policy_type: ClassVar[type[Policy]] = Policy
+    _state_for = _State
+    live: LiveConfig | None = None
+    """The live configuration driving this filter (set by ``protect``, outermost)."""
 
     def __init__(self, app: ASGIApp, *, policy: Policy | None = None, **options: Any) -> None:
         if policy is None:
@@ -73,7 +95,7 @@ class GuardMiddleware:
         elif options:
             raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
         self.app = app
-        self.policy = policy
+        self._state = _State(policy)
         policy.announce()  # the startup line (mailguard.events)
         self._resolve: Callable[[Scope], Client] = policy.resolver.from_asgi
         if isinstance(app, GuardMiddleware) and app.policy.resolver is policy.resolver:
@@ -82,38 +104,33 @@ class GuardMiddleware:
             # the request (mailguard.identity, "Stacked filters").  A lone
             # filter keeps the plain call: no cost when nothing is shared.
             self._resolve = app._resolve = policy.resolver.from_asgi_shared
-        self._reads_body = type(policy).wants_body is not Policy.wants_body
-        # a policy whose verdict must wait for the whole body (login slots)
-        self._waits: Callable[[AsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
-        self._local = policy.store.local
-        self._by_client = policy.by_client
-        self._strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        policy = self.policy
+        state = self._state  # read once: a live swap never splits a request
+        policy = state.policy
         client = self._resolve(scope)
         request = None
         deferred = False
         try:
-            if self._by_client:  # the rate limit's hot path: no request view
-                if self._local:  # memory: no I/O to wait for, skip the coroutine hops
+            if state.by_client:  # the rate limit's hot path: no request view
+                if state.local:  # memory: no I/O to wait for, skip the coroutine hops
                     verdict = policy.check_client(client)
                 else:
                     verdict = await policy.acheck_client(client)
             else:
                 request = AsgiRequest(scope, client)
-                wanted = self._reads_body and policy.wants_body(request)
-                waits = kind == "http" and self._waits is not None and self._waits(request)
+                wanted = state.reads_body and policy.wants_body(request)
+                waits = kind == "http" and state.waits is not None and state.waits(request)
                 if wanted or waits:
                     receive, ended = await _buffer(request, receive, wanted)
                     deferred = waits and not ended  # the verdict waits for the rest of the body
                 if deferred:
                     verdict = ALLOW
-                elif self._local:
+                elif state.local:
                     verdict = policy.check(request)
                 else:
                     verdict = await policy.acheck(request)
@@ -123,17 +140,26 @@ class GuardMiddleware:
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
         if deferred and request is not None:  # outside the try: the app's errors are its own
-            await self._deferred(request, scope, receive, send)
+            await self._deferred(state, request, scope, receive, send)
             return
         if verdict is ALLOW:
             await self.app(scope, receive, send)
+        elif not verdict.allowed and verdict.delay <= 0.0:  # _act's first step, no request view
+            await _refuse(policy, verdict, scope, send)
         else:
-            await self._act(verdict, request or AsgiRequest(scope, client), scope, receive, send)
+            request = request or AsgiRequest(scope, client)
+            await self._act(state, verdict, request, scope, receive, send)
 
     async def _act(
-        self, verdict: Verdict, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
+        self,
+        state: _State,
+        verdict: Verdict,
+        request: AsgiRequest,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        policy = self.policy
+        policy = state.policy
         if verdict.delay > 0.0:
             try:
                 await asyncio.sleep(verdict.delay)
@@ -146,25 +172,36 @@ class GuardMiddleware:
         if not extra and not verdict.watch:
             await self.app(scope, receive, send)
             return
-        strip = self._strip
+        strip = state.strip
+        watch = verdict.watch
+        local = state.local
         reported = False
+
+        def finish(status: int | None, seen: dict[str, str]) -> None:
+            """``report`` for a local store: no I/O to wait for, no coroutine."""
+            nonlocal reported
+            reported = True
+            try:
+                policy.finish(request, verdict, status, seen)
+            except Exception:
+                _log.exception("mailguard: %s could not record a response", policy.kind)
 
         async def report(status: int | None, seen: dict[str, str]) -> None:
             nonlocal reported
             reported = True
             try:
-                if self._local:
-                    policy.finish(request, verdict, status, seen)
-                else:
-                    await policy.afinish(request, verdict, status, seen)
+                await policy.afinish(request, verdict, status, seen)
             except Exception:
                 _log.exception("mailguard: %s could not record a response", policy.kind)
 
         async def watched_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or ())
-                if verdict.watch:
-                    await report(message.get("status"), _header_map(headers))
+                if watch:
+                    if local:
+                        finish(message.get("status"), _header_map(headers))
+                    else:
+                        await report(message.get("status"), _header_map(headers))
                     if strip:
                         headers = [(k, v) for k, v in headers if k.lower() not in strip]
                 message = {**message, "headers": headers + extra}
@@ -173,11 +210,14 @@ class GuardMiddleware:
         try:
             await self.app(scope, receive, watched_send)
         finally:
-            if verdict.watch and not reported:
-                await report(None, {})
+            if watch and not reported:
+                if local:
+                    finish(None, {})
+                else:
+                    await report(None, {})
 
     async def _deferred(
-        self, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
+        self, state: _State, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """Call the app before the verdict: the body has not arrived in full.
 
@@ -187,19 +227,19 @@ class GuardMiddleware:
         place: the app then receives ``http.disconnect``, what it sends is
         dropped, and what it raises because of that is not passed on.
         """
-        policy = self.policy
+        policy = state.policy
         verdict: Verdict | None = None
         refused = False
         reported = False
         gone = False  # the client left before its body ended: no attempt
-        strip = self._strip
+        strip = state.strip
 
         async def decide() -> Verdict:
             nonlocal verdict, refused
             if verdict is not None:
                 return verdict
             try:
-                if self._local:
+                if state.local:
                     decided = policy.check(request)
                 else:
                     decided = await policy.acheck(request)
@@ -225,7 +265,7 @@ class GuardMiddleware:
             if verdict is None or not verdict.watch:
                 return
             try:
-                if self._local:
+                if state.local:
                     policy.finish(request, verdict, status, seen)
                 else:
                     await policy.afinish(request, verdict, status, seen)
@@ -275,6 +315,7 @@ class GuardMiddleware:
 
 
 async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:
+    refused_request(policy.kind, verdict.reason, verdict.key)
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1013, "reason": "Try Again Later"})
         return
@@ -370,6 +411,8 @@ def protect(
     *,
     store: Store | None = None,
     on_event: EventHook | None = None,
+    live: LiveConfig | bool | None = None,
+    reload_on_hup: bool | None = None,
 ) -> ASGIApp:
     """Wrap ``app`` in every filter a mailguard.toml enables, outermost first.
 
@@ -377,12 +420,24 @@ def protect(
         overrides applied), or a :class:`~mailguard.config.Config`.
     :param store: use this store instead of the one ``[store]`` describes.
     :param on_event: a hook given every event of every filter.
+    :param live: follow the live configuration (:mod:`mailguard.live`): by
+        default (None) when the store is shared (Redis) or ``config`` is a
+        file; a :class:`~mailguard.live.LiveConfig` to attach the filters to
+        (give the same one to :class:`~mailguard.admin.AdminApp`); False for
+        never.  The outermost filter's ``live`` attribute holds it.
+    :param reload_on_hup: re-read the file on SIGHUP (default: for a memory
+        store read from a file; only from the main thread, and only when
+        nothing else handles SIGHUP).
     :raises ~mailguard.config.ConfigError: on any mistake in the file or the
         environment, before any request is served.
 
     See :mod:`mailguard.config` for the file; the filters are built by
     :func:`mailguard.config.load_policies`.
     """
-    for policy in reversed(load_policies(config, store=store, on_event=on_event)):
-        app = FILTER_CLASSES[policy.kind](app, policy=policy)
-    return app
+    from .live import protect_with
+
+    wrapped: ASGIApp = protect_with(
+        FILTER_CLASSES, app, config, store=store, on_event=on_event, live=live,
+        reload_on_hup=reload_on_hup,
+    )  # fmt: skip
+    return wrapped

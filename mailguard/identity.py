@@ -208,6 +208,9 @@ _WALK_CACHE_SIZE: Final = 8192
 
 _UNKNOWN: Final = "unknown"
 
+#: An AddressSet of at most this many addresses also keeps them as texts.
+_SINGLES_MAX: Final = 256
+
 #: The ``trusted_proxies`` entry for proxies that reach us over a unix
 #: socket, and the key of unix-socket clients when those are not trusted.
 UNIX: Final = "unix"
@@ -459,7 +462,7 @@ class AddressSet:
     normalised form (``"192.0.2.7"``, ``"10.0.0.0/8"``).
     """
 
-    __slots__ = ("_cache", "_ends", "_entries", "_starts", "name")
+    __slots__ = ("_cache", "_ends", "_entries", "_singles", "_starts", "name")
 
     def __init__(self, entries: Iterable[str] = (), *, name: str = "safe_ips") -> None:
         self.name = name
@@ -493,6 +496,21 @@ class AddressSet:
             self._starts[span.version].append(span.first)
             self._ends[span.version].append(span.last)
         self._cache: dict[object, bool] = {}
+        # A set of a few addresses (the usual safe list: ``127.0.0.1``, ``::1``)
+        # also keeps their canonical texts: a canonical address is then a
+        # member by one frozenset lookup, with nothing to cache.
+        self._singles: frozenset[str] | None = None
+        spans = [
+            (v, a, b) for v in (4, 6) for a, b in zip(self._starts[v], self._ends[v], strict=True)
+        ]
+        if sum(b - a + 1 for _, a, b in spans) <= _SINGLES_MAX:
+            self._singles = frozenset(
+                socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big"))
+                if v == 4
+                else _network_text(n.to_bytes(16, "big"))
+                for v, a, b in spans
+                for n in range(a, b + 1)
+            )
 
     def __contains__(self, address: object) -> bool:
         try:
@@ -510,6 +528,15 @@ class AddressSet:
             cache.clear()
         cache[address] = found
         return found
+
+    def has_canonical(self, address: str) -> bool:
+        """Membership of an address already in :func:`canonical_ip`'s form
+        (:attr:`Client.address` of an IP client): no parsing, no cache, so
+        as quick for the millionth distinct address as for the first."""
+        singles = self._singles
+        if singles is not None:
+            return address in singles
+        return self._lookup(address)
 
     def _lookup(self, canon: str) -> bool:
         """Uncached membership of a canonical address."""
@@ -555,6 +582,11 @@ class Client(NamedTuple):
 
 
 _UNKNOWN_CLIENT: Final = Client(_UNKNOWN, _UNKNOWN, False)
+# What Client(...) does, without NamedTuple's Python-level __new__ (half the cost).
+_new_client: Final = tuple.__new__
+_pton: Final = socket.inet_pton
+_ntop: Final = socket.inet_ntop
+_AF_INET: Final = socket.AF_INET
 #: The client of a unix-socket peer whose headers are not believed (or say nothing).
 UNIX_CLIENT: Final = Client(UNIX, UNIX, False)
 _log = logging.getLogger("mailguard.identity")
@@ -753,6 +785,14 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
+        if type(client) is tuple and client:  # a fresh address: the flood's case
+            hit = self._fresh_quad(client[0])
+            if hit is not None:
+                return hit
+        return self._from_asgi_peer(scope)
+
+    def _from_asgi_peer(self, scope: Mapping[str, Any]) -> Client:
+        """:meth:`from_asgi` once the peer is known not to be in the cache."""
         peer = _asgi_peer(scope)
         hit = self._trusted_peers.get(peer) if peer is not None else None
         if hit is None:
@@ -787,7 +827,11 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
-        return self._shared(scope, peer, self.from_asgi)
+        if type(peer) is tuple and peer:  # a fresh address: nothing to share but the cache
+            hit = self._fresh_quad(peer[0])
+            if hit is not None:
+                return hit
+        return self._shared(scope, peer, self._from_asgi_peer)
 
     def from_wsgi_shared(self, environ: MutableMapping[str, Any]) -> Client:
         """:meth:`from_wsgi`, once per request: as :meth:`from_asgi_shared`, in
@@ -799,7 +843,10 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
-        return self._shared(environ, peer, self.from_wsgi)
+        hit = self._fresh_quad(peer)
+        if hit is not None:
+            return hit
+        return self._shared(environ, peer, self._from_wsgi_peer)
 
     def _shared(
         self,
@@ -831,11 +878,19 @@ class ClientResolver:
         trusted proxy.  This method does not raise on malformed environs.
         """
         try:
-            hit = self._direct.get(environ.get("REMOTE_ADDR"))
+            peer = environ.get("REMOTE_ADDR")
+            hit = self._direct.get(peer)
         except Exception:
-            hit = None
+            return self._from_wsgi_peer(environ)
         if hit is not None:
             return hit
+        hit = self._fresh_quad(peer)
+        if hit is not None:
+            return hit
+        return self._from_wsgi_peer(environ)
+
+    def _from_wsgi_peer(self, environ: Mapping[str, Any]) -> Client:
+        """:meth:`from_wsgi` once the peer is known not to be in the cache."""
         try:
             peer: object = environ.get("REMOTE_ADDR")
             value: object = environ.get(self._wsgi_key)
@@ -889,9 +944,12 @@ class ClientResolver:
         """
         if peer is None:
             return _UNKNOWN_CLIENT, False
-        client = self._trusted_peers.get(peer)
-        if client is not None:
-            return client, True
+        made = self._fresh_quad(peer)
+        if made is not None:
+            return made, False
+        known = self._trusted_peers.get(peer)
+        if known is not None:
+            return known, True
         canon = canonical_ip(peer) if peer else None
         if canon is not None:
             client = self._client_for(canon)
@@ -913,12 +971,40 @@ class ClientResolver:
         else:
             client = Client(peer, peer, False)
             trusted = False
+        self._remember(peer, client, trusted)
+        return client, trusted
+
+    def _fresh_quad(self, peer: object) -> Client | None:
+        """The Client of ``peer`` when it is a dotted quad in canonical form and
+        not a trusted proxy (then remembered with the direct peers), else None.
+
+        The usual peer, without the general parser, its caches or a named
+        tuple's constructor: what a first request from an address costs, and
+        a flood of fresh addresses is nothing but first requests.  The same
+        Client as :meth:`_client_for`'s, and the same answer as ``in
+        trusted_proxies`` (``tests/test_identity.py`` pins both)."""
+        if type(peer) is not str or ":" in peer:
+            return None
+        try:
+            if _ntop(_AF_INET, _pton(_AF_INET, peer)) != peer:
+                return None
+        except (OSError, ValueError):
+            return None
+        if self.trusted_proxies.has_canonical(peer):
+            return None
+        made: Client = _new_client(Client, (peer, peer, True, ()))
+        direct = self._direct
+        if len(direct) >= CACHE_SIZE:
+            direct.clear()
+        direct[peer] = made  # (a dotted quad is far below _MAX_CACHED_PEER_LENGTH)
+        return made
+
+    def _remember(self, peer: str, client: Client, trusted: bool) -> None:
         if len(peer) <= _MAX_CACHED_PEER_LENGTH:
             cache: dict[Any, Client] = self._trusted_peers if trusted else self._direct
             if len(cache) >= CACHE_SIZE:
                 cache.clear()
             cache[peer] = client
-        return client, trusted
 
     def _client_for(self, canon: str) -> Client:
         """The Client of a canonical IP address."""

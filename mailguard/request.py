@@ -63,7 +63,8 @@ class AsgiRequest(Request):
         self.client = client
         self.body = None
         self._scope = scope
-        self._headers: dict[str, str] | None = None
+        # None: no header read yet; False: one read; then every header by name
+        self._headers: dict[str, str] | bool | None = None
 
     @property
     def method(self) -> str:
@@ -80,18 +81,25 @@ class AsgiRequest(Request):
 
     def header(self, name: str) -> str | None:
         headers = self._headers
-        if headers is None:
+        if headers is None:  # the first read: one scan, no dict built
             raw = name.encode("latin-1")
             found = [v for k, v in self._scope.get("headers", ()) if k == raw or k.lower() == raw]
-            if len(found) <= 1:  # the common case: one scan, no dict built
+            if len(found) <= 1:
+                self._headers = False  # a second read builds the dict
                 return found[0].decode("latin-1") if found else None
-            headers = {}
-            for key, value in self._scope.get("headers", ()):
-                k = key.decode("latin-1").lower()
-                v = value.decode("latin-1")
-                headers[k] = f"{headers[k]}, {v}" if k in headers else v
-            self._headers = headers
+            headers = self._header_dict()
+        elif not isinstance(headers, dict):  # read again (a login reads six): one dict
+            headers = self._header_dict()
         return headers.get(name)
+
+    def _header_dict(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for key, value in self._scope.get("headers", ()):
+            k = key.decode("latin-1").lower()
+            v = value.decode("latin-1")
+            headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        self._headers = headers
+        return headers
 
 
 class WsgiRequest(Request):

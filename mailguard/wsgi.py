@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .config import Config, load_policies
+from .config import Config
 from .core import ALLOW, Verdict
-from .events import EventHook
+from .events import EventHook, refused_request
 from .identity import Client
-from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy
+from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy, PolicyHolder
 from .request import WsgiRequest
 from .stores.base import Store
 from .stores.guard import StoreDown
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
+    from .live import LiveConfig
     from .policies import DeviceOptions, DosOptions, LoginOptions
 
 __all__ = [
@@ -55,10 +56,32 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 _log = logging.getLogger("mailguard")
 
 
-class GuardMiddleware:
+class _State:
+    """What a request reads of its filter's policy, read once per request:
+    a live change (:meth:`GuardMiddleware.swap`) replaces the whole object
+    with one assignment, so a request sees the old policy or the new one,
+    never half of each."""
+
+    __slots__ = ("by_client", "policy", "reads_body", "waits")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.reads_body = type(policy).wants_body is not Policy.wants_body
+        self.by_client = policy.by_client
+        hold_in_threads = getattr(policy, "hold_in_threads", None)
+        if hold_in_threads is not None:  # a delay here holds a worker thread
+            hold_in_threads()
+        # a policy whose verdict must wait for the whole body (login slots)
+        self.waits: Callable[[WsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
+
+
+class GuardMiddleware(PolicyHolder):
     """The shared translation from a policy's verdict to WSGI calls."""
 
     policy_type: ClassVar[type[Policy]] = Policy
+    _state_for = _State
+    live: LiveConfig | None = None
+    """The live configuration driving this filter (set by ``protect``, outermost)."""
 
     def __init__(self, app: WSGIApp, /, *, policy: Policy | None = None, **options: Any) -> None:
         if policy is None:
@@ -66,7 +89,7 @@ class GuardMiddleware:
         elif options:
             raise ValueError(f"pass either policy= or options, not both (got {sorted(options)})")
         self.app = app
-        self.policy = policy
+        self._state = _State(policy)
         policy.announce()  # the startup line (mailguard.events)
         self._resolve: Callable[[Environ], Client] = policy.resolver.from_wsgi
         if isinstance(app, GuardMiddleware) and app.policy.resolver is policy.resolver:
@@ -75,26 +98,20 @@ class GuardMiddleware:
             # the request (mailguard.identity, "Stacked filters").  A lone
             # filter keeps the plain call: no cost when nothing is shared.
             self._resolve = app._resolve = policy.resolver.from_wsgi_shared
-        self._reads_body = type(policy).wants_body is not Policy.wants_body
-        self._by_client = policy.by_client
-        hold_in_threads = getattr(policy, "hold_in_threads", None)
-        if hold_in_threads is not None:  # a delay here holds a worker thread
-            hold_in_threads()
-        # a policy whose verdict must wait for the whole body (login slots)
-        self._waits: Callable[[WsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        policy = self.policy
+        state = self._state  # read once: a live swap never splits a request
+        policy = state.policy
         client = self._resolve(environ)
         request = None
         deferred = False
         try:
-            if self._by_client:  # the rate limit's hot path: no request view
+            if state.by_client:  # the rate limit's hot path: no request view
                 verdict = policy.check_client(client)
             else:
                 request = WsgiRequest(environ, client)
-                wanted = self._reads_body and policy.wants_body(request)
-                waits = self._waits is not None and self._waits(request)
+                wanted = state.reads_body and policy.wants_body(request)
+                waits = state.waits is not None and state.waits(request)
                 # buffer what the policy reads; a verdict that waits for the
                 # rest of the body is reached while the app reads it
                 deferred = bool(wanted or waits) and not _buffer(request, environ, wanted) and waits
@@ -105,25 +122,27 @@ class GuardMiddleware:
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
         if deferred and request is not None:  # outside the try: the app's errors are its own
-            return self._deferred(request, environ, start_response)
+            return self._deferred(policy, request, environ, start_response)
         if verdict is ALLOW:
             return self.app(environ, start_response)
-        return self._act(verdict, request or WsgiRequest(environ, client), environ, start_response)
+        request = request or WsgiRequest(environ, client)
+        return self._act(policy, verdict, request, environ, start_response)
 
     def _act(
         self,
+        policy: Policy,
         verdict: Verdict,
         request: WsgiRequest,
         environ: Environ,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        policy = self.policy
         if verdict.delay > 0.0:
             try:
                 time.sleep(verdict.delay)
             finally:
                 policy.release(verdict)
         if not verdict.allowed:
+            refused_request(policy.kind, verdict.reason, verdict.key)
             refusal = policy.refusal_for(verdict)
             start_response(refusal.status_line, list(refusal.headers))
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else [refusal.body]
@@ -164,7 +183,11 @@ class GuardMiddleware:
         return _Finally(result, lambda: None if reported else report(None, {}))
 
     def _deferred(
-        self, request: WsgiRequest, environ: Environ, start_response: StartResponse
+        self,
+        policy: Policy,
+        request: WsgiRequest,
+        environ: Environ,
+        start_response: StartResponse,
     ) -> Iterable[bytes]:
         """Call the app before the verdict: the body has not arrived in full.
 
@@ -173,7 +196,7 @@ class GuardMiddleware:
         refusal then stops the body (the app's read raises
         :class:`BodyRefused`) and replaces whatever the app answers.
         """
-        gate = _Gate(self.policy, request, environ, start_response)
+        gate = _Gate(policy, request, environ, start_response)
         stream = environ["wsgi.input"]
         if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, _Replay):
             gate.replay = stream.raw
@@ -296,6 +319,7 @@ class _Gate:
         refusal = self.policy.refusal_for(self.verdict)
         if not self.answered:
             self.answered = True
+            refused_request(self.policy.kind, self.verdict.reason, self.verdict.key)
             self.start_response(refusal.status_line, list(refusal.headers))
         return [] if self.environ.get("REQUEST_METHOD") == "HEAD" else [refusal.body]
 
@@ -508,6 +532,8 @@ def protect(
     *,
     store: Store | None = None,
     on_event: EventHook | None = None,
+    live: LiveConfig | bool | None = None,
+    reload_on_hup: bool | None = None,
 ) -> WSGIApp:
     """Wrap ``app`` in every filter a mailguard.toml enables, outermost first.
 
@@ -515,12 +541,24 @@ def protect(
         overrides applied), or a :class:`~mailguard.config.Config`.
     :param store: use this store instead of the one ``[store]`` describes.
     :param on_event: a hook given every event of every filter.
+    :param live: follow the live configuration (:mod:`mailguard.live`): by
+        default (None) when the store is shared (Redis) or ``config`` is a
+        file; a :class:`~mailguard.live.LiveConfig` to attach the filters to
+        (give the same one to :class:`~mailguard.admin.AdminApp`); False for
+        never.  The outermost filter's ``live`` attribute holds it.
+    :param reload_on_hup: re-read the file on SIGHUP (default: for a memory
+        store read from a file; only from the main thread, and only when
+        nothing else handles SIGHUP).
     :raises ~mailguard.config.ConfigError: on any mistake in the file or the
         environment, before any request is served.
 
     See :mod:`mailguard.config` for the file; the filters are built by
     :func:`mailguard.config.load_policies`.
     """
-    for policy in reversed(load_policies(config, store=store, on_event=on_event)):
-        app = FILTER_CLASSES[policy.kind](app, policy=policy)
-    return app
+    from .live import protect_with
+
+    wrapped: WSGIApp = protect_with(
+        FILTER_CLASSES, app, config, store=store, on_event=on_event, live=live,
+        reload_on_hup=reload_on_hup,
+    )  # fmt: skip
+    return wrapped

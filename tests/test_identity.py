@@ -1058,3 +1058,108 @@ def test_walk_finds_the_real_client(client: str, proxies: list[str], injected: l
     result = resolver.resolve(PROXY, [header])
     assert result.address == canon
     assert result == resolver.resolve(client, [])
+
+
+# -- issue #18's fast paths, pinned to the general ones ------------------------
+
+_DOTTED = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    # near misses: leading zeros, ports, spaces, short forms, huge octets, NULs
+    st.builds(
+        lambda parts, sep, tail: sep.join(parts) + tail,
+        st.lists(st.from_regex(r"\A[0-9]{1,4}\Z"), min_size=1, max_size=5),
+        st.sampled_from([".", "..", ",", " ."]),
+        st.sampled_from(["", " ", ":80", "\x00", "%eth0", "\n", "."]),
+    ),
+    st.text(alphabet="0123456789.:xf[] \t\x00", max_size=20),
+    st.ip_addresses(v=6).map(str),
+)
+_ENTRIES = st.lists(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+        st.builds(
+            lambda a, n: str(ipaddress.ip_network(f"{a}/{n}", strict=False)),
+            st.ip_addresses(v=4),
+            st.integers(min_value=22, max_value=32),
+        ),
+        st.builds(
+            lambda a, n: str(ipaddress.ip_network(f"{a}/{n}", strict=False)),
+            st.ip_addresses(v=6),
+            st.integers(min_value=118, max_value=128),
+        ),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(peer=_DOTTED, trusted=_ENTRIES)
+def test_a_peers_client_and_trust_are_those_of_the_general_path(
+    peer: str, trusted: list[str]
+) -> None:
+    resolver = ClientResolver(trusted)
+    canon = identity.canonical_ip(peer)
+    if canon is not None:
+        expected = (resolver._client_for(canon), canon in resolver.trusted_proxies)
+    elif peer == "" or identity.is_unix_peer(peer):
+        expected = (identity.UNIX_CLIENT, False)
+    else:
+        expected = (Client(peer, peer, False), False)
+    assert resolver._peer(peer) == expected
+    assert resolver._peer(peer) == expected  # and again, from the cache
+    assert type(resolver._peer(peer)[0]) is Client
+
+
+@settings(max_examples=400, deadline=None)
+@given(entries=_ENTRIES, probe=st.one_of(st.ip_addresses().map(str), _DOTTED))
+def test_has_canonical_is_membership_of_the_canonical_address(
+    entries: list[str], probe: str
+) -> None:
+    addresses = AddressSet(entries)
+    canon = identity.canonical_ip(probe)
+    assume(canon is not None)
+    assert addresses.has_canonical(canon) == (probe in addresses)
+    # and for the entries' own addresses and the ones just beside them
+    for entry in entries:
+        net = ipaddress.ip_network(entry, strict=False)
+        for number in (int(net.network_address) - 1, int(net.broadcast_address) + 1):
+            if 0 <= number < 2**net.max_prefixlen:
+                text = identity.canonical_ip(str(ipaddress.ip_address(number)))
+                assert text is not None
+                assert addresses.has_canonical(text) == (text in addresses)
+        first = identity.canonical_ip(str(net.network_address))
+        assert first is not None and addresses.has_canonical(first)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    peer=_DOTTED,
+    trusted=_ENTRIES,
+    forwarded=st.lists(st.one_of(st.ip_addresses().map(str), _DOTTED), max_size=3),
+)
+def test_every_entry_point_answers_as_the_general_path(
+    peer: str, trusted: list[str], forwarded: list[str]
+) -> None:
+    class General(ClientResolver):
+        __slots__ = ()
+
+        def _fresh_quad(self, peer: object) -> Client | None:
+            return None
+
+    fast = ClientResolver(trusted)
+    slow = General(trusted)
+    header = ", ".join(forwarded)
+    scope = {
+        "type": "http",
+        "client": (peer, 1234),
+        "headers": [(b"x-forwarded-for", header.encode())],
+    }
+    environ = {"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": header}
+    for _ in range(2):  # first from the parser, then from the cache
+        expected = slow.from_asgi(dict(scope))
+        assert fast.from_asgi(dict(scope)) == expected
+        assert fast.from_asgi_shared(dict(scope)) == expected
+        assert fast.from_wsgi(dict(environ)) == slow.from_wsgi(dict(environ)) == expected
+        assert fast.from_wsgi_shared(dict(environ)) == expected
+        assert fast.resolve(peer, [header]) == expected

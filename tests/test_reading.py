@@ -11,27 +11,32 @@ import json
 import os
 import time
 import unicodedata
+from urllib.parse import parse_qsl, unquote
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from mailguard.identity import Client
 from mailguard.reading import (
     MAX_ACCOUNT,
     AccountRule,
     Fields,
     PathRule,
     _disposition,
+    _unquote,
     authorization_user,
     basic_user,
     body_fields,
     form_fields,
+    form_pairs,
     json_fields,
     media_kind,
     multipart_fields,
     normalize_account,
     php_name,
 )
+from mailguard.request import AsgiRequest
 
 # MAILGUARD_FUZZ_EXAMPLES=20000 for a long run
 FUZZ = settings(max_examples=int(os.environ.get("MAILGUARD_FUZZ_EXAMPLES", "400")), deadline=None)
@@ -578,3 +583,63 @@ def test_bounded_work_on_the_largest_body(ctype: str, body: bytes) -> None:
     started = time.perf_counter()
     body_fields(body, ctype, limit=1 << 20)  # max_body_bytes' ceiling
     assert time.perf_counter() - started < 2.0
+
+
+# the urlencoded reader is parse_qsl written out for speed: it must stay parse_qsl
+_FORM_TEXT = st.text(alphabet=st.sampled_from("ab=&+%25%2B%C3%A9%zz;\x00 é\u2028"), max_size=60)
+
+
+@FUZZ
+@given(text=st.one_of(_FORM_TEXT, st.text(max_size=80)))
+@example(text="a=1&&b&=c&d==e&+=%2B&%C3%A9=%E9&%&%%=%g0")
+def test_form_pairs_are_parse_qsl(text: str) -> None:
+    assert form_pairs(text) == parse_qsl(text, keep_blank_values=True)
+    expected: dict[str, list[str]] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        expected.setdefault(name, []).append(value)
+    assert form_fields(text) == expected
+    php: dict[str, list[str]] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        if php_name(name):
+            php.setdefault(php_name(name), []).append(value)
+    assert form_fields(text, php=True) == php
+
+
+@FUZZ
+@given(text=st.one_of(_FORM_TEXT, st.text(max_size=40)))
+@example(text="%C3%A9%E9%zz%%41%c3")
+def test_unquote_fast_path_is_unquote(text: str) -> None:
+    assert _unquote(text) == unquote(text)
+
+
+# a request's headers: the first read scans the list, later ones share one dict
+_HEADER_NAMES = ["content-type", "content-length", "authorization", "x-a", "x-\u00e9"]
+
+
+def _spellings(name: str) -> st.SearchStrategy[bytes]:
+    raw = name.encode("latin-1")
+    return st.sampled_from([raw, raw.upper(), raw.title(), raw.capitalize()])
+
+
+@FUZZ
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(_HEADER_NAMES).flatmap(_spellings), st.binary(max_size=4)),
+            st.binary(max_size=6),
+        ),
+        max_size=8,
+    ),
+    reads=st.lists(st.sampled_from(["content-type", "content-length", "authorization", "x-a"])),
+)
+def test_header_reads_agree_however_many(
+    headers: list[tuple[bytes, bytes]], reads: list[str]
+) -> None:
+    scope = {"type": "http", "headers": headers}
+    shared = AsgiRequest(scope, Client("192.0.2.1", "192.0.2.1", True))
+    for name in reads:
+        found = [v.decode("latin-1") for k, v in headers if k.lower() == name.encode()]
+        expected = ", ".join(found) if found else None
+        fresh = AsgiRequest(scope, Client("192.0.2.1", "192.0.2.1", True))
+        assert fresh.header(name) == expected
+        assert shared.header(name) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -70,9 +71,9 @@ def run_script(stack: Stack) -> list[int]:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts every full resolution (from_asgi / from_wsgi), however it is reached."""
+    """Counts every full resolution (past the cache of direct peers), however it is reached."""
     counted = {"asgi": 0, "wsgi": 0}
-    real_asgi, real_wsgi = ClientResolver.from_asgi, ClientResolver.from_wsgi
+    real_asgi, real_wsgi = ClientResolver._from_asgi_peer, ClientResolver._from_wsgi_peer
 
     def from_asgi(self: ClientResolver, scope: Any) -> Any:
         counted["asgi"] += 1
@@ -82,8 +83,17 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counted["wsgi"] += 1
         return real_wsgi(self, environ)
 
-    monkeypatch.setattr(ClientResolver, "from_asgi", from_asgi)
-    monkeypatch.setattr(ClientResolver, "from_wsgi", from_wsgi)
+    real_quad = ClientResolver._fresh_quad
+
+    def fresh_quad(self: ClientResolver, peer: object) -> Any:
+        found = real_quad(self, peer)  # a direct peer's resolution, without a walk
+        if found is not None:
+            counted["asgi" if inspect.stack()[1].function.startswith("from_asgi") else "wsgi"] += 1
+        return found
+
+    monkeypatch.setattr(ClientResolver, "_from_asgi_peer", from_asgi)
+    monkeypatch.setattr(ClientResolver, "_from_wsgi_peer", from_wsgi)
+    monkeypatch.setattr(ClientResolver, "_fresh_quad", fresh_quad)
     return counted
 
 

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .base import Policy, PolicyOptions, RefusalHook, RefusalInfo
+from .base import Policy, PolicyHolder, PolicyOptions, RefusalHook, RefusalInfo
 from .device import DeviceJailPolicy, DeviceOptions
 from .dos import DosOptions, DosPolicy
 from .login import InvalidLoginPolicy, LoginOptions, Outcome
@@ -50,6 +50,7 @@ __all__ = [
     "LoginOptions",
     "Outcome",
     "Policy",
+    "PolicyHolder",
     "PolicyOptions",
     "RefusalHook",
     "RefusalInfo",

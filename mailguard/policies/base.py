@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -42,6 +43,7 @@ from ..stores.memory import MemoryStore
 __all__ = [
     "DEFAULT_IPV6_WIDER",
     "Policy",
+    "PolicyHolder",
     "PolicyOptions",
     "Refusal",
     "RefusalHook",
@@ -314,7 +316,7 @@ class Policy:
 
     # --------------------------------------------------------------- steps
     def is_safe(self, client: Client) -> bool:
-        return self.any_safe and client.is_ip and client.address in self.safe_ips
+        return self.any_safe and client.is_ip and self.safe_ips.has_canonical(client.address)
 
     def wants_body(self, request: Request) -> int:
         """How many body bytes ``check`` needs buffered first (0: none)."""
@@ -508,3 +510,50 @@ def _secs(value: object) -> str:
     if isinstance(value, (int, float)):
         return f"{value:g}s"
     return str(value)
+
+
+class PolicyHolder:
+    """A front's policy in force, replaced whole by one assignment.
+
+    A front keeps what a request reads of its policy in one immutable state
+    object (``_state``, made by ``_state_for(policy)``), read once per
+    request: :meth:`swap` (a live configuration change) replaces it with one
+    assignment, so a request sees the old policy or the new one, never half
+    of each.
+    """
+
+    _state: Any
+    _state_for: ClassVar[type[Any]]  # a class taking the policy
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (a live change replaces it: :meth:`swap`)."""
+        policy: Policy = self._state.policy
+        return policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        # deprecated: assigning used to replace the policy but not what the
+        # front had read of it at construction; swap() replaces both at once
+        warnings.warn(
+            "assigning filter.policy is deprecated: use filter.swap(policy)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.swap(policy)
+
+    def swap(self, policy: Policy) -> None:
+        """Put ``policy`` in force for the next requests, in one assignment
+        (requests under way finish with the policy they started with).
+
+        It must be of the same kind, on the same client resolver (the client
+        settings cannot change while running), so stacked filters still
+        resolve a request once.
+        """
+        current = self.policy
+        if policy.kind != current.kind or policy.resolver is not current.resolver:
+            raise ValueError(
+                f"swap: a {policy.kind} policy with the same client settings is needed"
+                f" for this {current.kind} filter"
+            )
+        self._state = self._state_for(policy)

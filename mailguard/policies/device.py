@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -161,6 +162,34 @@ _NOT_ALNUM = bytes(b for b in range(256) if b not in _ALNUM)
 _TO_LOWER = bytes.maketrans(_UPPER, _UPPER.lower())
 
 _log = logging.getLogger("mailguard.device")
+
+_SEEN_MAX = 2048
+"""Devices a filter remembers by (query, Authorization header digest): a device
+asking again with the same query is found with one dict lookup.  When full,
+the memory starts over (a flood of fresh queries costs one ``clear`` per
+this many).  Exact: only a device found from the query alone is remembered,
+never one named by ``device_func``, the ``X-Device-Id`` header or the
+address (an over-long query)."""
+_SEEN_CHARS = 1024  # longest query + Authorization header remembered (bounds the memory)
+_DIGESTS_MAX = 2048  # identity digests remembered (see identity_of), likewise
+_DIGEST_CHARS = 1024  # longest (DeviceType, User-Agent) pair remembered
+_UNREAD: Any = object()  # the Authorization header, not read yet
+_digests: dict[str, str] = {}  # (DeviceType, User-Agent) pair -> its digest (identity_of)
+
+
+_SEAL = os.urandom(32)
+
+
+def _sealed(header: str) -> bytes:
+    """A keyed digest of an Authorization header (the memory's key, not the header)."""
+    return hashlib.blake2b(
+        header.encode("utf-8", "surrogatepass"), digest_size=16, key=_SEAL
+    ).digest()
+
+
+def _digest(pair: str) -> str:
+    """The identity digest of a (DeviceType, User-Agent) pair (see identity_of)."""
+    return hashlib.blake2b(pair.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 # ------------------------------------------------------------------ identity
@@ -386,6 +415,7 @@ class DeviceJailPolicy(Policy):
         self._header_anywhere = self.header_paths is None
         self._ident_ns = self.namespace + "_ident"
         self._changes_ns = self.namespace + "_changes"
+        self._seen: dict[tuple[str, bytes | None], Device] = {}  # see _SEEN_MAX
 
     # ---------------------------------------------------------------- rules
     def identify(self, request: Request) -> Device | None:
@@ -397,7 +427,46 @@ class DeviceJailPolicy(Policy):
             return None  # the cheap path: not ActiveSync, no header to read
         if self.any_safe and self.is_safe(request.client):
             return None
-        parsed = parse_query(request.query) if on_paths else NO_DEVICE
+        if not on_paths or self.device_func is not None:
+            return self._find(request, on_paths, by_header, _UNREAD)
+        # An ActiveSync request: its device follows from the query and the
+        # Authorization header alone whenever the query names one, so a
+        # device that asks again (a phone syncing, or in a loop) is found
+        # with one lookup (see _SEEN_MAX).
+        query = request.query
+        per_account = self.per_account
+        auth = request.header("authorization") if per_account else None
+        seen = self._seen
+        # The header may carry a password (Basic): it is remembered only as a
+        # digest keyed by this process's secret, useless outside of it.
+        key = (query, None if auth is None else _sealed(auth))
+        device = seen.get(key)
+        if device is None:
+            device = self._find(request, on_paths, by_header, auth, query)
+            if (
+                device is not None
+                and device.source == "query"
+                and len(query) + (0 if auth is None else len(auth)) <= _SEEN_CHARS
+            ):
+                if len(seen) >= _SEEN_MAX:
+                    seen.clear()
+                seen[key] = device
+        return device
+
+    def _find(
+        self,
+        request: Request,
+        on_paths: bool,
+        by_header: bool,
+        auth: str | None,
+        query: str | None = None,
+    ) -> Device | None:
+        """:meth:`identify` past its first checks, without its memory.
+        ``auth`` is the ``Authorization`` header, or ``_UNREAD`` to read it
+        here when needed; ``query`` the query, read here when None."""
+        if query is None and on_paths:
+            query = request.query
+        parsed = NO_DEVICE if query is None else parse_query(query)
         ids: tuple[str, ...] = ()
         source = "func"
         if self.device_func is not None:
@@ -413,7 +482,13 @@ class DeviceJailPolicy(Policy):
             return Device(key, OVERSIZED_QUERY, None, "oversized", parsed, on_paths)
         if not ids:
             return None
-        account = self.account_of(request, parsed) if self.per_account else None
+        if not self.per_account:
+            account = None
+        elif auth is _UNREAD:
+            account = self.account_of(request, parsed)
+        else:
+            accounts = self.accounts
+            account = accounts.authorization(auth) or accounts.normalize(parsed.user)
         device_id = ids[-1]  # the one PHP back ends read
         keys = tuple(device_key(i, account) for i in (device_id, *ids[:-1]))
         return Device(keys[0], device_id, account, source, parsed, on_paths, keys)
@@ -443,7 +518,14 @@ class DeviceJailPolicy(Policy):
     def identity_of(request: Request, device: Device) -> str:
         """A short digest of the device's (DeviceType, User-Agent) pair."""
         pair = f"{device.activesync.device_type or ''}\n{request.header('user-agent') or ''}"
-        return hashlib.blake2b(pair.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        found = _digests.get(pair)
+        if found is None:
+            found = _digest(pair)
+            if len(pair) <= _DIGEST_CHARS:
+                if len(_digests) >= _DIGESTS_MAX:
+                    _digests.clear()
+                _digests[pair] = found
+        return found
 
     def judge(self, request: Request, device: Device, code: int, wait: float) -> Verdict:
         """Turn the answer of the rate rule into a verdict."""
@@ -493,12 +575,23 @@ class DeviceJailPolicy(Policy):
         device = self.identify(request)
         if device is None:
             return ALLOW
+        if len(device.keys) == 1 and not self.watches_identity(device):
+            # _decide's one store call, made here: no flow to drive
+            code, _, wait = self.store.hit(
+                self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
+            )
+            return self.judge(request, device, code, wait)
         return run(self._decide(request, device), self.store)
 
     async def acheck(self, request: Request) -> Verdict:
         device = self.identify(request)
         if device is None:
             return ALLOW
+        if len(device.keys) == 1 and not self.watches_identity(device):
+            code, _, wait = await self.store.ahit(
+                self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
+            )
+            return self.judge(request, device, code, wait)
         return await arun(self._decide(request, device), self.store)
 
     def _decide(self, request: Request, device: Device) -> Steps[Verdict]:

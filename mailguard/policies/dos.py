@@ -53,7 +53,7 @@ from .steps import Steps, arun, call, run
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["DosOptions", "DosPolicy"]
+__all__ = ["MAX_DELAY_MS", "DosOptions", "DosPolicy"]
 
 _EPISODES_MAX = 10_000  # clients remembered as "in a refusal episode" at once
 # (max_delayed, max_delayed_per_client) when unset, by front: a held ASGI
@@ -61,6 +61,10 @@ _EPISODES_MAX = 10_000  # clients remembered as "in a refusal episode" at once
 _DELAY_BUDGETS = {"asgi": (50, 5), "wsgi": (2, 1)}
 
 KeyFunc = Callable[[Request], "str | None"]
+
+
+MAX_DELAY_MS = 60_000
+"""The longest ``delay_ms``: one minute."""
 
 
 class DosOptions(PolicyOptions, total=False):
@@ -80,7 +84,8 @@ class DosPolicy(Policy):
 
     :param max_requests_per_sec: allowed requests per client in any second
         (default 100, at most 1,000,000).
-    :param delay_ms: -1 refuse, 0 only report, > 0 delay by that many ms.
+    :param delay_ms: -1 refuse, 0 only report, > 0 delay by that many ms (at most
+        :data:`MAX_DELAY_MS`, a minute: longer holds a worker past any client's patience).
     :param max_delayed: requests waiting at once, in total (default 50
         under ASGI, 2 under WSGI, where each holds a worker thread).
     :param max_delayed_per_client: requests of one client waiting at once
@@ -112,7 +117,7 @@ class DosPolicy(Policy):
     ) -> None:
         super().__init__(**options)
         self.limit = whole("max_requests_per_sec", max_requests_per_sec, low=1, high=1_000_000)
-        self.delay_ms = whole("delay_ms", delay_ms, low=-1)
+        self.delay_ms = whole("delay_ms", delay_ms, low=-1, high=MAX_DELAY_MS)
         total, each = _DELAY_BUDGETS["asgi"]
         self._budget_set = (max_delayed is not None, max_delayed_per_client is not None)
         self.max_delayed = (

@@ -1,0 +1,324 @@
+"""DeviceJail's fast paths, pinned to the plain code they stand in for.
+
+``identify`` remembers the devices it found by (query, Authorization header);
+``identity_of`` remembers digests; ``check``/``acheck`` make the one store
+call of the common case without driving the ``_decide`` flow.  Each must
+answer exactly as the code it replaces, on any input, hostile included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mailguard.policies.device as device_module
+from mailguard import FakeClock, MemoryStore
+from mailguard.activesync import MAX_QUERY_BYTES, NO_DEVICE, parse_query
+from mailguard.identity import ClientResolver
+from mailguard.policies import DeviceJailPolicy
+from mailguard.policies.device import (
+    OVERSIZED_QUERY,
+    Device,
+    device_key,
+    header_device_ids,
+)
+from mailguard.policies.steps import arun, run
+from mailguard.request import AsgiRequest, Request
+
+T0 = 1_700_000_000.0
+AS = "/Microsoft-Server-ActiveSync"
+RESOLVER = ClientResolver()
+
+
+def reference_identify(policy: DeviceJailPolicy, request: Request) -> Device | None:
+    """``DeviceJailPolicy.identify`` as it was before it remembered devices."""
+    path = request.path
+    on_paths = policy._paths.match(path)
+    by_header = policy._header_anywhere or policy._header_paths.match(path)
+    if not (on_paths or by_header or policy.device_func is not None):
+        return None
+    if policy.any_safe and policy.is_safe(request.client):
+        return None
+    parsed = parse_query(request.query) if on_paths else NO_DEVICE
+    ids: tuple[str, ...] = ()
+    source = "func"
+    if policy.device_func is not None:
+        custom = policy._custom(request)
+        ids = () if custom is None else (custom,)
+    if not ids and parsed.device_ids:
+        ids, source = parsed.device_ids, "query"
+    if not ids and by_header:
+        ids, source = header_device_ids(request.header("x-device-id")), "header"
+    if not ids and parsed.too_long:
+        key = device_key(OVERSIZED_QUERY, request.client.key)
+        return Device(key, OVERSIZED_QUERY, None, "oversized", parsed, on_paths)
+    if not ids:
+        return None
+    account = policy.account_of(request, parsed) if policy.per_account else None
+    device_id = ids[-1]
+    keys = tuple(device_key(i, account) for i in (device_id, *ids[:-1]))
+    return Device(keys[0], device_id, account, source, parsed, on_paths, keys)
+
+
+def same(a: Device | None, b: Device | None) -> bool:
+    """Equal, every field (``ActiveSyncRequest`` leaves ``device_ids`` out of ``==``)."""
+    if a is None or b is None:
+        return a is b
+    return a == b and a.activesync.device_ids == b.activesync.device_ids
+
+
+def asgi_request(
+    path: str, query: bytes, headers: list[tuple[bytes, bytes]], peer: str = "192.0.2.10"
+) -> AsgiRequest:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "query_string": query,
+        "headers": headers,
+        "client": (peer, 40000),
+    }
+    return AsgiRequest(scope, RESOLVER.from_asgi(scope))
+
+
+# --------------------------------------------------------------- strategies
+_b64_chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=%"
+_names = st.sampled_from(
+    ["DeviceId", "deviceid", "DEVICEID", "Device%49d", "User", "us%65r", "Cmd", "cmd",
+     "DeviceType", "Device+Type", "x", "", "DeviceId%00"]
+)  # fmt: skip
+_values = st.one_of(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40),
+    st.sampled_from(["ABC123", "abc-123", "%41%42C", "%zz", "%", "a+b", "Sync", "sYNC", "%E9"]),
+    st.integers(30, 70).map(lambda n: "A" * n),  # around the 32-character cap
+    st.text(st.characters(min_codepoint=0x80, max_codepoint=0x2FF), max_size=8),
+)
+_plain = st.lists(st.tuples(_names, _values), max_size=8).map(
+    lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)
+)
+_b64 = st.builds(
+    lambda version, cmd, dev, typ, user, cut: _b64_query(version, cmd, dev, typ, user)[:cut],
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.binary(min_size=0, max_size=40),
+    st.binary(max_size=20),
+    st.one_of(st.none(), st.binary(max_size=20)),
+    st.integers(0, 200),
+)
+_queries = st.one_of(
+    _plain,
+    _b64,
+    st.text(_b64_chars, max_size=80),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=120),
+    st.sampled_from(["", "?", "?Cmd=Sync&DeviceId=AB", "DeviceId=a&DeviceId=b&DeviceId=A"]),
+    # huge: just under and over the parse cap, the device id at the very end
+    st.sampled_from([MAX_QUERY_BYTES - 12, MAX_QUERY_BYTES + 1]).map(
+        lambda n: "x=" + "p" * (n - 13) + "&DeviceId=ZZ"
+    ),
+)
+_auth = st.one_of(
+    st.none(),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60),
+    st.binary(max_size=40).map(lambda raw: "Basic " + base64.b64encode(raw).decode("ascii")),
+    st.sampled_from(["Basic amRvZTpzZWNyZXQ=", "basic amRvZTpzZWNyZXQ=", "Basic !!", "Bearer x"]),
+)
+_header = st.one_of(
+    st.none(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=40)
+)
+_paths = st.sampled_from([AS, AS.lower(), AS + "/x", "/service/soap", "/"])
+
+
+def _b64_query(version: int, cmd: int, dev: bytes, typ: bytes, user: bytes | None) -> str:
+    raw = bytearray([version, cmd, 9, 4, len(dev)]) + dev + b"\x00" + bytes([len(typ)]) + typ
+    if user is not None:
+        raw += bytes([8, len(user)]) + user
+    return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+def _headers(auth: str | None, device: str | None, agent: str | None) -> list[tuple[bytes, bytes]]:
+    found = []
+    for name, value in ((b"authorization", auth), (b"x-device-id", device), (b"user-agent", agent)):
+        if value is not None:
+            found.append((name, value.encode("latin-1")))
+    return found
+
+
+_policies = st.sampled_from(
+    [
+        {},
+        {"per_account": False},
+        {"default_domain": "example.com"},
+        {"header_paths": []},
+        {"safe_ips": ["192.0.2.0/24"]},
+        {"device_func": lambda request: request.header("x-device-id")},
+    ]
+)
+
+
+@pytest.fixture
+def tiny_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Memories of 3 entries: hostile input starts them over all the time."""
+    monkeypatch.setattr(device_module, "_SEEN_MAX", 3)
+    monkeypatch.setattr(device_module, "_DIGESTS_MAX", 3)
+    monkeypatch.setattr(device_module, "_digests", {})  # not what earlier tests left
+    yield
+
+
+# ------------------------------------------------------------- properties
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    options=_policies,
+    path=_paths,
+    query=_queries,
+    auth=_auth,
+    auth2=_auth,
+    device=_header,
+    peer=st.sampled_from(["192.0.2.10", "198.51.100.7"]),
+)
+def test_identify_is_the_reference_on_any_request(
+    options: dict[str, Any],
+    path: str,
+    query: str,
+    auth: str | None,
+    auth2: str | None,
+    device: str | None,
+    peer: str,
+) -> None:
+    policy = DeviceJailPolicy(store=MemoryStore(), **options)
+    raw = query.encode("latin-1", "replace")
+    headers = _headers(auth, device, None)
+    want = reference_identify(policy, asgi_request(path, raw, headers, peer))
+    for _ in range(2):  # found, then remembered
+        assert same(policy.identify(asgi_request(path, raw, headers, peer)), want)
+    # another address, X-Device-Id or account, same query: still exact
+    for other_auth, other_device in ((auth, "other"), (auth2, device)):
+        other = asgi_request(path, raw, _headers(other_auth, other_device, None), "198.51.100.99")
+        assert same(policy.identify(other), reference_identify(policy, other))
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # a constant: nothing to reset
+)
+@given(
+    requests=st.lists(st.tuples(_paths, _queries, _auth, _header), min_size=1, max_size=12),
+)
+def test_identify_stays_exact_as_a_small_memory_starts_over(
+    tiny_memory: None, requests: list[tuple[str, str, str | None, str | None]]
+) -> None:
+    policy = DeviceJailPolicy(store=MemoryStore())
+    for path, query, auth, device in requests + requests:
+        request = asgi_request(
+            path, query.encode("latin-1", "replace"), _headers(auth, device, None)
+        )
+        assert same(policy.identify(request), reference_identify(policy, request))
+        assert len(policy._seen) <= 3
+
+
+def test_the_memory_is_bounded_and_skips_long_queries() -> None:
+    policy = DeviceJailPolicy(store=MemoryStore())
+    for i in range(3 * device_module._SEEN_MAX):
+        policy.identify(asgi_request(AS, f"Cmd=Sync&DeviceId=d{i}".encode(), []))
+        assert len(policy._seen) <= device_module._SEEN_MAX
+    policy._seen.clear()
+    long = b"Cmd=Sync&DeviceId=abc&x=" + b"y" * device_module._SEEN_CHARS
+    found = policy.identify(asgi_request(AS, long, []))
+    assert found is not None and found.key == "abc"
+    assert policy._seen == {}
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # a constant: nothing to reset
+)
+@given(device_type=st.one_of(st.none(), st.text(max_size=40)), agent=_header)
+def test_identity_digest_is_blake2b_of_the_pair(
+    tiny_memory: None, device_type: str | None, agent: str | None
+) -> None:
+    import hashlib
+
+    pair = f"{device_type or ''}\n{agent or ''}"
+    want = hashlib.blake2b(pair.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    parsed = NO_DEVICE.__class__(
+        "abc", device_type, None, None, None, None, None, "plain", ("abc",)
+    )
+    dev = Device("abc", "abc", None, "query", parsed, True)
+    request = asgi_request(AS, b"", _headers(None, None, agent))
+    for _ in range(2):
+        assert DeviceJailPolicy.identity_of(request, dev) == want
+    assert len(device_module._digests) <= 3
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    options=st.sampled_from(
+        [{}, {"identity_changes": True, "max_identity_changes": 1}, {"enforce": False}]
+    ),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "Cmd=Sync&DeviceId=A1",
+                    "DeviceId=dec0y&DeviceId=A1",
+                    "DeviceId=dec0y",
+                    "DeviceId=b2",
+                ]
+            ),
+            st.sampled_from(["ua1", "ua2"]),
+            st.sampled_from([0.0, 0.2, 1.5]),
+        ),
+        max_size=25,
+    ),
+)
+def test_check_answers_as_the_decide_flow(
+    options: dict[str, Any], steps: list[tuple[str, str, float]]
+) -> None:
+    """check/acheck (the one hit made directly) against run/arun of _decide on a twin store."""
+    clocks = [FakeClock(T0) for _ in range(4)]
+    policies = [
+        DeviceJailPolicy(
+            store=MemoryStore(clock=clock), max_requests=3, time_window=1.0, jail_duration=2.0,
+            **options,
+        )
+        for clock in clocks
+    ]  # fmt: skip
+    fast, slow, afast, aslow = policies
+    for query, agent, pause in steps:
+        for clock in clocks:
+            clock.advance(pause)
+        request = asgi_request(AS, query.encode(), _headers(None, None, agent))
+        device = slow.identify(request)
+        assert device is not None
+        got = [
+            fast.check(request),
+            run(slow._decide(request, device), slow.store),
+            asyncio.run(afast.acheck(request)),
+            asyncio.run(arun(aslow._decide(request, device), aslow.store)),
+        ]
+        assert got[1:] == got[:-1], (query, got)
+    assert len({tuple(p.jailed_devices()) for p in policies}) == 1
+
+
+def test_the_memory_never_holds_a_password() -> None:
+    policy = DeviceJailPolicy(store=MemoryStore())
+    header = "Basic " + base64.b64encode(b"alice@example.com:hunter2-secret").decode()
+    found = policy.identify(
+        asgi_request(AS, b"Cmd=Sync&DeviceId=abc", _headers(header, None, None))
+    )
+    assert found is not None and found.account == "alice@example.com"
+    assert len(policy._seen) == 1
+    held = repr(policy._seen)
+    assert header not in held and "hunter2" not in held and header[6:20] not in held
+    # the memory is keyed by the sealed digest, which tells headers apart
+    assert next(iter(policy._seen))[1] == device_module._sealed(header)
+    assert device_module._sealed(header) != device_module._sealed(header + "x")
