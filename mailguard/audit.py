@@ -12,7 +12,10 @@ The ``mailguard block`` / ``unblock`` commands and the admin app's
 does), so neither can forge a field.  ``by`` is who did it: for the command,
 ``$SUDO_USER``, else ``$USER`` (else the login name); for the admin app,
 ``admin-token`` (whoever holds the token), with ``from=`` the caller's
-address.  ``key="*"`` is ``--all``.  The same facts reach ``on_event`` hooks
+address.  ``key="*"`` is ``--all``.  A live configuration change
+(``mailguard config set``, ``POST /config``) leaves one line too, ``mailguard
+audit config key="dos.max_requests_per_sec" op=set value="150" version=5
+by=alice@mx1`` (:func:`audit_config`).  The same facts reach ``on_event`` hooks
 as an :class:`~mailguard.events.Event` with ``filter="audit"``, ``action``
 ``"block"`` or ``"unblock"``, and ``client`` the caller's address (``"cli"``
 for the command).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -30,14 +34,14 @@ from .events import Event, EventHook, _bare, quote
 from .identity import ClientResolver, canonical_ip
 from .policies.device import _normalise_id, account_key, normalise_account
 
-__all__ = ["ALL", "AUDIT_LOGGER", "audit", "audit_line", "block_key", "who"]
+__all__ = ["ALL", "AUDIT_LOGGER", "audit", "audit_config", "audit_line", "block_key", "who"]
 
 AUDIT_LOGGER = "mailguard.audit"
 ALL = "*"
 """The ``key`` of an audit line that lifted every block (``unblock --all``)."""
 
 _log = logging.getLogger(AUDIT_LOGGER)
-_QUOTED = frozenset({"key", "reason"})
+_QUOTED = frozenset({"key", "reason", "value"})
 _MAX_DEVICE_ID = 64
 
 
@@ -100,6 +104,38 @@ def audit(
             hook(event)
         except Exception:
             _log.exception("mailguard: on_event hook failed for audit %s", action)
+    return event
+
+
+def audit_config(
+    op: str,
+    *,
+    key: str,
+    value: object,
+    version: int,
+    by: str,
+    client: str = "cli",
+    hook: EventHook | None = None,
+) -> Event:
+    """Log the audit line of a live configuration change (:mod:`mailguard.live`)::
+
+        mailguard audit config key="dos.max_requests_per_sec" op=set value="150"
+            version=5 by=alice@mx1
+
+    ``value`` is the value given, as JSON (quoted, so it cannot forge a field).
+    The event (``filter="audit"``, ``action="config"``) reaches ``hook``.
+    """
+    fields: list[tuple[str, str | int | float]] = [("key", key), ("op", op)]
+    if op != "unset":
+        fields.append(("value", json.dumps(value, ensure_ascii=True)[:512]))
+    fields += [("version", version), ("by", by)]
+    event = Event("audit", "config", client, tuple(fields), _QUOTED)
+    _log.warning("%s", audit_line(event))
+    if hook is not None:
+        try:
+            hook(event)
+        except Exception:
+            _log.exception("mailguard: on_event hook failed for audit config")
     return event
 
 

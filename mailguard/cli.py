@@ -163,6 +163,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print JSON")
 
+    live = commands.add_parser(
+        "config",
+        parents=[store],
+        help="show or change the live configuration (every process applies it within 2 s)",
+        description="The live configuration: an overlay over the file, kept in the store "
+        "(mailguard.live). VALUE is read like a MAILGUARD_* override: a TOML value "
+        '(150, true, "25m", ["10.0.0.0/8"]) or else plain text (25m). '
+        "add/remove change a list key (common.safe_ips, dos.exempt_paths); "
+        "with --config FILE they start from the file's value.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    live.add_argument("action", choices=("get", "set", "add", "remove", "unset"))
+    live.add_argument("key", nargs="?", metavar="TABLE.KEY", help="e.g. dos.max_requests_per_sec")
+    live.add_argument("value", nargs="?", metavar="VALUE", help="e.g. 150, 25m, 192.0.2.0/24")
+    live.add_argument("--json", action="store_true", help="get: print JSON")
+
     check = commands.add_parser("check-config", help="validate a mailguard.toml")
     check.add_argument("file", metavar="FILE")
     check.add_argument(
@@ -208,6 +225,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("demo", help="run the demo (arguments go to the demo)", add_help=False)
+    serve = commands.add_parser(
+        "serve",
+        help="run the policy daemon for Dovecot and nginx's mail proxy (extra: serve)",
+        description="Answer Dovecot's auth policy (POST /dovecot) and nginx's mail auth_http "
+        "(GET /nginx) with the failure rule of [mailauth], on the store of [store]; stop with "
+        "SIGTERM or SIGINT.",
+    )
+    serve.add_argument("--config", metavar="FILE", required=True, help="the mailguard.toml")
+    serve.add_argument("--host", metavar="HOST", help="listen here instead of [serve] host")
+    serve.add_argument(
+        "--port", metavar="PORT", type=int, help="listen here instead of [serve] port"
+    )
     _add_admin_verbs(commands, store)
     return parser
 
@@ -251,6 +280,10 @@ def _main(args_list: list[str], store: Store | None) -> int:
             )
         if args.command == "completion":
             return _completion(args.shell, sys.stdout)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "config":
+            return _live_command(args, store)
         return _store_command(args, store)
     except UsageError as exc:
         _fail(str(exc))
@@ -258,6 +291,17 @@ def _main(args_list: list[str], store: Store | None) -> int:
     except ConfigError as exc:
         _fail(f"mailguard: {exc}")
         return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"mailguard serve: --port {args.port} is not from 1 to 65535")
+    try:
+        return serve.main(args.config, host=args.host, port=args.port)
+    except serve.MissingExtra as exc:
+        raise UsageError(f"mailguard: {exc}") from None
 
 
 def _fail(message: str) -> None:
@@ -269,10 +313,19 @@ def _fail(message: str) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load(args.file, env={} if args.no_env else None)
+    serves = _serve_tables(config, args.file)
+    if serves:  # what mailguard serve refuses to start with, check-config refuses too
+        from .mailauth import ServeSettings, secret_problem
+
+        problem = secret_problem(config.serve.build(ServeSettings))
+        if problem is not None:
+            raise ConfigError(config.source, "[serve] secret", problem)
     print(f"{args.file}: OK: {config.describe()}")
-    if not config.enabled:
+    if not config.enabled and not serves:
         _fail(f"mailguard: warning: {args.file} enables no filter")
     _print_in_force(config, sys.stdout)
+    if serves:
+        _print_serve_in_force(config, sys.stdout)
     return _try_store(config, connect=not args.no_connect, out=sys.stdout)
 
 
@@ -426,6 +479,92 @@ def _store_command(args: argparse.Namespace, injected: Store | None) -> int:
                 store.close()
 
 
+def _live_command(args: argparse.Namespace, injected: Store | None) -> int:
+    """``mailguard config get|set|add|remove|unset`` (see mailguard.live)."""
+    from .config import env_value
+    from .live import LiveConfig
+
+    action, key = args.action, args.key
+    if action != "get" and key is None:
+        raise UsageError(f"mailguard config {action}: give TABLE.KEY (see --help)")
+    if action in ("set", "add", "remove") and args.value is None:
+        raise UsageError(f"mailguard config {action}: give TABLE.KEY VALUE (see --help)")
+    if action in ("get", "unset") and args.value is not None:
+        raise UsageError(f"mailguard config {action}: takes no VALUE (see --help)")
+    baseline = None
+    if injected is not None:
+        store, where = injected, repr(injected)
+    else:
+        if args.redis and args.config:
+            raise UsageError("mailguard: give --redis or --config, not both")
+        if not args.redis:
+            path = args.config or os.environ.get("MAILGUARD_CONFIG")
+            if path is not None:
+                baseline = load(path)
+                if baseline.store.type == "memory":
+                    raise UsageError(
+                        f"mailguard: {baseline.source} uses the in-memory store: its live"
+                        " configuration lives inside the app's process; use POST /config of"
+                        " the admin app (AdminApp(..., live=app.live)), or edit the file and"
+                        " send SIGHUP to the app's process"
+                    )
+        store, where = _open_store(args)
+    try:
+        live = LiveConfig(store, baseline, watch=False)
+        if action == "get":
+            return _live_get(live, key, args.json, sys.stdout)
+        value = None if args.value is None else env_value(args.value)
+        version = live.change(action, key, value)
+    except _store_errors() as exc:
+        _fail(f"mailguard: store {where}: {exc}")
+        return EXIT_STORE
+    finally:
+        if injected is None:
+            with contextlib.suppress(Exception):
+                store.close()
+    shown = json.dumps(value)
+    done = {"set": f"set to {shown}", "add": f"+= {shown}", "remove": f"-= {shown}",
+            "unset": "unset (back to the file)"}[action]  # fmt: skip
+    print(f"mailguard config: {key} {done}: live configuration v{version}"
+          " (every process on the store applies it within 2 s)")  # fmt: skip
+    return EXIT_OK
+
+
+def _live_get(live: Any, key: str | None, as_json: bool, out: TextIO) -> int:
+    from .config import ConfigError as _Error
+    from .live import check_name, fixed_reason
+
+    overlay = live.store.read_overlay()
+    live.overlay = overlay
+    problem = None
+    try:
+        live.config = live.merged(overlay.values, overlay.version)
+    except _Error as exc:
+        problem = str(exc)
+    if key is not None:
+        if fixed_reason(key) is None:
+            check_name(key)
+        rows = live.entries(only=key)
+    else:
+        rows = live.entries()
+    if as_json:
+        out.write(json.dumps({"version": overlay.version, "entries": rows}, indent=1) + "\n")
+        return EXIT_OK
+    if live.baseline is None:
+        print("# baseline unknown (no --config FILE): the file's and the environment's values"
+              " are not shown; overlay and defaults only", file=out)  # fmt: skip
+    print(f"# live configuration v{overlay.version}", file=out)
+    if problem is not None:
+        print(f"# WARNING: the overlay does not apply over this baseline: {problem}", file=out)
+    for row in rows:
+        # (who made a change comes from $USER or a caller: never a line of its own)
+        detail = f" {_one_line(str(row['detail']))}" if row["detail"] else ""
+        fixed = " (not live: restart to change)" if fixed_reason(row["key"]) else ""
+        print(f"{row['key']} = {json.dumps(row['value'])}  # {row['source']}{detail}{fixed}",
+              file=out)  # fmt: skip
+    return EXIT_OK
+
+
 def _shown(key: str) -> str:
     """A key for a terminal: request-supplied text (device ids) is quoted if unusual."""
     if key and all(ch.isalnum() or ch in ".:/-_@+" for ch in key) and key.isascii():
@@ -500,19 +639,10 @@ def _key_count(store: Store) -> int | None:
     """Keys held by the store: its size for memory, a SCAN count under the prefix for Redis."""
     if isinstance(store, MemoryStore):
         return len(store)
-    url, prefix = getattr(store, "url", None), getattr(store, "prefix", None)
-    if not isinstance(url, str) or not isinstance(prefix, str):
-        return None  # a store built on a client we cannot borrow
-    try:
-        import redis
-    except ImportError:
+    count_keys = getattr(store, "count_keys", None)
+    if not callable(count_keys):
         return None
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-        return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
-    finally:
-        client.close()
+    return int(count_keys())  # RedisStore: SCAN under its prefix on every master
 
 
 def _stats(store: Store, as_json: bool, out: TextIO) -> int:
@@ -585,6 +715,68 @@ def _print_in_force(config: Any, out: TextIO) -> None:
                 print(f"# {name} unset  ({source})", file=out)
             else:
                 print(f"{name} = {_toml(value)}  # {source}", file=out)
+
+
+def _serve_tables(config: Any, path: str) -> bool:
+    """Whether the file (or the environment) configures ``mailguard serve``:
+    a ``[serve]`` or ``[mailauth]`` table, even an empty one, or a value for one."""
+    if config.serve.options or any(
+        label.startswith("mailauth.") for _, label in config.mailauth.origins.values()
+    ):
+        return True
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            tables = tomllib.load(handle)
+    except (OSError, ValueError):  # read and checked by load() already
+        return False
+    return "serve" in tables or "mailauth" in tables
+
+
+_HIDDEN = frozenset({"secret", "admin_token"})
+
+
+def _print_serve_in_force(config: Any, out: TextIO) -> None:
+    """``[serve]`` and ``[mailauth]`` (over ``[login]`` over ``[common]``) as
+    ``mailguard serve`` would run them, each value with where it comes from;
+    secrets are never printed."""
+    from .mailauth import LOGIN_KEYS, MailAuthSettings, ServeSettings
+    from .policies.login import InvalidLoginPolicy
+
+    rule = declared(InvalidLoginPolicy)
+    allow = config.serve.options.get("allow", declared(ServeSettings)["allow"].default)
+    tables = (
+        (config.serve, dict(declared(ServeSettings)), {"admin_allow": allow}),
+        (
+            config.mailauth,
+            {**{k: rule[k] for k in LOGIN_KEYS}, **declared(MailAuthSettings)},
+            {"on_store_error": InvalidLoginPolicy.default_on_store_error},
+        ),
+    )
+    for table, options, implied in tables:
+        print(f"[{table.name}]", file=out)
+        for name, option in options.items():
+            if option.is_callable:
+                continue
+            if name in table.options:
+                value, origin = table.options[name], table.origins.get(name)
+                source = f"{origin[0]}: {origin[1]}" if origin else "set"
+            elif option.default is None and name in implied:
+                value, source = implied[name], "default"
+            else:
+                value, source = option.default, "default"
+            if value is None:
+                print(f"# {name} unset  ({source})", file=out)
+            elif name in _HIDDEN:
+                print(f"# {name} set, not shown  ({source})", file=out)
+            else:
+                print(f"{name} = {_toml(value)}  # {source}", file=out)
+    namespace = config.mailauth.options.get("namespace", "login")
+    print(f"# counted in namespace {_toml(namespace)}, as [login]'s filter", file=out)
 
 
 def _try_store(config: Any, *, connect: bool, out: TextIO) -> int:
@@ -789,6 +981,13 @@ def _audit_to_stderr() -> Iterator[None]:
         yield
     finally:
         logger.removeHandler(handler)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every control character shown escaped (``\\n``, ``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":  # pragma: no cover

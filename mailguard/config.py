@@ -67,6 +67,14 @@ Rules:
 - Which keys a table takes, and which are durations, is read from the
   constructors themselves (:func:`mailguard.options.declared`); the filter
   tables and their order come from :data:`mailguard.policies.FILTERS`.
+- ``[serve]`` and ``[mailauth]`` belong to ``mailguard serve`` (the policy
+  daemon for Dovecot and nginx's mail proxy, :mod:`mailguard.serve`):
+  ``[serve]`` takes :class:`mailguard.mailauth.ServeSettings`' keywords,
+  ``[mailauth]`` :class:`mailguard.mailauth.MailAuthSettings`' and the
+  failure rule's (:data:`mailguard.mailauth.LOGIN_KEYS`), each of which
+  defaults to ``[login]``'s value (then ``[common]``'s); the namespace is
+  always ``[login]``'s, so one rule counts every door.  Both are checked at
+  load like the filter tables.
 
 Environment overrides
 =====================
@@ -126,13 +134,20 @@ The adapters wrap an app with what this module builds
 What needs a restart
 ====================
 
-Filter options and the store are read once, when ``protect`` builds the
-filters: a change to the file (or the environment) takes effect when the app
-restarts; there is no reload.  Blocks are data in the store, not
-configuration: listing and lifting them (``mailguard blocks`` /
-``mailguard unblock`` for Redis, the admin app of :mod:`mailguard.admin` for
-the in-memory store) takes effect without any restart (with Redis, other
-processes notice a lifted block within ``block_cache_ttl``, 2 s by default).
+The store, the client settings (``trusted_proxies``, ``forwarded_header``,
+``ipv6_prefix``, ``ipv6_wider``), ``on_store_error``, ``enabled``,
+``namespace``, ``[serve]`` and ``[mailauth]``'s door settings are read once,
+when ``protect`` (or ``mailguard serve``) builds the filters.  Every other
+key can change while running: ``mailguard config set|add|remove`` keeps an
+overlay over this file in the store, checked by this module
+(:meth:`Config.with_values`, the overlay named as the origin:
+``overlay v7: dos.delay_ms: ...``) and applied by every process on the store
+within 2 s; a memory-store app re-reads the file on SIGHUP (see
+:mod:`mailguard.live`).  Blocks are data in the store, not configuration:
+listing and lifting them (``mailguard blocks`` / ``mailguard unblock`` for
+Redis, the admin app of :mod:`mailguard.admin` for the in-memory store)
+takes effect without any restart (with Redis, other processes notice a
+lifted block within ``block_cache_ttl``, 2 s by default).
 """
 
 from __future__ import annotations
@@ -140,17 +155,19 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .events import EventHook
+from .mailauth import INHERITED_KEYS, LOGIN_KEYS, MailAuthSettings, ServeSettings, build_logins
 from .options import Option, declared, named_option
 from .policies import KINDS, POLICIES, Policy
 from .stores.base import Store
 from .stores.memory import MemoryStore
+from .stores.redis_urls import parse_url
+from .stores.redis_urls import redact as _redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,10 +212,11 @@ COMMON_KEYS: tuple[str, ...] = (
 )
 """Keys of ``[common]``: applied to every filter that does not set them itself."""
 
-TABLES: tuple[str, ...] = ("store", "common", *FILTERS)
+TABLES: tuple[str, ...] = ("store", "common", *FILTERS, "serve", "mailauth")
+"""Every table a file may hold; ``[serve]`` and ``[mailauth]`` are
+``mailguard serve``'s (:mod:`mailguard.mailauth`)."""
 
 STORE_TYPES = ("memory", "redis")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 # Keys that only Python code can supply, with the reason (any other option
 # that takes a callable gets _CALLABLE).
@@ -339,6 +357,28 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class TableSettings:
+    """A table that is not a filter (``[serve]``, ``[mailauth]``): its options,
+    checked at load, and where each was set (for error messages)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    origins: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def build(self, maker: Any, *args: Any, **more: Any) -> Any:
+        """``maker(*args, **options, **more)``; a bad option raises :class:`ConfigError`."""
+        try:
+            return maker(*args, **self.options, **more)
+        except (TypeError, ValueError) as exc:
+            named = named_option(exc)
+            if named is not None and named[0] in self.origins:
+                where, label = self.origins[named[0]]
+                raise ConfigError(where, label, named[1]) from None
+            where = next(iter(self.origins.values()))[0] if self.origins else "?"
+            raise ConfigError(where, f"[{self.name}]", str(exc)) from None
+
+
+@dataclass(frozen=True)
 class Config:
     """A loaded, checked configuration.  Build one with :func:`load` or :func:`loads`.
 
@@ -350,6 +390,17 @@ class Config:
     source: str
     store: StoreSettings
     filters: tuple[FilterSettings, ...]
+    serve: TableSettings = field(default_factory=lambda: TableSettings("serve"))
+    """``[serve]``: :class:`mailguard.mailauth.ServeSettings`' keywords."""
+    mailauth: TableSettings = field(default_factory=lambda: TableSettings("mailauth"))
+    """``[mailauth]`` over ``[login]`` over ``[common]``: the keywords of
+    :func:`mailguard.mailauth.build_logins`."""
+    raw: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    """The tables as read (file, then environment), before checking."""
+    raw_origins: Mapping[str, Mapping[str, str]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Where each raw key was set: the file, ``MAILGUARD_X__Y (environment)``."""
 
     @property
     def enabled(self) -> tuple[str, ...]:
@@ -370,15 +421,40 @@ class Config:
         """The enabled filters' policies on ``store``, outermost first."""
         return [f.build(store, on_event) for f in self.filters if f.enabled]
 
-    def check(self) -> None:
+    def check(self, *, store: bool = True) -> None:
         """Build every filter (enabled or not) and the store; raise on a mistake.
 
         Nothing connects: a RedisStore opens its connections on first use.
+        ``store=False`` leaves the store out (a live change never touches it).
         """
         scratch = MemoryStore(max_keys=16)
         for settings in self.filters:
             settings.build(scratch)
-        self.store.build().close()  # a RedisStore connects on first use, not here
+        self.serve.build(ServeSettings)
+        self.mailauth.build(build_logins, scratch)
+        if store:
+            self.store.build().close()  # a RedisStore connects on first use, not here
+
+    def with_values(self, values: Mapping[str, Any], origin: str) -> Config:
+        """This configuration with ``values`` (``{"table.key": value}``) set over
+        it, each from ``origin`` (``"overlay v7"``), checked exactly as a file's
+        keys are (the store is not built again: it cannot change).
+
+        :raises ConfigError: naming ``origin``, the key and the problem.
+        """
+        tables = {name: dict(table) for name, table in self.raw.items()}
+        origins = {name: dict(where) for name, where in self.raw_origins.items()}
+        for name, value in values.items():
+            table, _, key = name.partition(".")
+            if table not in TABLES or not key:
+                raise ConfigError(origin, name, "expected TABLE.KEY such as dos.delay_ms")
+            tables.setdefault(table, {})[key] = value
+            origins.setdefault(table, {})[key] = origin
+        for name in FILTERS:  # [common] values checked by every filter, as if it ran
+            if name not in tables:
+                tables[name] = {"enabled": False}
+                origins[name] = {"enabled": "<not in the file>"}
+        return _assemble(tables, origins, self.source, check_store=False)
 
     def describe(self) -> str:
         """One line for humans: the store and which filters run."""
@@ -440,6 +516,19 @@ def _build(data: dict[str, Any], source: str, env: Mapping[str, str] | None) -> 
         tables.setdefault(table, {})[key] = value
         origins.setdefault(table, {})[key] = f"{variable} (environment)"
 
+    return _assemble(tables, origins, source)
+
+
+def _assemble(
+    raw: Mapping[str, Mapping[str, Any]],
+    raw_origins: Mapping[str, Mapping[str, str]],
+    source: str,
+    *,
+    check_store: bool = True,
+) -> Config:
+    """Check ``raw`` tables (each key's origin in ``raw_origins``) into a Config."""
+    tables = {name: dict(table) for name, table in raw.items()}
+    origins = {name: dict(where) for name, where in raw_origins.items()}
     store = _store_settings(tables.get("store", {}), origins.get("store", {}), source)
     common = tables.get("common", {})
     common_origins = origins.get("common", {})
@@ -458,9 +547,68 @@ def _build(data: dict[str, Any], source: str, env: Mapping[str, str] | None) -> 
         filters.append(
             _filter_settings(name, tables[name], origins[name], common, common_origins, source)
         )
-    config = Config(source, store, tuple(filters))
-    config.check()
+    serve = _table_settings(
+        "serve", declared(ServeSettings), tables.get("serve", {}), origins.get("serve", {}), source
+    )
+    mailauth = _mailauth_settings(
+        tables.get("mailauth", {}), origins.get("mailauth", {}), filters, common, common_origins,
+        source,
+    )  # fmt: skip
+    config = Config(
+        source, store, tuple(filters), serve, mailauth,
+        raw={name: dict(table) for name, table in raw.items()},
+        raw_origins={name: dict(where) for name, where in raw_origins.items()},
+    )  # fmt: skip
+    config.check(store=check_store)
     return config
+
+
+def _table_settings(
+    name: str,
+    accepted: Mapping[str, Option],
+    table: dict[str, Any],
+    origins: dict[str, str],
+    source: str,
+    base: TableSettings | None = None,
+) -> TableSettings:
+    """A table of ``accepted`` options, over ``base``'s (inherited) ones."""
+    options = dict(base.options) if base is not None else {}
+    where = dict(base.origins) if base is not None else {}
+    for key, value in table.items():
+        origin = origins.get(key, source)
+        label = f"{name}.{key}"
+        option = _file_option(accepted, key, origin, label)
+        options[key] = _parse(option, value, origin, label)
+        where[key] = (origin, label)
+    return TableSettings(name, options, where)
+
+
+def _mailauth_settings(
+    table: dict[str, Any],
+    origins: dict[str, str],
+    filters: list[FilterSettings],
+    common: dict[str, Any],
+    common_origins: dict[str, str],
+    source: str,
+) -> TableSettings:
+    """``[mailauth]``: the failure rule defaults to ``[login]``'s (which took
+    ``[common]``'s), so one rule and one namespace cover every door."""
+    inherited: dict[str, Any] = {}
+    where: dict[str, tuple[str, str]] = {}
+    for key, value in common.items():
+        if key in INHERITED_KEYS:
+            inherited[key] = value
+            where[key] = (common_origins[key], f"common.{key}")
+    login = next((f for f in filters if f.name == "login"), None)
+    if login is not None:
+        for key, value in login.options.items():
+            if key in INHERITED_KEYS:
+                inherited[key] = value
+                where[key] = login.origins.get(key, (source, f"login.{key}"))
+    rule = declared(POLICIES["login"])
+    accepted = {**{k: rule[k] for k in LOGIN_KEYS}, **declared(MailAuthSettings)}
+    base = TableSettings("mailauth", inherited, where)
+    return _table_settings("mailauth", accepted, table, origins, source, base)
 
 
 MIN_MAX_KEYS = 1000
@@ -494,12 +642,14 @@ def _store_settings(table: dict[str, Any], origins: dict[str, str], source: str)
         url = table.get("url")
         if url is None:
             raise ConfigError(kind_from, "store.url", 'required with type = "redis"')
-        if not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES):
+        if not isinstance(url, str):
             raise ConfigError(
-                origins["url"],
-                "store.url",
-                f"must be a redis://, rediss:// or unix:// URL, got {redact(str(url))!r}",
+                origins["url"], "store.url", f"must be a Redis URL, got {type(url).__name__}"
             )
+        try:
+            parse_url(url)  # the whole grammar (stores/redis_urls.py), checked at start
+        except ValueError as exc:
+            raise ConfigError(origins["url"], "store.url", str(exc)) from None
         prefix = table.setdefault("prefix", "mailguard:")
         if not isinstance(prefix, str):
             raise ConfigError(
@@ -606,7 +756,7 @@ def _unknown_table(name: str) -> str:
 
 def redact(url: str) -> str:
     """A URL with any password replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return _redact_url(url)
 
 
 def _redis_store_class(where: str) -> type[RedisStore]:

@@ -43,24 +43,58 @@ logger.  To silence mailguard entirely, give its logger a handler:
 Hooks: pass ``on_event=callable`` to any filter to receive every
 :class:`Event` (for alerting, metrics, audit).  A hook that raises is logged
 and otherwise ignored: alerting must never break mail.
+
+Listeners (process-wide): :func:`listen` ``(callback)`` receives every event
+of every filter in this process, whatever its ``on_event`` (the admin console's
+recorder, :mod:`mailguard.console`, is one), plus, for each refused request,
+an event of action ``"request-refused"`` with a ``reason`` field that is never
+logged nor passed to ``on_event`` hooks (filters report *episodes*; this
+counts requests).  Listening is not logging: it adds no handler, so the rule
+above is unchanged.  With nobody listening it costs one truth test per
+event; a listener that raises is ignored (logged at DEBUG).  :func:`unlisten`
+removes one.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["FALLBACK_FORMAT", "Event", "EventHook", "FallbackHandler", "Reporter", "quote"]
+__all__ = [
+    "FALLBACK_FORMAT",
+    "Event",
+    "EventHook",
+    "FallbackHandler",
+    "Reporter",
+    "listen",
+    "quote",
+    "refused_request",
+    "unlisten",
+]
 
 Field = str | int | float
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+")
 
 
+_PLAIN = re.compile(r"[ !#-\[\]-~]*")
+"""Printable ASCII but ``"`` and ``\\``: text that :func:`quote` leaves as it is."""
+_BARE = re.compile(r"[A-Za-z0-9.\-_@+:/]+")
+"""Text that :func:`_bare` leaves unquoted (``_SAFE`` and ``:/``)."""
+
+
 def quote(text: str, limit: int = 128) -> str:
     """Quote request-supplied text for a log line: it cannot break out of the quotes."""
+    if len(text) <= limit and _PLAIN.fullmatch(text):
+        return f'"{text}"'  # nothing to escape, nothing to cut: as the loop below would
+    return _quote_slowly(text, limit)
+
+
+def _quote_slowly(text: str, limit: int = 128) -> str:
+    """:func:`quote` character by character (the escapes, the cut)."""
     out = ['"']
     for ch in text[:limit]:
         if ch in _SAFE:
@@ -82,7 +116,7 @@ def _bare(value: Field) -> str:
     if isinstance(value, float):
         return f"{value:g}" if value != int(value) else str(int(value))
     text = str(value)
-    if text and all(ch in _SAFE or ch in ":/" for ch in text):
+    if _BARE.fullmatch(text):
         return text
     return quote(text)
 
@@ -121,6 +155,41 @@ class Event:
 
 
 EventHook = Callable[[Event], None]
+
+_listeners: tuple[EventHook, ...] = ()
+"""The process-wide listeners (a tuple, replaced whole: read without a lock)."""
+
+
+def listen(callback: EventHook) -> None:
+    """Give ``callback`` every event of every filter of this process (see the
+    module docstring); listening twice with one callback is listening once."""
+    global _listeners
+    if not callable(callback):
+        raise ValueError(f"listen: must be callable, got {callback!r}")
+    if callback not in _listeners:
+        _listeners = (*_listeners, callback)
+
+
+def unlisten(callback: EventHook) -> None:
+    """Stop giving events to ``callback`` (nothing happens if it was not listening)."""
+    global _listeners
+    _listeners = tuple(c for c in _listeners if c != callback)
+
+
+def _tell(event: Event) -> None:
+    for callback in _listeners:
+        try:
+            callback(event)
+        except Exception:
+            logging.getLogger("mailguard.events").debug("listener failed", exc_info=True)
+
+
+def refused_request(kind: str, reason: str, key: str | None) -> None:
+    """One request refused by filter ``kind`` (the adapters call it per refusal):
+    an event for listeners only, never logged nor given to ``on_event``."""
+    if _listeners:
+        _tell(Event(kind, "request-refused", key or "-", (("reason", reason),)))
+
 
 FALLBACK_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of the lines the fallback handler writes to stderr."""
@@ -187,6 +256,33 @@ def _shown(logger: logging.Logger, level: int) -> bool:
     return unconfigured(logger)
 
 
+def _heard(logger: logging.Logger, level: int) -> bool:
+    """Whether a record of ``logger`` at ``level`` could reach anything: False
+    only when every handler it would reach is a plain :class:`logging.NullHandler`
+    (which drops it unseen) or the fallback (which then stays silent: a
+    NullHandler is the app's own handler), and no filter or record factory
+    would see it made.  So the line is not even built for a silenced mailguard
+    (``getLogger("mailguard").addHandler(NullHandler())``), while every
+    handler that does something gets the record it always got."""
+    if logger.filters or logging.getLogRecordFactory() is not logging.LogRecord:
+        return True
+    silenced = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if type(handler) is logging.NullHandler:
+                silenced = True
+            elif type(handler) is not FallbackHandler or (
+                handler.filters and level >= handler.level
+            ):
+                return True
+        if not node.propagate:
+            break
+        node = node.parent
+    # no NullHandler: the fallback writes, or logging's last resort does
+    return not silenced
+
+
 class Reporter:
     """Logs events at the right level and hands them to the user's hook."""
 
@@ -201,17 +297,17 @@ class Reporter:
     def log(self, level: int, line: str, extra: dict[str, object]) -> None:
         """Log one line with ``extra`` attributes, under the rule above."""
         logger = self.logger
-        if logger.isEnabledFor(level):
-            logger.log(level, "%s", line, extra=extra)
-        elif _shown(logger, level):
-            # below the root logger's WARNING, but only the fallback listens
+        # enabled, or below the root logger's WARNING while only the fallback
+        # listens; the record is made here, not by logger.log: that would walk
+        # the stack for a caller (always this method) on every line
+        if (logger.isEnabledFor(level) or _shown(logger, level)) and _heard(logger, level):
             record = logger.makeRecord(
                 logger.name, level, "(unknown file)", 0, "%s", (line,), None, extra=extra
             )
             logger.handle(record)
 
     def emit(self, event: Event, level: int = logging.WARNING) -> None:
-        if _shown(self.logger, level):
+        if _shown(self.logger, level) and _heard(self.logger, level):
             extra: dict[str, object] = {
                 "filter": event.filter,
                 "action": event.action,
@@ -221,6 +317,8 @@ class Reporter:
                 if key not in _RESERVED and key not in extra:
                     extra[key] = value
             self.log(level, event.line(), extra)
+        if _listeners:
+            _tell(event)
         if self.hook is not None:
             try:
                 self.hook(event)

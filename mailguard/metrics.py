@@ -85,7 +85,12 @@ Metrics
     scrape (for Redis that is one scan of the blocks: fine for thousands of
     blocks, think twice at millions).
 ``mailguard_store_up`` (gauge)
-    1 when the store answered that scrape, 0 when it failed.
+    1 while the store is up, 0 while it is down: 0 when it failed that
+    scrape, or when the store (or the guard of the filters using it) counts
+    an outage that no real round trip has ended yet
+    (:class:`~mailguard.stores.guard.StoreHealth`, the state behind the one
+    "store down" / "store up" pair of log lines per outage).  An answer from
+    a :class:`~mailguard.RedisStore`'s local block cache does not make it 1.
 ``mailguard_store_keys`` (gauge, memory store only)
     keys held by the in-memory store (its bound is ``max_keys``).
 
@@ -112,6 +117,7 @@ from typing import Any
 from .events import Event, EventHook
 from .policies import KINDS as FILTER_KINDS
 from .stores.base import Store, StoreError
+from .stores.guard import StoreHealth
 from .stores.memory import MemoryStore
 
 try:
@@ -197,11 +203,21 @@ class MetricsCollector:
         self.store = store
         self.kinds = tuple(kinds)
 
+    def _up(self) -> bool:
+        """The store's own health, when it keeps one (a blocks() answered from
+        a local cache, or by a guard's fallback, does not say Redis is up)."""
+        health = getattr(self.store, "health", None)
+        if isinstance(health, StoreHealth):
+            return health.up
+        return True
+
     def _families(self) -> tuple[Any, Any, Any]:
         blocks = GaugeMetricFamily(
             "mailguard_blocks", "Live blocks in the store, by kind.", labels=["kind"]
         )
-        up = GaugeMetricFamily("mailguard_store_up", "1 if the store answered this scrape.")
+        up = GaugeMetricFamily(
+            "mailguard_store_up", "1 while the store is up (answering real round trips), else 0."
+        )
         keys = GaugeMetricFamily("mailguard_store_keys", "Keys held by the in-memory store.")
         return blocks, up, keys
 
@@ -220,7 +236,7 @@ class MetricsCollector:
         per_kind = Tally(block.kind for block in found)
         for kind in sorted(set(self.kinds) | set(per_kind)):
             blocks.add_metric([kind], float(per_kind.get(kind, 0)))
-        up.add_metric([], 1.0)
+        up.add_metric([], 1.0 if self._up() else 0.0)
         yield blocks
         yield up
         if isinstance(self.store, MemoryStore):

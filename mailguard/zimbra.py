@@ -52,6 +52,8 @@ import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .policies.dos import MAX_DELAY_MS
+
 __all__ = ["ImportFailed", "convert", "import_text", "parse_dump"]
 
 
@@ -411,6 +413,10 @@ def _dos(dump: Dump, out: _Writer) -> None:
     out.key("max_requests_per_sec", str(limit), note)
 
     delay, note = _read_whole(dump, _DOS_DELAY, DOS_DELAY_DEFAULT, low=-1, out=out, fallback=used)
+    if delay > MAX_DELAY_MS:
+        out.comment(f"{_DOS_DELAY} {delay} ms is longer than mailguard holds a request:")
+        out.comment(f"capped at {MAX_DELAY_MS} ms.")
+        delay = MAX_DELAY_MS
     if delay == 0:
         out.comment("CAUTION: Zimbra's 0 still throttled over-limit requests (5 at a time, the")
         out.comment("rest refused after 30 s); mailguard's 0 serves them all and only reports")

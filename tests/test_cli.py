@@ -230,6 +230,47 @@ def test_check_config_warns_when_nothing_is_enabled(
     assert code == 0 and "enables no filter" in err
 
 
+def test_check_config_on_a_serve_only_file_shows_serve_and_mailauth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "serve.toml"
+    secret = "s3cret-0123456789-abcdef"
+    path.write_text(
+        f'[serve]\nport = 9797\nsecret = "{secret}"\n'
+        "[mailauth]\nmax_failed_logins = 4\nverify_threads = 8\n"
+        "[store]\nmax_keys = 5000\n"
+    )
+    code, out, err = run(["check-config", str(path), "--no-env"], capsys)
+    assert code == 0 and err == ""  # no "enables no filter": it configures serve
+    # issue #14 F2: check-config refuses what serve refuses (no secret)
+    no_secret = tmp_path / "nosecret.toml"
+    no_secret.write_text("[serve]\nport = 9797\n")
+    refused = run(["check-config", str(no_secret), "--no-env"], capsys)
+    assert refused[0] != 0 and "OK" not in refused[1]
+    assert "[serve] secret" in refused[2] and "allow_without_secret" in refused[2]
+    lines = out.splitlines()
+    assert "[serve]" in lines and "[mailauth]" in lines
+    assert f"port = 9797  # {path}: serve.port" in lines
+    assert 'host = "127.0.0.1"  # default' in lines
+    assert f"# secret set, not shown  ({path}: serve.secret)" in lines
+    assert secret not in out
+    assert 'admin_allow = ["127.0.0.0/8", "::1"]  # default' in lines
+    assert f"max_failed_logins = 4  # {path}: mailauth.max_failed_logins" in lines
+    assert f"verify_threads = 8  # {path}: mailauth.verify_threads" in lines
+    assert 'on_store_error = "open"  # default' in lines
+    # an empty [serve] table is a serve file too; [login] values are inherited
+    path.write_text(
+        '[serve]\nallow_without_secret = true\n[login]\nenabled = false\nblock_duration = "25m"\n'
+    )
+    code, out, err = run(["check-config", str(path), "--no-env"], capsys)
+    assert code == 0 and err == ""
+    assert f"block_duration = 1500  # {path}: login.block_duration" in out.splitlines()
+    # a file for nothing still warns
+    path.write_text("[store]\nmax_keys = 5000\n")
+    code, out, err = run(["check-config", str(path), "--no-env"], capsys)
+    assert code == 0 and "enables no filter" in err and "[serve]" not in out
+
+
 def test_import_zimbra_output_passes_check_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -167,6 +167,13 @@ def test_other_events_do_not_match_the_login_filter(login: Fail2banFilter) -> No
         Event("device", "jailed", "203.0.113.7", (("device", "abc"),)),
         Event("login", "refused", "203.0.113.7", (("seconds", 900),)),
         Event("login", "tarpit", "203.0.113.7", (("account", "jdoe"),), frozenset({"account"})),
+        Event(  # count_repeated_password = false: a stale password, not counted
+            "login",
+            "repeat",
+            "203.0.113.7",
+            (("account", "jdoe"), ("protocol", "imap")),
+            frozenset({"account"}),
+        ),
     ]
     for event in events:
         assert login.address(logged(event)) is None, event.line()

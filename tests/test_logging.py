@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from werkzeug.test import Client
 
-from mailguard import MemoryStore, StoreError
-from mailguard.events import FallbackHandler, unconfigured
+from mailguard import MemoryStore, StoreError, events
+from mailguard.events import Event, FallbackHandler, _bare, _quote_slowly, quote, unconfigured
 from mailguard.stores.guard import GuardedStore, StoreDown
 from mailguard.wsgi import DosFilter, InvalidLoginFilter
 
@@ -197,9 +199,9 @@ def test_a_store_outage_reaches_stderr(
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 2, err
         assert re.match(
-            r"^[0-9-]{10} [0-9:,]{12} ERROR mailguard\.store: mailguard store down ", err[0]
+            r"^[0-9-]{10} [0-9:,]{12} WARNING mailguard\.store: mailguard store down ", err[0]
         )
-        assert " WARNING mailguard.store: mailguard store up mode=open" in err[1]
+        assert " INFO mailguard.store: mailguard store up store=" in err[1]
 
 
 def test_the_startup_line_names_a_shared_store(
@@ -216,3 +218,107 @@ def test_the_startup_line_names_a_shared_store(
         fields = dict(policy.startup_fields())
         assert (fields["store"], fields["on_store_error"]) == ("remote", policy.on_store_error)
         assert "per" not in fields
+
+
+# ------------------------------------------------- the fast paths of the line
+_SAFE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+"
+_TEXT = st.one_of(
+    st.text(alphabet=st.sampled_from(_SAFE_CHARS + ' "\\:/~\x7f\x1f\n\u00e9\u2028'), max_size=140),
+    st.text(max_size=140),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(text=_TEXT, limit=st.integers(min_value=0, max_value=140))
+@example(text="x" * 128, limit=128)
+@example(text="x" * 129, limit=128)
+@example(text='a"b\\c', limit=128)
+def test_quote_fast_path_is_the_slow_one(text: str, limit: int) -> None:
+    assert quote(text, limit) == _quote_slowly(text, limit)
+    assert quote(text) == _quote_slowly(text)
+
+
+def _bare_by_hand(value: str | int | float) -> str:
+    """_bare as it was written first: character by character."""
+    if isinstance(value, float):
+        return f"{value:g}" if value != int(value) else str(int(value))
+    text = str(value)
+    if text and all(ch in _SAFE_CHARS or ch in ":/" for ch in text):
+        return text
+    return _quote_slowly(text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=st.one_of(_TEXT, st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_bare_fast_path_is_the_slow_one(value: str | int | float) -> None:
+    assert _bare(value) == _bare_by_hand(value)
+
+
+def test_a_silenced_mailguard_builds_no_line(
+    bare_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[Event] = []
+    line = Event.line
+    monkeypatch.setattr(Event, "line", lambda self: built.append(self) or line(self))
+    seen: list[Event] = []
+    with bare():
+        ours = logging.getLogger("mailguard")
+        ours.addHandler(logging.NullHandler())
+        app = InvalidLoginFilter(_login_app, max_failed_logins=2, on_event=seen.append)
+        for _ in range(3):
+            Client(app).post("/login", environ_base={"REMOTE_ADDR": "192.0.2.10"})
+        assert [e.action for e in seen] == ["failure", "failure", "blocked", "refused"]
+        assert built == []  # nothing listens: no record, no line
+        # anything that does listen gets the records, as before
+        mine = Collect()
+        logging.getLogger().addHandler(mine)
+        try:
+            Client(app).post("/login", environ_base={"REMOTE_ADDR": "192.0.2.11"})
+        finally:
+            logging.getLogger().removeHandler(mine)
+        assert [r.getMessage() for r in mine.records] == [
+            'mailguard login failure client=192.0.2.11 account="" streak=1/2'
+        ]
+        assert (mine.records[0].msg, mine.records[0].args) == ("%s", (built[-1].line(),))
+
+
+@pytest.mark.parametrize("how", ["filter", "subclass", "factory", "no-null"])
+def test_anything_but_a_null_handler_hears_the_record(
+    bare_logging: None, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    made: list[logging.LogRecord] = []
+    with bare():
+        login = logging.getLogger("mailguard.login")
+        ours = logging.getLogger("mailguard")
+        if how == "filter":  # a filter on the logger sees every record made
+            ours.addHandler(logging.NullHandler())
+            monkeypatch.setattr(login, "filters", [lambda r: made.append(r) or True])
+        elif how == "subclass":
+
+            class Counting(logging.NullHandler):
+                def handle(self, record: logging.LogRecord) -> bool:
+                    made.append(record)
+                    return True
+
+            ours.addHandler(Counting())
+        elif how == "factory":
+            ours.addHandler(logging.NullHandler())
+            factory = logging.getLogRecordFactory()
+
+            def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+                record = factory(*args, **kwargs)
+                made.append(record)
+                return record
+
+            logging.setLogRecordFactory(counted)
+            monkeypatch.setattr(logging, "_logRecordFactory", counted)
+        assert events._heard(login, logging.WARNING)
+        if how == "factory":
+            logging.setLogRecordFactory(factory)
+            return
+        app = InvalidLoginFilter(_login_app, max_failed_logins=5)
+        Client(app).post("/login", environ_base={"REMOTE_ADDR": "192.0.2.12"})
+        if how != "no-null":
+            assert [r.getMessage() for r in made if r.name == "mailguard.login"] == [
+                'mailguard login failure client=192.0.2.12 account="" streak=1/5'
+            ]

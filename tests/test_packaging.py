@@ -117,6 +117,9 @@ def test_wheel_from_the_sdist_installs_the_data_files(unpacked: Path, tmp_path: 
         "mailguard/data/fail2ban/filter.d/mailguard.conf",
         "mailguard/data/fail2ban/filter.d/mailguard-dos.conf",
         "mailguard/data/fail2ban/jail.d/mailguard.local",
+        "mailguard/data/console/console.html",
+        "mailguard/data/console/console.js",
+        "mailguard/data/console/console.css",
     ]:
         assert name in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)

@@ -184,3 +184,9 @@ def test_values_cannot_break_out_of_comments() -> None:
     assert data["dos"]["max_requests_per_sec"] == 30
     [line] = [line for line in text.splitlines() if "Bogus" in line]
     assert line.startswith("# zimbraHttpDosFilterBogus: x?[dos]?")
+
+
+def test_a_delay_longer_than_mailguard_holds_is_capped_with_a_comment() -> None:
+    text = import_text("zimbraHttpDosFilterDelayMillis: 600000\n")
+    assert "delay_ms = 60000" in text and "capped at 60000 ms" in text
+    loads(text)  # a valid configuration
