@@ -33,6 +33,9 @@ from typing import Any
 
 from mailguard import MemoryStore, identity
 from mailguard import asgi as mg_asgi
+from mailguard.policies import device as device_policy
+from mailguard.policies.device import _DIGESTS_MAX as DEVICE_DIGESTS
+from mailguard.policies.device import _SEEN_MAX as DEVICE_SEEN
 from mailguard.policies.dos import _EPISODES_MAX as DOS_EPISODES
 from mailguard.policies.login import _EPISODES_MAX as LOGIN_EPISODES
 from mailguard.reading import _CACHED_PATHS
@@ -186,6 +189,10 @@ def caches(stack: Any) -> list[tuple[str, Any, int]]:
             found.append(("dos: delayed per client", policy._waiting, policy.max_delayed))
         if kind == "login":
             found.append(("login: refusal episodes", policy._refused, LOGIN_EPISODES))
+        if kind == "device":
+            found.append(("device: devices by query", policy._seen, DEVICE_SEEN))
+    if any(f.policy.kind == "device" for f in filters):
+        found.append(("device: identity digests", device_policy._digests, DEVICE_DIGESTS))
     return found
 
 
