@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, astuple, dataclass, fields, replace
 
 import pytest
 from hypothesis import example, given, settings
@@ -588,3 +588,49 @@ def test_verdict_defaults() -> None:
     assert verdict.reason == "ok"
     assert verdict.remaining == -1
     assert verdict.retry_after == 0
+
+
+@dataclass(frozen=True, slots=True)
+class _ReferenceVerdict:
+    """Verdict as the dataclass alone would make it: its fields, its __init__."""
+
+    allowed: bool
+    reason: str = "ok"
+    key: str = ""
+    retry_after: int = 0
+    remaining: int = -1
+    reset: float = 0.0
+    limit: int = 0
+    delay: float = 0.0
+    watch: bool = False
+
+
+@settings(max_examples=200)
+@given(
+    st.booleans(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "reason": st.text(max_size=8),
+            "key": st.text(max_size=8),
+            "retry_after": st.integers(-5, 10**6),
+            "remaining": st.integers(-1, 10**6),
+            "reset": st.floats(allow_nan=False),
+            "limit": st.integers(0, 10**6),
+            "delay": st.floats(0, 10),
+            "watch": st.booleans(),
+        },
+    ),
+)
+def test_verdicts_own_init_stores_what_the_dataclass_would(
+    allowed: bool, given: dict[str, object]
+) -> None:
+    made = Verdict(allowed, **given)  # type: ignore[arg-type]
+    reference = _ReferenceVerdict(allowed, **given)  # type: ignore[arg-type]
+    assert [f.name for f in fields(Verdict)] == [f.name for f in fields(_ReferenceVerdict)]
+    assert [f.default for f in fields(Verdict)] == [f.default for f in fields(_ReferenceVerdict)]
+    assert astuple(made) == astuple(reference)
+    assert repr(made) == repr(reference).replace("_ReferenceVerdict", "Verdict")
+    assert made == replace(made) and hash(made) == hash(replace(made))
+    with pytest.raises(FrozenInstanceError):
+        made.key = "other"  # type: ignore[misc]
