@@ -83,7 +83,12 @@ class AsgiRequest(Request):
         headers = self._headers
         if headers is None:  # the first read: one scan, no dict built
             raw = name.encode("latin-1")
-            found = [v for k, v in self._scope.get("headers", ()) if k == raw or k.lower() == raw]
+            size = len(raw)  # (a length first: most names differ in it, and lower() allocates)
+            found = [
+                v
+                for k, v in self._scope.get("headers", ())
+                if len(k) == size and (k == raw or k.lower() == raw)
+            ]
             if len(found) <= 1:
                 self._headers = False  # a second read builds the dict
                 return found[0].decode("latin-1") if found else None
