@@ -264,6 +264,11 @@ def account_key(account: str) -> str:
     return "#" + digest.hexdigest()
 
 
+def _plain_rule(accounts: AccountRule) -> bool:
+    """``accounts`` normalises a plain ASCII account (``_PLAIN_ACCOUNT``) by lowercasing it."""
+    return type(accounts) is AccountRule and accounts.default_domain is None
+
+
 def device_key(device_id: str, account: str | None) -> str:
     """``"<device>"`` or ``"<device>/<encoded account>"`` (see the module docs)."""
     if account is None:
@@ -493,10 +498,17 @@ class DeviceJailPolicy(Policy):
         fields = quick_fields(query)
         if fields is None:
             return None
-        device_id = fields[0]
+        device_id, user = fields[0], fields[1]
         if device_id is None:
             return None  # no device in the query: the header or nothing decides
-        key = device_key(device_id, self.accounts.normalize(fields[1]) if per_account else None)
+        if not per_account or user is None:
+            key = device_id  # no account: the device alone
+        elif _PLAIN_ACCOUNT.fullmatch(user) and _plain_rule(self.accounts):
+            # letters, digits and "@+_.~-": normalize_account lowercases it and
+            # nothing else, and account_key keeps it as it is
+            key = f"{device_id}/{user.lower()}"
+        else:
+            key = device_key(device_id, self.accounts.normalize(user))
         if len(quick) >= _QUICK_MAX:
             quick.clear()
         quick[query] = key  # (quick_fields reads only queries of QUICK_MAX_CHARS at most)
