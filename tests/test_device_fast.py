@@ -498,3 +498,60 @@ def test_hostile_queries_never_fail_the_asgi_filter(query: str | bytes, auth: st
     assert len(statuses) == 4 and set(statuses) <= {200, 503}
     named = jail.policy.identify(asgi_request(AS, raw, _headers(auth, None, None)))
     assert statuses == ([200] * 4 if named is None else [200, 200, 503, 503])
+
+
+def test_the_asgi_filter_resolves_the_client_only_when_it_reads_it() -> None:
+    """A request let through on its device never needs its client; a refusal, a
+    safe address or an over-long query does, and gets the right one."""
+    from mailguard.asgi import DeviceJail
+
+    resolved: list[str] = []
+    statuses: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def counted(jail: DeviceJail) -> DeviceJail:
+        real = jail._resolve
+
+        def resolve(scope: Any) -> Any:
+            resolved.append(scope["client"][0])
+            return real(scope)
+
+        jail._resolve = resolve
+        return jail
+
+    def call(jail: DeviceJail, query: bytes, peer: str) -> None:
+        scope = {
+            "type": "http", "method": "POST", "path": AS, "query_string": query,
+            "headers": [], "client": (peer, 40000),
+        }  # fmt: skip
+        asyncio.run(jail(scope, receive, send))
+
+    usual = b"Cmd=Sync&User=jdoe&DeviceId=abc&DeviceType=iPhone"
+    jail = counted(DeviceJail(app, store=MemoryStore(), max_requests=2, jail_duration=60))
+    call(jail, usual, "192.0.2.10")
+    call(jail, b"DeviceId=decoy&DeviceId=abc&User=jdoe", "192.0.2.11")  # the full parser
+    assert resolved == [] and statuses == [200, 200]
+    call(jail, usual, "192.0.2.12")  # the third: jailed, and the log line names its client
+    assert resolved == ["192.0.2.12"] and statuses[-1] == 503
+    call(jail, b"x=" + b"p" * MAX_QUERY_BYTES + b"&DeviceId=a", "192.0.2.13")
+    assert resolved[-1] == "192.0.2.13"  # counted by address
+    assert jail.policy.store.blocks()[0].key == "abc/jdoe"
+
+    resolved.clear()
+    safe = counted(DeviceJail(app, store=MemoryStore(), max_requests=1, safe_ips=["192.0.2.9"]))
+    for _ in range(3):
+        call(safe, usual, "192.0.2.9")
+    assert resolved == ["192.0.2.9"] * 3 and statuses[-3:] == [200, 200, 200]
+    call(safe, usual, "192.0.2.8")
+    call(safe, usual, "192.0.2.8")
+    assert statuses[-2:] == [200, 503]
