@@ -472,9 +472,9 @@ class DeviceJailPolicy(Policy):
 
         The common request: on ``paths``, no ``Authorization`` header (with
         ``per_account``), no ``device_func`` and no ``identity_changes``, not
-        from a safe address, and a
-        query :func:`~mailguard.activesync.quick_fields` reads, naming one
-        device.  Then its key is exactly ``identify(request).key`` (and its
+        from a safe address, and a query that
+        :func:`~mailguard.activesync.quick_fields` reads and that names one
+        device.  Its key is then exactly ``identify(request).key`` (and its
         only key), found without a :class:`Device`; a query asked again is
         found with one lookup (see ``_QUICK_MAX``).  Any other request gives
         None, and :meth:`identify` decides.
