@@ -80,6 +80,13 @@ Base64 form
     An unknown command code is still a valid parse, with ``command`` ``None``:
     the jail key does not depend on this module knowing every command.
 
+Quick reader
+    :func:`quick_plain` reads the common plain query (ASCII, at most
+    :data:`QUICK_MAX_CHARS`, no ``%`` or ``+`` escapes, none of ``Cmd``,
+    ``User``, ``DeviceId`` or ``DeviceType`` twice) without the general
+    machinery and gives exactly what :func:`parse_query` gives; any other
+    query it declines (``None``), for :func:`parse_query` to read.
+
 Base64 DeviceId key
     The raw DeviceId bytes are keyed as their lowercase hex (so the spec's
     ``v140Device`` becomes ``"76313430446576696365"``), which is at most 64
@@ -112,10 +119,14 @@ __all__ = [
     "MIN_BASE64_PROTOCOL_VERSION",
     "NO_DEVICE",
     "QUERY_TOO_LONG",
+    "QUICK_MAX_CHARS",
     "TAG_USER",
     "ActiveSyncRequest",
     "Encoding",
+    "QuickFields",
     "parse_query",
+    "quick_fields",
+    "quick_plain",
 ]
 
 Encoding = Literal["plain", "base64", "none"]
@@ -132,6 +143,8 @@ MAX_BASE64_DEVICE_ID_BYTES: Final = 32
 MIN_BASE64_PROTOCOL_VERSION: Final = 121
 #: Tag of the ``User`` command parameter in the base64 form.
 TAG_USER: Final = 8
+#: Longest query :func:`quick_plain` reads (a real one is far shorter).
+QUICK_MAX_CHARS: Final = 1024
 
 #: Command codes of the base64 form ([MS-ASHTTP] 2.2.1.1.1.1.2).
 COMMAND_CODES: Final[Mapping[int, str]] = MappingProxyType(
@@ -230,6 +243,9 @@ _B64_ESCAPES: Final = (
 _COMMANDS: Final[dict[int, str]] = dict(COMMAND_CODES)
 _COMMANDS_BY_LOWER: Final[dict[bytes, str]] = {
     name.lower().encode("ascii"): name for name in COMMAND_CODES.values()
+}
+_COMMANDS_BY_LOWER_TEXT: Final[dict[str, str]] = {
+    name.lower(): name for name in COMMAND_CODES.values()
 }
 # "12.1" for 121 and so on, for every possible version byte.
 _VERSIONS: Final = tuple(f"{v // 10}.{v % 10}" for v in range(256))
@@ -361,6 +377,120 @@ def _parse_plain(query: bytes, version_header: object) -> ActiveSyncRequest:
         None,  # locale
         "plain",
         ids,
+    )
+
+
+# --- quick reader -----------------------------------------------------------
+
+# The order nearly every client writes, each name once and nothing else: one
+# match reads it (names case-insensitive, ASCII only; values without & % +).
+_USUAL_ORDER: Final = re.compile(
+    r"(?i:cmd)=([^&%+]*)&(?i:user)=([^&%+]*)&(?i:deviceid)=([A-Za-z0-9]{1,32})"
+    r"&(?i:devicetype)=([^&%+]*)",
+    re.ASCII,
+)
+
+QuickFields = tuple[str | None, str | None, str | None, str | None]
+"""(device id, user, command, device type), as :func:`_parse_plain` reads them."""
+
+
+def quick_plain(
+    query: bytes | str, *, protocol_version_header: str | bytes | None = None
+) -> ActiveSyncRequest | None:
+    """:func:`parse_query` of a common plain query, or None to decline it.
+
+    Reads only an ASCII query of at most :data:`QUICK_MAX_CHARS` that
+    :func:`parse_query` would read as plain text, with no ``%`` or ``+``, no
+    leading ``?`` and none of ``Cmd``, ``User``, ``DeviceId`` and
+    ``DeviceType`` named twice (names matched case-insensitively).  Whatever
+    it does not decline, it answers exactly as :func:`parse_query` (the tests
+    pin this on any input).  Never raises.
+    """
+    if type(query) is bytes:
+        if not query.isascii():
+            return None
+        query = query.decode("ascii")
+    elif type(query) is not str:
+        return None
+    fields = quick_fields(query)
+    if fields is None:
+        return None
+    device_id, user, command, device_type = fields
+    if device_id is None:
+        return NO_DEVICE
+    return ActiveSyncRequest(
+        device_id,
+        device_type,
+        user,
+        command,
+        _header_version(protocol_version_header),
+        None,  # policy_key
+        None,  # locale
+        "plain",
+        (device_id,),
+    )
+
+
+def quick_fields(query: str) -> QuickFields | None:
+    """The fields :func:`quick_plain` reads, or None when it declines ``query``.
+
+    A device id of None means the query names no valid one
+    (:func:`parse_query` gives :data:`NO_DEVICE`); the other fields are then
+    meaningless.  The policy's fast path uses this directly: the request
+    needs no :class:`ActiveSyncRequest` when it is let through.
+    """
+    if len(query) > QUICK_MAX_CHARS or not query.isascii():
+        return None
+    usual = _USUAL_ORDER.fullmatch(query)
+    if usual is not None:
+        found = usual.groups()  # Cmd, User, DeviceId, DeviceType
+        return (
+            found[2].lower(),
+            found[1] or None,
+            _COMMANDS_BY_LOWER_TEXT.get(found[0].lower()),
+            found[3] or None,
+        )
+    if (
+        "%" in query
+        or "+" in query
+        or query[:1] == "?"
+        or ("&" not in query and "=" not in query.rstrip("="))  # the base64 form
+    ):
+        return None
+    cmd: str | None = None
+    user: str | None = None
+    device: str | None = None
+    device_type: str | None = None
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        name = name.lower()  # ASCII: as bytes.lower() in _parse_plain
+        if name == "deviceid":
+            if device is not None:
+                return None  # several candidates: the full parser's rules
+            device = value
+        elif name == "cmd":
+            if cmd is not None:
+                return None
+            cmd = value
+        elif name == "user":
+            if user is not None:
+                return None
+            user = value
+        elif name == "devicetype":
+            if device_type is not None:
+                return None
+            device_type = value
+    if device is None:
+        return (None, None, None, None)
+    if device.isalnum() and len(device) <= MAX_PLAIN_DEVICE_ID_CHARS:
+        device_id: str | None = device.lower()  # ASCII: isalnum is [A-Za-z0-9]
+    else:
+        device_id = _plain_device_id(device.encode("ascii"))
+    return (
+        device_id,
+        user or None,
+        None if cmd is None else _COMMANDS_BY_LOWER_TEXT.get(cmd.lower()),
+        device_type or None,
     )
 
 

@@ -33,7 +33,7 @@ from .core import ALLOW, Verdict
 from .events import EventHook, refused_request
 from .identity import Client
 from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, Policy, PolicyHolder
-from .request import AsgiRequest
+from .request import AsgiRequest, Request
 from .stores.base import Store
 from .stores.guard import StoreDown
 
@@ -397,6 +397,63 @@ class DeviceJail(GuardMiddleware):
         self, app: ASGIApp, *, policy: Policy | None = None, **options: Unpack[DeviceOptions]
     ) -> None:
         super().__init__(app, policy=policy, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # GuardMiddleware's, for an HTTP request to a policy that reads no body
+        # and is not decided by the client alone, as DeviceJailPolicy is; but
+        # the client is resolved only when something reads it, which a request
+        # let through on its query's device (DeviceJailPolicy.quick_key) never does.
+        state = self._state  # read once: a live swap never splits a request
+        if scope["type"] != "http" or state.by_client or state.reads_body or state.waits:
+            await super().__call__(scope, receive, send)
+            return
+        policy = state.policy
+        request = _UnresolvedRequest(scope, self._resolve)
+        try:
+            if state.local:
+                verdict = policy.check(request)
+            else:
+                verdict = await policy.acheck(request)
+        except StoreDown as down:
+            verdict = policy.degraded(down)
+        except Exception:
+            _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
+            verdict = ALLOW
+        if verdict is ALLOW:
+            await self.app(scope, receive, send)
+        elif not verdict.allowed and verdict.delay <= 0.0:
+            await _refuse(policy, verdict, scope, send)
+        else:
+            await self._act(state, verdict, request, scope, receive, send)
+
+
+_CLIENT_SLOT: Any = Request.__dict__["client"]  # Request's slot, under the property below
+
+
+class _UnresolvedRequest(AsgiRequest):
+    """An :class:`~mailguard.request.AsgiRequest` whose client is resolved
+    (by ``resolve``, the filter's own) when first read, if ever."""
+
+    __slots__ = ("_resolve",)
+
+    def __init__(self, scope: Scope, resolve: Callable[[Any], Client]) -> None:
+        self.body = None
+        self._scope = scope
+        self._headers = None
+        self._resolve = resolve
+
+    @property
+    def client(self) -> Client:
+        try:
+            found: Client = _CLIENT_SLOT.__get__(self, Request)
+        except AttributeError:  # not read yet
+            found = self._resolve(self._scope)
+            _CLIENT_SLOT.__set__(self, found)
+        return found
+
+    @client.setter
+    def client(self, value: Client) -> None:
+        _CLIENT_SLOT.__set__(self, value)
 
 
 FILTER_CLASSES: Mapping[str, type[GuardMiddleware]] = MappingProxyType(

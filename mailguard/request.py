@@ -83,17 +83,16 @@ class AsgiRequest(Request):
         headers = self._headers
         if headers is None:  # the first read: one scan, no dict built
             raw = name.encode("latin-1")
-            size = len(raw)  # (a length first: most names differ in it, and lower() allocates)
-            found = [
-                v
-                for k, v in self._scope.get("headers", ())
-                if len(k) == size and (k == raw or k.lower() == raw)
-            ]
-            if len(found) <= 1:
-                self._headers = False  # a second read builds the dict
-                return found[0].decode("latin-1") if found else None
-            headers = self._header_dict()
-        elif not isinstance(headers, dict):  # read again (a login reads six): one dict
+            size = len(raw)  # bytes.lower() keeps the length: most names need no lower()
+            found = None
+            for k, v in self._scope.get("headers", ()):
+                if len(k) == size and (k == raw or k.lower() == raw):
+                    if found is not None:  # several lines: joined, in the dict
+                        return self._header_dict().get(name)
+                    found = v
+            self._headers = False  # a second read builds the dict
+            return None if found is None else found.decode("latin-1")
+        if not isinstance(headers, dict):  # read again (a login reads six): one dict
             headers = self._header_dict()
         return headers.get(name)
 

@@ -447,19 +447,27 @@ def test_non_activesync_request_is_never_parsed(
     make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[str] = []
-    real = parse_query
+    quick: list[str] = []
+    real, real_quick = parse_query, device_module.quick_fields
 
     def counting(query: str) -> Any:
         parsed.append(query)
         return real(query)
 
+    def counting_quick(query: str) -> Any:
+        quick.append(query)
+        return real_quick(query)
+
     monkeypatch.setattr(device_module, "parse_query", counting)
+    monkeypatch.setattr(device_module, "quick_fields", counting_quick)
     app, store, _ = make()
     for _ in range(5):
         assert app.request(path="/service/soap", query=plain()).status == 200
-    assert parsed == [] and len(store) == 0
+    assert parsed == [] and quick == [] and len(store) == 0
     assert app.request(query=plain()).status == 200
-    assert len(parsed) == 1  # once per ActiveSync request
+    assert (len(quick), len(parsed)) == (1, 0)  # read once, by the quick reader
+    assert app.request(query="DeviceId=decoy&" + plain()).status == 200
+    assert (len(quick), len(parsed)) == (2, 1)  # declined by it, parsed once
 
 
 def test_jail_is_not_extended_by_requests_during_it(make: Make) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import mailguard.policies.device as device_module
 from mailguard import FakeClock, MemoryStore
-from mailguard.activesync import MAX_QUERY_BYTES, NO_DEVICE, parse_query
+from mailguard.activesync import MAX_QUERY_BYTES, NO_DEVICE, QUICK_MAX_CHARS, parse_query
 from mailguard.identity import ClientResolver
 from mailguard.policies import DeviceJailPolicy
 from mailguard.policies.device import (
@@ -322,3 +322,236 @@ def test_the_memory_never_holds_a_password() -> None:
     # the memory is keyed by the sealed digest, which tells headers apart
     assert next(iter(policy._seen))[1] == device_module._sealed(header)
     assert device_module._sealed(header) != device_module._sealed(header + "x")
+
+
+# ------------------------------------------------------------- quick_key
+_usual_queries = st.builds(
+    "Cmd={}&User={}&DeviceId={}&DeviceType={}".format,
+    st.sampled_from(["Sync", "Ping", "x", ""]),
+    st.one_of(
+        st.text("abcXYZ019@._-\\+~ \t", max_size=20),
+        st.integers(120, 140).map(lambda n: "Us" * (n // 2) + "r" * (n % 2)),  # around 128
+    ),
+    st.text("abcdefXYZ0123456789-", max_size=36),
+    st.sampled_from(["iPhone", "", "Outlook"]),
+)
+
+
+def quick_is_identify(policy: DeviceJailPolicy, request: AsgiRequest) -> str | None:
+    """quick_key(request) declines, or names identify's one and only key."""
+    key = policy.quick_key(request)
+    if key is not None:
+        device = policy.identify(request)
+        assert device is not None and device.keys == (key,) and device.source == "query"
+        assert same(device, reference_identify(policy, request))
+        assert not policy.watches_identity(device)
+    return key
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    options=st.one_of(_policies, st.just({"identity_changes": True})),
+    path=_paths,
+    query=st.one_of(_queries, _usual_queries),
+    auth=_auth,
+    device=_header,
+    peer=st.sampled_from(["192.0.2.10", "198.51.100.7"]),
+)
+def test_quick_key_is_identify_on_any_request(
+    options: dict[str, Any],
+    path: str,
+    query: str,
+    auth: str | None,
+    device: str | None,
+    peer: str,
+) -> None:
+    policy = DeviceJailPolicy(store=MemoryStore(), **options)
+    raw = query.encode("latin-1", "replace")
+    for _ in range(2):  # read, then remembered
+        quick_is_identify(policy, asgi_request(path, raw, _headers(auth, device, None), peer))
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    options=st.sampled_from([{}, {"per_account": False}, {"default_domain": "example.com"}]),
+    query=_usual_queries,
+    device=_header,
+)
+def test_quick_key_takes_the_usual_request(
+    options: dict[str, Any], query: str, device: str | None
+) -> None:
+    """Without an Authorization header, a usual query naming a device is never declined
+    (unless it holds a "+")."""
+    policy = DeviceJailPolicy(store=MemoryStore(), **options)
+    request = asgi_request(AS, query.encode(), _headers(None, device, None))
+    key = quick_is_identify(policy, request)
+    if "+" in query:  # a space in form encoding: the full parser's business
+        assert key is None
+    else:
+        assert (key is None) == (parse_query(query).device_id is None)
+
+
+def test_quick_key_declines_what_identify_must_decide() -> None:
+    policy = DeviceJailPolicy(store=MemoryStore(), safe_ips=["198.51.100.0/24"])
+    usual = b"Cmd=Sync&User=jdoe&DeviceId=ABC&DeviceType=iPhone"
+    assert quick_is_identify(policy, asgi_request(AS, usual, [])) == "abc/jdoe"
+    declined = [
+        asgi_request(AS, usual, _headers("Basic amRvZTpzZWNyZXQ=", None, None)),  # an account
+        asgi_request(AS, usual, [], peer="198.51.100.7"),  # a safe address
+        asgi_request("/service/soap", usual, _headers(None, "abc", None)),  # not ActiveSync
+        asgi_request(AS, b"DeviceId=decoy&DeviceId=REAL", []),  # two candidates
+        asgi_request(AS, b"Cmd=Sync", _headers(None, "hdr1", None)),  # the header's device
+        asgi_request(AS, b"x=" + b"p" * MAX_QUERY_BYTES + b"&DeviceId=a", []),  # too long
+    ]
+    for request in declined:
+        assert policy.quick_key(request) is None
+    assert policy._quick == {usual.decode(): "abc/jdoe"}
+    func = DeviceJailPolicy(store=MemoryStore(), device_func=lambda request: "f1")
+    assert func.quick_key(asgi_request(AS, usual, [])) is None
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # a constant: nothing to reset
+)
+@given(requests=st.lists(st.tuples(_paths, st.one_of(_queries, _usual_queries)), max_size=12))
+def test_quick_key_stays_exact_as_a_small_memory_starts_over(
+    monkeypatch: pytest.MonkeyPatch, requests: list[tuple[str, str]]
+) -> None:
+    monkeypatch.setattr(device_module, "_QUICK_MAX", 3)
+    policy = DeviceJailPolicy(store=MemoryStore())
+    for path, query in requests + requests:
+        quick_is_identify(policy, asgi_request(path, query.encode("latin-1", "replace"), []))
+        assert len(policy._quick) <= 3
+
+
+def test_the_quick_memory_is_bounded() -> None:
+    policy = DeviceJailPolicy(store=MemoryStore())
+    for i in range(3 * device_module._QUICK_MAX):
+        query = f"Cmd=Sync&User=u{i}&DeviceId=d{i}&DeviceType=t".encode()
+        assert policy.quick_key(asgi_request(AS, query, [])) == f"d{i}/u{i}"
+        assert len(policy._quick) <= device_module._QUICK_MAX
+    # every query it holds is short, and keyed exactly
+    assert all(len(q) <= QUICK_MAX_CHARS for q in policy._quick)
+
+
+def test_a_quick_refusal_is_the_full_one() -> None:
+    """A request the quick path counts and refuses gets identify's Device in its verdict."""
+    clock = FakeClock(T0)
+    policy = DeviceJailPolicy(store=MemoryStore(clock=clock), max_requests=2, jail_duration=60)
+    twin = DeviceJailPolicy(store=MemoryStore(clock=clock), max_requests=2, jail_duration=60)
+    query = b"Cmd=Ping&User=CORP%5CJDoe&DeviceId=AB-12&DeviceType=iPhone"  # not quick: %
+    quick = b"Cmd=Ping&User=jdoe&DeviceId=AB12&DeviceType=iPhone"  # the same device, quick
+    for i in range(5):
+        fast_request = asgi_request(AS, quick, [])
+        slow_request = asgi_request(AS, query, [])
+        assert policy.quick_key(fast_request) == "ab12/jdoe"
+        assert twin.quick_key(slow_request) is None
+        got, want = policy.check(fast_request), twin.check(slow_request)
+        assert got == want
+        assert got.allowed == (i < 2)
+    assert got.reason == "jailed" and got.key == "ab12/jdoe" and got.retry_after == 60
+    assert [b.key for b in policy.jailed_devices()] == ["ab12/jdoe"]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    query=st.one_of(
+        _queries,
+        _usual_queries,
+        st.binary(max_size=300),
+        st.binary(max_size=60).map(lambda raw: base64.b64encode(raw)[:-1] + b"!"),
+    ),
+    auth=_auth,
+)
+def test_hostile_queries_never_fail_the_asgi_filter(query: str | bytes, auth: str | None) -> None:
+    """Through the middleware: an answer (200, or 503 once jailed), never a 5xx of its own."""
+    from mailguard.asgi import DeviceJail
+
+    raw = query if isinstance(query, bytes) else query.encode("utf-8", "surrogatepass")
+    statuses: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    jail = DeviceJail(app, store=MemoryStore(), max_requests=2, jail_duration=60)
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def go() -> None:
+        for _ in range(4):
+            scope = {
+                "type": "http", "method": "POST", "path": AS, "query_string": raw,
+                "headers": _headers(auth, None, None), "client": ("192.0.2.10", 40000),
+            }  # fmt: skip
+            await jail(scope, receive, send)
+
+    asyncio.run(go())
+    assert len(statuses) == 4 and set(statuses) <= {200, 503}
+    named = jail.policy.identify(asgi_request(AS, raw, _headers(auth, None, None)))
+    assert statuses == ([200] * 4 if named is None else [200, 200, 503, 503])
+
+
+def test_the_asgi_filter_resolves_the_client_only_when_it_reads_it() -> None:
+    """A request let through on its device never needs its client; a refusal, a
+    safe address or an over-long query does, and gets the right one."""
+    from mailguard.asgi import DeviceJail
+
+    resolved: list[str] = []
+    statuses: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def counted(jail: DeviceJail) -> DeviceJail:
+        real = jail._resolve
+
+        def resolve(scope: Any) -> Any:
+            resolved.append(scope["client"][0])
+            return real(scope)
+
+        jail._resolve = resolve
+        return jail
+
+    def call(jail: DeviceJail, query: bytes, peer: str) -> None:
+        scope = {
+            "type": "http", "method": "POST", "path": AS, "query_string": query,
+            "headers": [], "client": (peer, 40000),
+        }  # fmt: skip
+        asyncio.run(jail(scope, receive, send))
+
+    usual = b"Cmd=Sync&User=jdoe&DeviceId=abc&DeviceType=iPhone"
+    jail = counted(DeviceJail(app, store=MemoryStore(), max_requests=2, jail_duration=60))
+    call(jail, usual, "192.0.2.10")
+    call(jail, b"DeviceId=decoy&DeviceId=abc&User=jdoe", "192.0.2.11")  # the full parser
+    assert resolved == [] and statuses == [200, 200]
+    call(jail, usual, "192.0.2.12")  # the third: jailed, and the log line names its client
+    assert resolved == ["192.0.2.12"] and statuses[-1] == 503
+    call(jail, b"x=" + b"p" * MAX_QUERY_BYTES + b"&DeviceId=a", "192.0.2.13")
+    assert resolved[-1] == "192.0.2.13"  # counted by address
+    assert jail.policy.store.blocks()[0].key == "abc/jdoe"
+
+    resolved.clear()
+    safe = counted(DeviceJail(app, store=MemoryStore(), max_requests=1, safe_ips=["192.0.2.9"]))
+    for _ in range(3):
+        call(safe, usual, "192.0.2.9")
+    assert resolved == ["192.0.2.9"] * 3 and statuses[-3:] == [200, 200, 200]
+    call(safe, usual, "192.0.2.8")
+    call(safe, usual, "192.0.2.8")
+    assert statuses[-2:] == [200, 503]

@@ -55,7 +55,9 @@ Knowing the device
     ``"/Microsoft-Server-ActiveSync"`` is that path in any case, with or
     without a trailing ``/``, and not ``/Microsoft-Server-ActiveSyncX``;
     ``"/eas/"`` is ``/eas`` and everything below it; ``"/eas*"`` a prefix.
-    The query is parsed at most once per request and only on ``paths``; any
+    The query is parsed at most once per request and only on ``paths`` (the
+    usual plain form by :func:`~mailguard.activesync.quick_fields`, which
+    declines anything else for the full parser); any
     other request costs a path compare and, unless ``header_paths=[]``, one
     header lookup: no parsing, no store call.
 
@@ -116,7 +118,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..activesync import MAX_DEVICE_IDS, NO_DEVICE, ActiveSyncRequest, parse_query
+from ..activesync import MAX_DEVICE_IDS, NO_DEVICE, ActiveSyncRequest, parse_query, quick_fields
 from ..core import ALLOW, Block, Verdict, retry_after
 from ..options import Duration, at_least_a_second, duration, option_error, positive_int, whole
 from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule
@@ -171,6 +173,12 @@ this many).  Exact: only a device found from the query alone is remembered,
 never one named by ``device_func``, the ``X-Device-Id`` header or the
 address (an over-long query)."""
 _SEEN_CHARS = 1024  # longest query + Authorization header remembered (bounds the memory)
+_QUICK_MAX = 2048
+"""Keys a filter remembers by query, for requests without an ``Authorization``
+header whose query :func:`~mailguard.activesync.quick_fields` reads (at most
+:data:`~mailguard.activesync.QUICK_MAX_CHARS` characters, so at most this many
+entries of one query and one key each).  When full, the memory starts over.
+Exact: the key is what :meth:`DeviceJailPolicy.identify` would give."""
 _DIGESTS_MAX = 2048  # identity digests remembered (see identity_of), likewise
 _DIGEST_CHARS = 1024  # longest (DeviceType, User-Agent) pair remembered
 _UNREAD: Any = object()  # the Authorization header, not read yet
@@ -254,6 +262,11 @@ def account_key(account: str) -> str:
         return encoded
     digest = hashlib.blake2b(account.encode("utf-8", "surrogatepass"), digest_size=16)
     return "#" + digest.hexdigest()
+
+
+def _plain_rule(accounts: AccountRule) -> bool:
+    """``accounts`` normalises a plain ASCII account (``_PLAIN_ACCOUNT``) by lowercasing it."""
+    return type(accounts) is AccountRule and accounts.default_domain is None
 
 
 def device_key(device_id: str, account: str | None) -> str:
@@ -416,6 +429,7 @@ class DeviceJailPolicy(Policy):
         self._ident_ns = self.namespace + "_ident"
         self._changes_ns = self.namespace + "_changes"
         self._seen: dict[tuple[str, bytes | None], Device] = {}  # see _SEEN_MAX
+        self._quick: dict[str, str] = {}  # query -> key, see _QUICK_MAX
 
     # ---------------------------------------------------------------- rules
     def identify(self, request: Request) -> Device | None:
@@ -452,6 +466,53 @@ class DeviceJailPolicy(Policy):
                     seen.clear()
                 seen[key] = device
         return device
+
+    def quick_key(self, request: Request) -> str | None:
+        """The one key of the common ActiveSync request, or None for :meth:`identify`.
+
+        The common request: on ``paths``, no ``Authorization`` header (with
+        ``per_account``), no ``device_func`` and no ``identity_changes``, not
+        from a safe address, and a query that
+        :func:`~mailguard.activesync.quick_fields` reads and that names one
+        device.  Its key is then exactly ``identify(request).key`` (and its
+        only key), found without a :class:`Device`; a query asked again is
+        found with one lookup (see ``_QUICK_MAX``).  Any other request gives
+        None, and :meth:`identify` decides.
+        """
+        if (
+            self.device_func is not None
+            or self.identity_changes  # every ActiveSync request is watched: _decide's flow
+            or not self._paths.match(request.path)
+        ):
+            return None
+        if self.any_safe and self.is_safe(request.client):
+            return None
+        per_account = self.per_account
+        if per_account and request.header("authorization") is not None:
+            return None  # identify remembers it by the sealed header
+        query = request.query
+        quick = self._quick
+        key = quick.get(query)
+        if key is not None:
+            return key
+        fields = quick_fields(query)
+        if fields is None:
+            return None
+        device_id, user = fields[0], fields[1]
+        if device_id is None:
+            return None  # no device in the query: the header or nothing decides
+        if not per_account or user is None:
+            key = device_id  # no account: the device alone
+        elif _PLAIN_ACCOUNT.fullmatch(user) and _plain_rule(self.accounts):
+            # letters, digits and "@+_.~-": normalize_account lowercases it and
+            # nothing else, and account_key keeps it as it is
+            key = f"{device_id}/{user.lower()}"
+        else:
+            key = device_key(device_id, self.accounts.normalize(user))
+        if len(quick) >= _QUICK_MAX:
+            quick.clear()
+        quick[query] = key  # (quick_fields reads only queries of QUICK_MAX_CHARS at most)
+        return key
 
     def _find(
         self,
@@ -572,27 +633,49 @@ class DeviceJailPolicy(Policy):
 
     # ---------------------------------------------------------------- faces
     def check(self, request: Request) -> Verdict:
-        device = self.identify(request)
-        if device is None:
+        device: Device | None = None
+        key = self.quick_key(request)
+        if key is None:
+            device = self.identify(request)
+            if device is None:
+                return ALLOW
+            if len(device.keys) != 1 or self.watches_identity(device):
+                return run(self._decide(request, device), self.store)
+            key = device.key
+        # _decide's one store call, made here: no flow to drive, and no detail
+        # wanted unless the answer refuses (then the store gives the wait)
+        code, _, wait = self.store.hit(
+            self.namespace, key, self.max_requests, self.time_window, self.jail_duration, False
+        )
+        if code == OK:
             return ALLOW
-        if len(device.keys) == 1 and not self.watches_identity(device):
-            # _decide's one store call, made here: no flow to drive
-            code, _, wait = self.store.hit(
-                self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
-            )
-            return self.judge(request, device, code, wait)
-        return run(self._decide(request, device), self.store)
+        return self.judge(request, device or self._device_of(request, key), code, wait)
 
     async def acheck(self, request: Request) -> Verdict:
-        device = self.identify(request)
-        if device is None:
+        device: Device | None = None
+        key = self.quick_key(request)
+        if key is None:
+            device = self.identify(request)
+            if device is None:
+                return ALLOW
+            if len(device.keys) != 1 or self.watches_identity(device):
+                return await arun(self._decide(request, device), self.store)
+            key = device.key
+        code, _, wait = await self.store.ahit(
+            self.namespace, key, self.max_requests, self.time_window, self.jail_duration, False
+        )
+        if code == OK:
             return ALLOW
-        if len(device.keys) == 1 and not self.watches_identity(device):
-            code, _, wait = await self.store.ahit(
-                self.namespace, device.key, self.max_requests, self.time_window, self.jail_duration
-            )
-            return self.judge(request, device, code, wait)
-        return await arun(self._decide(request, device), self.store)
+        return self.judge(request, device or self._device_of(request, key), code, wait)
+
+    def _device_of(self, request: Request, key: str) -> Device:
+        """The Device of a request :meth:`quick_key` named by ``key`` (a refusal's
+        log line and verdict need it): :meth:`identify`'s, which names the same key."""
+        device = self.identify(request)
+        if device is not None and device.key == key:
+            return device
+        # unreachable while quick_key is exact (the tests pin it); never fail open
+        return Device(key, key.partition("/")[0], None, "query", NO_DEVICE, True)
 
     def _decide(self, request: Request, device: Device) -> Steps[Verdict]:
         """The store's part of ``check``: the rate rule, then the identity rule."""
