@@ -418,12 +418,34 @@ def _add(fields: dict[str, list[str]], name: str, value: str, php: bool) -> None
     fields.setdefault(name, []).append(value)
 
 
+# every escape of an ASCII character, in any mix of hex case: "%40" and "%4a"/"%4A"
+_ASCII_ESCAPES = {
+    f"{a}{b}": chr(i)
+    for i in range(0x80)
+    for a in {f"{i:02x}"[0], f"{i:02X}"[0]}
+    for b in {f"{i:02x}"[1], f"{i:02X}"[1]}
+}
+
+
 def _unquote(text: str) -> str:
     """``unquote(text)``: ASCII text is one run of escapes and plain characters,
-    which ``unquote`` decodes as ``unquote_to_bytes(run).decode("utf-8", "replace")``."""
-    if text.isascii():
-        return unquote_to_bytes(text).decode("utf-8", "replace")
-    return unquote(text)
+    which ``unquote`` decodes as ``unquote_to_bytes(run).decode("utf-8", "replace")``.
+
+    When every escape is of an ASCII character (``jdoe%40example.com``) the
+    bytes are ASCII, so the decoded text is the escapes' characters put in
+    place: done here with a table, without the bytes.
+    """
+    if not text.isascii():
+        return unquote(text)
+    head, *rest = text.split("%")
+    out = [head]
+    for part in rest:
+        char = _ASCII_ESCAPES.get(part[:2])
+        if char is None:  # not an escape, or one of a byte >= 0x80: the general way
+            return unquote_to_bytes(text).decode("utf-8", "replace")
+        out.append(char)
+        out.append(part[2:])
+    return "".join(out)
 
 
 def form_pairs(text: str) -> list[tuple[str, str]]:
@@ -620,6 +642,8 @@ def multipart_fields(raw: bytes, content_type: str, *, php: bool = False) -> Fie
 
 def media_kind(content_type: str | None) -> str:
     """``"form"``, ``"multipart"``, ``"json"`` or ``"other"`` (cut as PHP cuts it)."""
+    if content_type == "application/x-www-form-urlencoded":  # the usual login form
+        return "form"
     if not content_type:
         return "other"
     media = _MEDIA_END.split(content_type.strip(), 1)[0].lower()
@@ -696,18 +720,21 @@ def _declared_length(length: str) -> int | None:
         return None
 
 
+_BODY_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding")
+
+
 def request_body_fields(request: Request, limit: int, *, php: bool = False) -> Fields:
     """:func:`body_fields` of ``request``'s buffered body."""
-    length = (request.header("content-length") or "").strip()
+    length, encoding, content_type, transfer = request.headers(_BODY_HEADERS)
+    length = (length or "").strip()
     declared = _declared_length(length)
-    encoding = (request.header("content-encoding") or "").strip().lower()
+    encoding = (encoding or "").strip().lower()
     return body_fields(
         request.body,
-        request.header("content-type"),
+        content_type,
         limit=limit,
         declared=declared,
-        chunked=request.header("transfer-encoding") is not None
-        or (declared is None and bool(length)),
+        chunked=transfer is not None or (declared is None and bool(length)),
         encoded=encoding not in ("", "identity"),
         php=php,
     )

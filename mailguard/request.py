@@ -49,6 +49,10 @@ class Request:
         """The value of header ``name`` (lower-case), lines joined by ``", "``."""
         raise NotImplementedError
 
+    def headers(self, names: tuple[str, ...]) -> list[str | None]:
+        """``[self.header(name) for name in names]`` (an adapter may read them in one pass)."""
+        return [self.header(name) for name in names]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.path} from {self.client.key}>"
 
@@ -91,6 +95,25 @@ class AsgiRequest(Request):
         elif not isinstance(headers, dict):  # read again (a login reads six): one dict
             headers = self._header_dict()
         return headers.get(name)
+
+    def headers(self, names: tuple[str, ...]) -> list[str | None]:
+        """``[self.header(name) for name in names]``, in one scan of the headers
+        (lower-case ``names``; repeated lines joined by ``", "`` as ``header`` joins them)."""
+        headers = self._headers
+        if isinstance(headers, dict):
+            return [headers.get(name) for name in names]
+        wanted = {name.encode("latin-1"): i for i, name in enumerate(names)}
+        found: list[str | None] = [None] * len(names)
+        for key, value in self._scope.get("headers", ()):
+            i = wanted.get(key)
+            if i is None:
+                i = wanted.get(key.lower())
+                if i is None:
+                    continue
+            text = value.decode("latin-1")
+            seen = found[i]
+            found[i] = text if seen is None else f"{seen}, {text}"
+        return found
 
     def _header_dict(self) -> dict[str, str]:
         headers: dict[str, str] = {}

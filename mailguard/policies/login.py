@@ -803,12 +803,28 @@ class InvalidLoginPolicy(Policy):
             and bool(request.header("authorization"))
         )
 
+    def body_plan(self, request: Request) -> tuple[int, bool]:
+        """``(self.wants_body(request), self.waits_for_body(request))``, with one
+        path match: what the adapters ask of every request."""
+        if self.any_safe and self.is_safe(request.client):
+            return 0, False
+        if request.method in self.login_methods and self.login_paths.match(request.path):
+            return self._body_wanted, True
+        return 0, (
+            self.count_basic_auth
+            and self.auth_paths.match(request.path)
+            and bool(request.header("authorization"))
+        )
+
     def check(self, request: Request) -> Verdict:
         found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
-        if self.any_safe and self.is_safe(request.client):
+        client = request.client
+        if self.any_safe and self.is_safe(client):
             return ALLOW
+        if found is not None and not client.wider:  # the common attempt: no generator
+            return self._begin_now(client.key, found, "http")
         return run(self._decide(request, found, self.store.now), self.store)
 
     async def acheck(self, request: Request) -> Verdict:
@@ -877,6 +893,27 @@ class InvalidLoginPolicy(Policy):
             verdict = replace(verdict, wider=wider)
         return verdict
 
+    def _begin_now(self, key: str, found: _Attempt, protocol: str) -> Verdict:
+        """``run(self._begin(key, found, protocol), self.store)`` for a client with
+        no wider networks, without the generator: the store's synchronous
+        methods called in the same order with the same arguments (pinned to
+        :meth:`_begin` by tests/test_login_direct.py)."""
+        store = self.store
+        namespace, limit = self.namespace, self.limit
+        code, remaining, wait = store.attempt(
+            namespace, key, limit, self.interval, self.pending_ttl
+        )
+        refused = self.judge_attempt(key, code, wait)
+        if refused is not None:
+            return refused
+        seen = 0
+        if self.tarpit_after and found.account:
+            seen = store.peek(self.account_namespace, found.account, self.interval)
+        verdict = self.admit(key, found, seen, protocol, remaining == limit - 1)
+        if not verdict.allowed:  # the tarpit is full: give the slot back
+            store.settle(namespace, key, False, limit, self.interval, self.block_duration)
+        return verdict
+
     def _give_back(self, taken: list[tuple[str, int]]) -> Steps[None]:
         """Release attempt slots without counting anything."""
         for name, limit in taken:
@@ -924,6 +961,8 @@ class InvalidLoginPolicy(Policy):
         found = self._ticket_for(who, account, credentials)
         if found is None:
             return ALLOW
+        if not who.wider:
+            return self._begin_now(who.key, found, protocol)
         return run(self._begin(who.key, found, protocol, who.wider), self.store)
 
     async def abegin(
@@ -950,7 +989,10 @@ class InvalidLoginPolicy(Policy):
         front can end whatever it began.
         """
         if isinstance(ticket, LoginVerdict):
-            run(self._end(ticket, Outcome(outcome)), self.store)
+            if ticket.wider:
+                run(self._end(ticket, Outcome(outcome)), self.store)
+            else:
+                self._end_now(ticket, Outcome(outcome))
 
     async def aend(self, ticket: Verdict, outcome: Outcome | str) -> None:
         """:meth:`end` for asyncio."""
@@ -962,7 +1004,14 @@ class InvalidLoginPolicy(Policy):
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
     ) -> None:
         if isinstance(verdict, LoginVerdict):
-            run(self._settle(verdict, status, headers), self.store)
+            if verdict.wider:
+                run(self._settle(verdict, status, headers), self.store)
+                return
+            failed, succeeded = self.outcome(verdict, status, headers)
+            if failed:
+                self._end_now(verdict, Outcome.FAILED)
+            else:
+                self._end_now(verdict, Outcome.SUCCEEDED if succeeded else Outcome.UNKNOWN)
 
     async def afinish(
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
@@ -1028,6 +1077,35 @@ class InvalidLoginPolicy(Policy):
                         seconds=math.ceil(blocked_for),
                         failures=limit,
                     )
+
+    def _end_now(self, verdict: LoginVerdict, outcome: Outcome) -> None:
+        """``run(self._end(verdict, outcome), self.store)`` for a verdict with no
+        wider networks, without the generator (pinned to :meth:`_end` by
+        tests/test_login_direct.py)."""
+        failed = outcome is Outcome.FAILED
+        store = self.store
+        try:
+            answer = store.settle(
+                self.namespace,
+                verdict.key,
+                failed,
+                self.limit,
+                self.interval,
+                self.block_duration,
+                reset=outcome is Outcome.SUCCEEDED and self.reset_on_success,
+                factor=self.repeat_factor,
+                max_block=self.max_block_duration,
+                memory=self.offender_memory if self.repeat_factor > 1.0 else 0.0,
+            )
+            account_answer = None
+            if failed and self.tarpit_after and verdict.account:
+                account_answer = store.hit(
+                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
+                )
+        except StoreDown:
+            return  # the outage is logged once by the store guard
+        if failed:
+            self.settled(verdict, answer, account_answer)
 
     def explain(self, verdict: Verdict) -> str:
         if verdict.reason == "blocked":
