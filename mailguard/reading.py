@@ -97,6 +97,7 @@ __all__ = [
     "multipart_fields",
     "normalize_account",
     "php_name",
+    "plain_form_values",
     "request_body_fields",
 ]
 
@@ -738,6 +739,44 @@ def request_body_fields(request: Request, limit: int, *, php: bool = False) -> F
         encoded=encoding not in ("", "identity"),
         php=php,
     )
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def plain_form_values(request: Request, names: frozenset[str], limit: int) -> list[str] | None:
+    """The values of the fields ``names`` in the usual login form, or None when
+    ``request`` is not that form (then read it with :class:`RequestFields`).
+
+    The usual form: no query string; a buffered, ASCII, urlencoded body of at
+    most ``limit`` bytes whose ``Content-Length`` is its length (no coding, no
+    transfer coding); and no field name with an escape or a ``+``.  Then the
+    values are exactly those :class:`RequestFields` reads (body first, in
+    order, the query having none), and the body is ``complete``.
+    """
+    raw = request.body
+    if raw is None or len(raw) > limit or not raw.isascii() or request.query:
+        return None
+    length, encoding, content_type, transfer = request.headers(_BODY_HEADERS)
+    if (
+        content_type != _FORM
+        or encoding is not None
+        or transfer is not None
+        or length != str(len(raw))
+    ):
+        return None
+    values: list[str] = []
+    for pair in raw.decode("ascii").split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            return None  # an escaped name: the general reader decodes it
+        if name in names:
+            if "+" in value:
+                value = value.replace("+", " ")
+            if "%" in value:
+                value = _unquote(value)
+            values.append(value)
+    return values
 
 
 class RequestFields:

@@ -97,23 +97,11 @@ class AsgiRequest(Request):
         return headers.get(name)
 
     def headers(self, names: tuple[str, ...]) -> list[str | None]:
-        """``[self.header(name) for name in names]``, in one scan of the headers
-        (lower-case ``names``; repeated lines joined by ``", "`` as ``header`` joins them)."""
+        """``[self.header(name) for name in names]``: several reads, so one dict."""
         headers = self._headers
-        if isinstance(headers, dict):
-            return [headers.get(name) for name in names]
-        wanted = {name.encode("latin-1"): i for i, name in enumerate(names)}
-        found: list[str | None] = [None] * len(names)
-        for key, value in self._scope.get("headers", ()):
-            i = wanted.get(key)
-            if i is None:
-                i = wanted.get(key.lower())
-                if i is None:
-                    continue
-            text = value.decode("latin-1")
-            seen = found[i]
-            found[i] = text if seen is None else f"{seen}, {text}"
-        return found
+        if not isinstance(headers, dict):
+            headers = self._header_dict()
+        return [headers.get(name) for name in names]
 
     def _header_dict(self) -> dict[str, str]:
         headers: dict[str, str] = {}

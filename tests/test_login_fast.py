@@ -33,7 +33,7 @@ from mailguard.identity import ClientResolver
 from mailguard.policies import InvalidLoginPolicy
 from mailguard.policies.login import LoginVerdict, Outcome, _Attempt
 from mailguard.policies.steps import run
-from mailguard.reading import _unquote, form_pairs
+from mailguard.reading import _unquote, form_pairs, plain_form_values
 from mailguard.request import AsgiRequest, WsgiRequest
 from mailguard.watch import AsgiHeaders, WsgiHeaders, body_plan
 
@@ -63,9 +63,7 @@ _options = st.fixed_dictionaries(
 )
 _ops = st.lists(
     st.one_of(
-        st.tuples(
-            st.just("begin"), st.integers(0, 2), _accounts, st.booleans(), st.booleans()
-        ),
+        st.tuples(st.just("begin"), st.integers(0, 2), _accounts, st.booleans(), st.booleans()),
         st.tuples(
             st.just("end"),
             st.integers(0, 20),
@@ -78,24 +76,33 @@ _ops = st.lists(
             st.integers(0, 20),
             st.sampled_from([None, 200, 302, 401, 403, 500]),
             st.sampled_from(
-                [{}, {"x-login-result": "fail"}, {"x-login-result": "OK"},
-                 {"www-authenticate": "Basic"}]
-            ),  # fmt: skip
+                [
+                    {},
+                    {"x-login-result": "fail"},
+                    {"x-login-result": "OK"},
+                    {"www-authenticate": "Basic"},
+                ]
+            ),
             st.none(),
         ),
-        st.tuples(st.just("advance"), st.sampled_from([0.5, 3.0, 30.0, 200.0]), st.none(),
-                  st.none(), st.none()),  # fmt: skip
+        st.tuples(
+            st.just("advance"),
+            st.sampled_from([0.5, 3.0, 30.0, 200.0]),
+            st.none(),
+            st.none(),
+            st.none(),
+        ),
     ),
     max_size=40,
 )
 
 
-def _policy(options: dict[str, Any], events: list[Event]) -> InvalidLoginPolicy:
+def _policy(options: dict[str, Any], events: list[Event], clock: FakeClock) -> InvalidLoginPolicy:
     extra: dict[str, Any] = {}
     if options["repeat_factor"] > 1.0:
         extra["offender_memory"] = 1000.0
     return InvalidLoginPolicy(
-        store=MemoryStore(clock=FakeClock(T0)), on_event=events.append, **options, **extra
+        store=MemoryStore(clock=clock), on_event=events.append, **options, **extra
     )
 
 
@@ -104,8 +111,9 @@ def _policy(options: dict[str, Any], events: list[Event]) -> InvalidLoginPolicy:
 def test_direct_attempts_answer_as_the_flow(options: dict[str, Any], ops: list[Any]) -> None:
     fast_events: list[Event] = []
     flow_events: list[Event] = []
-    fast, flow = _policy(options, fast_events), _policy(options, flow_events)
-    clocks = [fast.store._clock, flow.store._clock]  # type: ignore[attr-defined]
+    clocks = [FakeClock(T0), FakeClock(T0)]
+    fast = _policy(options, fast_events, clocks[0])
+    flow = _policy(options, flow_events, clocks[1])
     tickets: list[tuple[Any, Any]] = []
     keys = ["192.0.2.1", "192.0.2.2", "198.51.100.7"]
     for op, a, b, c, d in ops:
@@ -131,7 +139,7 @@ def test_direct_attempts_answer_as_the_flow(options: dict[str, Any], ops: list[A
                 run(flow._settle(want, b, c), flow.store)
         elif op == "advance":
             for clock in clocks:
-                clock.advance(a)  # type: ignore[attr-defined]
+                clock.advance(a)
         assert fast_events == flow_events
         assert fast.waiting == flow.waiting
         assert fast.store.blocks() == flow.store.blocks()
@@ -291,7 +299,9 @@ _escapes = st.lists(
         st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=4),
         st.integers(0, 255).map(lambda b: f"%{b:02x}"),
         st.integers(0, 255).map(lambda b: f"%{b:02X}"),
-        st.sampled_from(["%", "%4", "%zz", "%4g", "%%41", "+", "%C3%A9", "%e9", "\u00e9", "%u0041"]),
+        st.sampled_from(
+            ["%", "%4", "%zz", "%4g", "%%41", "+", "%C3%A9", "%e9", "\u00e9", "%u0041"]
+        ),
     ),
     max_size=10,
 ).map("".join)
@@ -321,12 +331,22 @@ class _IOMemoryStore(MemoryStore):
 
 _bodies = st.one_of(
     st.sampled_from(
-        [b"username=jdoe%40example.com&password=hunter2", b"username=JDoe&password=x",
-         b"user=a&user=b", b"username=%zz%4&password=%", b"username=%C3%A9t%C3%A9",
-         b"username=\xff\xfe&password=\x00", b"username=victim%00&x", b"", b"&&&==",
-         b"username=" + b"A" * 300, b"username=x&" + b"p=" + b"y" * 20000,
-         b'{"username": "jdoe"}', b"username=a+b%2Bc"]
-    ),  # fmt: skip
+        [
+            b"username=jdoe%40example.com&password=hunter2",
+            b"username=JDoe&password=x",
+            b"user=a&user=b",
+            b"username=%zz%4&password=%",
+            b"username=%C3%A9t%C3%A9",
+            b"username=\xff\xfe&password=\x00",
+            b"username=victim%00&x",
+            b"",
+            b"&&&==",
+            b"username=" + b"A" * 300,
+            b"username=x&" + b"p=" + b"y" * 20000,
+            b'{"username": "jdoe"}',
+            b"username=a+b%2Bc",
+        ]
+    ),
     st.binary(max_size=64),
 )
 _requests = st.lists(
@@ -334,8 +354,14 @@ _requests = st.lists(
         st.sampled_from(["192.0.2.1", "192.0.2.2"]),
         st.sampled_from(["/login", "/Login/", "/home"]),
         _bodies,
-        st.sampled_from([b"application/x-www-form-urlencoded", b"Application/X-WWW-Form-Urlencoded",
-                         b"text/plain", b"application/json"]),  # fmt: skip
+        st.sampled_from(
+            [
+                b"application/x-www-form-urlencoded",
+                b"Application/X-WWW-Form-Urlencoded",
+                b"text/plain",
+                b"application/json",
+            ]
+        ),
         st.integers(1, 3),  # body messages (a slow body)
         st.sampled_from([200, 302, 401, 403]),
         st.sampled_from([None, b"fail", b"OK", b"Fail, ok"]),
@@ -466,3 +492,200 @@ def test_the_fronts_agree_on_hostile_logins(requests: list[Any]) -> None:
             assert all(k != b"x-login-result" for k, _ in answers["local"][1])
         blocks = [store.blocks() for _, _, store in stacks]
         assert blocks[0] == blocks[1] == blocks[2]
+
+
+# ------------------------------------------------------------ the usual form
+_FORM_KIND = b"application/x-www-form-urlencoded"
+
+
+def _general_attempt(policy: InvalidLoginPolicy, request: Any) -> Any:
+    """``_form_attempt`` without the quick read of the usual form."""
+    policy._plain_forms = False
+    try:
+        return policy._form_attempt(request)
+    finally:
+        policy._plain_forms = True
+
+
+_form_bodies = st.one_of(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "username",
+                    "user",
+                    "_user",
+                    "userName",
+                    "password",
+                    "us%65r",
+                    "user+",
+                    "user%5Fx",
+                    "",
+                    "USERNAME",
+                    "loginOp",
+                ]
+            ),
+            _escapes,
+        ),
+        max_size=5,
+    ).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs).encode("latin-1", "replace")),
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b"username=jdoe%40example.com&password=hunter2&loginOp=login",
+            b"username=a&username=b",
+            b"user=A&userName=a",
+            b"username=%ff%fe",
+            b"username=%00victim",
+            b"username=" + b"x" * 300,
+            b"&=&username&",
+            b"username=\xe9",
+            b"username==x",
+            b"a=1;username=x",
+        ]
+    ),
+)
+
+
+@FAST
+@given(
+    _form_bodies,
+    st.sampled_from(
+        [
+            b"application/x-www-form-urlencoded",
+            b"application/x-www-form-urlencoded; x",
+            b"Application/x-www-form-urlencoded",
+            b"text/plain",
+            None,
+        ]
+    ),
+    st.sampled_from(["exact", "none", "short", "long", "spaced", "junk"]),
+    st.sampled_from([b"", b"username=other", b"x=1"]),
+    st.sampled_from([None, b"gzip", b"identity"]),
+    st.booleans(),
+    st.sampled_from([None, b"Basic amRvZTpw", b"Bearer t", b"basic " + b"=" * 3]),
+    st.sampled_from([16384, 64, 8]),
+    st.booleans(),
+)
+def test_the_usual_form_is_read_as_the_general_reader_reads_it(
+    body: bytes,
+    kind: bytes | None,
+    length: str,
+    query: bytes,
+    encoding: bytes | None,
+    chunked: bool,
+    auth: bytes | None,
+    limit: int,
+    usual: bool,
+) -> None:
+    policy = InvalidLoginPolicy(max_body_bytes=limit)
+    assert policy._plain_forms
+    if usual:  # every header as the quick read wants it: only the body varies
+        kind, length, query, encoding, chunked = _FORM_KIND, "exact", b"", None, False
+    declared = {
+        "exact": str(len(body)),
+        "none": None,
+        "short": str(max(0, len(body) - 1)),
+        "long": str(len(body) + 5),
+        "spaced": f" {len(body)}",
+        "junk": "x",
+    }[length]
+    headers = []
+    if kind is not None:
+        headers.append((b"content-type", kind))
+    if declared is not None:
+        headers.append((b"content-length", declared.encode()))
+    if encoding is not None:
+        headers.append((b"content-encoding", encoding))
+    if chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    if auth is not None:
+        headers.append((b"authorization", auth))
+    scope = {"type": "http", "method": "POST", "path": "/login", "query_string": query,
+             "headers": headers, "client": ("192.0.2.1", 1)}  # fmt: skip
+    for buffered in (body[:limit], body, None):
+        fast = AsgiRequest(scope, RESOLVER.from_asgi(scope))
+        plain = AsgiRequest(scope, RESOLVER.from_asgi(scope))
+        fast.body = plain.body = buffered
+        assert policy._form_attempt(fast) == _general_attempt(policy, plain)
+        QUICK.append(plain_form_values(fast, policy._account_names, limit) is not None)
+
+
+QUICK: list[bool] = []  # whether each case above took the quick read
+
+
+def test_the_cases_above_took_both_ways() -> None:
+    if QUICK:  # (when run after it)
+        assert any(QUICK) and not all(QUICK)
+
+
+def test_the_quick_read_is_only_for_account_fields_read_as_sent() -> None:
+    assert InvalidLoginPolicy()._plain_forms
+    assert not InvalidLoginPolicy(login_fields={"loginOp": "login"})._plain_forms
+    assert not InvalidLoginPolicy(account_fields=[])._plain_forms
+    assert not InvalidLoginPolicy(preset="roundcube")._plain_forms  # PHP names, a login_match
+
+
+# --------------------------------------------------------------------- tickets
+@FAST
+@given(
+    st.sampled_from(["attempt", "tarpit"]),
+    st.text(max_size=8),
+    st.sampled_from([0.0, 1.5]),
+    st.text(max_size=8),
+    st.booleans(),
+    st.sampled_from(["http", "imap"]),
+)
+def test_a_ticket_is_the_verdict_the_constructor_makes(
+    reason: str, key: str, delay: float, account: str, credentials: bool, protocol: str
+) -> None:
+    from dataclasses import astuple
+
+    from mailguard.policies.login import _ticket
+
+    made = LoginVerdict(True, reason, key, delay=delay, watch=True, account=account,
+                        credentials=credentials, protocol=protocol)  # fmt: skip
+    ticket = _ticket(reason, key, delay, account, credentials, protocol)
+    assert type(ticket) is LoginVerdict
+    assert astuple(ticket) == astuple(made)
+    assert ticket == made and hash(ticket) == hash(made)
+
+
+# ---------------------------------------------------------------------- heard
+def test_a_failure_nobody_hears_makes_no_event_and_one_somebody_hears_does(
+    caplog: Any, monkeypatch: Any
+) -> None:
+    import logging
+
+    import mailguard.events
+
+    monkeypatch.setattr(mailguard.events, "_listeners", ())  # whatever other tests left
+    factory = logging.getLogRecordFactory()  # (one a test may have left: a listener too)
+    logging.setLogRecordFactory(logging.LogRecord)
+    quiet = logging.getLogger("mailguard.login")
+    policy = InvalidLoginPolicy(max_failed_logins=3, store=MemoryStore())
+    handler = logging.NullHandler()
+    quiet.addHandler(handler)
+    quiet.propagate = False
+    try:
+        assert not policy.report.heard()
+        made: list[Any] = []
+        original = policy.emit
+        policy.emit = lambda *a, **k: made.append(a)  # type: ignore[method-assign]
+        ticket = policy.begin("192.0.2.5", "jdoe")
+        policy.end(ticket, "failed")
+        assert made == []  # not even built
+        policy.emit = original  # type: ignore[method-assign]
+        heard: list[Event] = []
+        hooked = InvalidLoginPolicy(max_failed_logins=3, store=MemoryStore(), on_event=heard.append)
+        assert hooked.report.heard()
+        hooked.end(hooked.begin("192.0.2.5", "jdoe"), "failed")
+        assert [e.action for e in heard] == ["failure"]
+    finally:
+        quiet.removeHandler(handler)
+        quiet.propagate = True
+        logging.setLogRecordFactory(factory)
+    with caplog.at_level(logging.WARNING, logger="mailguard.login"):
+        assert policy.report.heard()
+        policy.end(policy.begin("192.0.2.6", "jdoe"), "failed")
+    assert "mailguard login failure client=192.0.2.6" in caplog.text

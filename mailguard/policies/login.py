@@ -140,7 +140,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -156,7 +156,14 @@ from ..options import (
     whole,
 )
 from ..presets import LoginMatch, preset_options
-from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
+from ..reading import (
+    DEFAULT_ACCOUNTS,
+    AccountRule,
+    PathRule,
+    RequestFields,
+    normalize_account,
+    plain_form_values,
+)
 from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
 from ..stores.guard import StoreDown
@@ -219,6 +226,47 @@ class Outcome(str, Enum):
     UNKNOWN = "unknown"
     """Nothing to tell (the backend failed, the client went away): the slot is
     given back, nothing is counted."""
+
+
+# Each slot's own setter: a ticket is made on every login, and the dataclass's
+# __init__ (keywords, then object.__setattr__ per field) costs twice as much.
+_TICKET_FIELDS = (
+    "allowed", "reason", "key", "retry_after", "remaining", "reset", "limit", "delay", "watch",
+    "account", "credentials", "protocol", "wider",
+)  # fmt: skip
+if tuple(f.name for f in fields(LoginVerdict)) != _TICKET_FIELDS:  # pragma: no cover
+    raise AssertionError("LoginVerdict's fields changed: update _ticket")
+_set_allowed, _set_reason, _set_key, _set_retry_after, _set_remaining, _set_reset = (
+    getattr(LoginVerdict, name).__set__ for name in _TICKET_FIELDS[:6]
+)
+_set_limit, _set_delay, _set_watch, _set_account, _set_credentials, _set_protocol = (
+    getattr(LoginVerdict, name).__set__ for name in _TICKET_FIELDS[6:12]
+)
+_set_wider = getattr(LoginVerdict, "wider").__set__  # noqa: B009 (a slot, not the default)
+_new = object.__new__
+
+
+def _ticket(
+    reason: str, key: str, delay: float, account: str, credentials: bool, protocol: str
+) -> LoginVerdict:
+    """``LoginVerdict(True, reason, key, delay=delay, watch=True, account=account,
+    credentials=credentials, protocol=protocol)``, every other field its default
+    (pinned to the constructor by tests/test_login_fast.py)."""
+    verdict: LoginVerdict = _new(LoginVerdict)
+    _set_allowed(verdict, True)
+    _set_reason(verdict, reason)
+    _set_key(verdict, key)
+    _set_retry_after(verdict, 0)
+    _set_remaining(verdict, -1)
+    _set_reset(verdict, 0.0)
+    _set_limit(verdict, 0)
+    _set_delay(verdict, delay)
+    _set_watch(verdict, True)
+    _set_account(verdict, account)
+    _set_credentials(verdict, credentials)
+    _set_protocol(verdict, protocol)
+    _set_wider(verdict, ())
+    return verdict
 
 
 class _Attempt(NamedTuple):
@@ -442,6 +490,14 @@ class InvalidLoginPolicy(Policy):
             if (self.login_fields or self.account_fields or self.login_match)
             else 0
         )
+        # only account fields to read, as PHP does not: the usual form may be read quickly
+        self._account_names = frozenset(self.account_fields)
+        self._plain_forms = bool(
+            self.account_fields
+            and not self.login_fields
+            and self.login_match is None
+            and not self.php_forms
+        )
         if not isinstance(reset_on_success, bool):
             raise option_error(
                 "reset_on_success", f"must be True or False, got {reset_on_success!r}"
@@ -544,23 +600,38 @@ class InvalidLoginPolicy(Policy):
         return None
 
     def _form_attempt(self, request: Request) -> _Attempt | None:
+        if self._plain_forms:  # the usual login form: read the quick way, if it is that
+            values = plain_form_values(request, self._account_names, self.max_body_bytes)
+            if values is not None:
+                normalize = self.accounts.normalize
+                return self._account_attempt(
+                    request, {n for n in map(normalize, values) if n}, True
+                )
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         if self.login_match is not None:
             if not self.login_match(request, params):
                 return None
         elif not self._fields_match(params):
             return None
-        account: str | None = None
-        suspect = False
+        names: set[str] = set()
+        complete = True
         if self.account_fields:
             normalize = self.accounts.normalize
             names = {n for n in map(normalize, params.values(self.account_fields)) if n}
-            if len(names) == 1:
-                account = names.pop()
-            elif names:
-                suspect = True  # which one does the application read?
-            elif not params.complete:
-                suspect = True  # the field may lie past what we read
+            complete = params.complete
+        return self._account_attempt(request, names, complete)
+
+    def _account_attempt(self, request: Request, names: set[str], complete: bool) -> _Attempt:
+        """The attempt of a login whose account fields hold ``names`` (normalised);
+        ``complete``: every field could be seen."""
+        account: str | None = None
+        suspect = False
+        if len(names) == 1:
+            account = names.pop()
+        elif names:
+            suspect = True  # which one does the application read?
+        elif not complete:
+            suspect = True  # the field may lie past what we read
         auth = request.header("authorization")
         if account is None and not suspect and auth:
             scheme, _, token = auth.strip().partition(" ")
@@ -645,16 +716,10 @@ class InvalidLoginPolicy(Policy):
                 return Verdict(False, "tarpit", key, retry_after=retry_after(self.tarpit_delay))
             # else: the tarpit is full and this address has a clean slate (it may be
             # the real user): let it through now rather than lock the account out
-        return LoginVerdict(
-            True,
-            "tarpit" if delay else "attempt",
-            key,
-            delay=delay,
-            watch=True,
-            account=found.account or "",
-            credentials=found.credentials,
-            protocol=protocol,
-        )
+        return _ticket(
+            "tarpit" if delay else "attempt", key, delay, found.account or "", found.credentials,
+            protocol,
+        )  # fmt: skip
 
     def outcome(
         self, verdict: LoginVerdict, status: int | None, headers: Mapping[str, str]
@@ -697,6 +762,8 @@ class InvalidLoginPolicy(Policy):
         account_answer: tuple[int, int, float] | None,
     ) -> None:
         """Report a failure (and a block, and an account entering the tarpit)."""
+        if not self.report.heard():  # no one listens: make no events
+            return
         code, streak, blocked_for = answer
         key = verdict.key
         quoted = frozenset({"account"})
@@ -903,9 +970,12 @@ class InvalidLoginPolicy(Policy):
         code, remaining, wait = store.attempt(
             namespace, key, limit, self.interval, self.pending_ttl
         )
-        refused = self.judge_attempt(key, code, wait)
-        if refused is not None:
-            return refused
+        if code != OK:
+            refused = self.judge_attempt(key, code, wait)
+            if refused is not None:
+                return refused
+        elif self._refused:  # judge_attempt's OK
+            self._refused.pop(key, None)
         seen = 0
         if self.tarpit_after and found.account:
             seen = store.peek(self.account_namespace, found.account, self.interval)
