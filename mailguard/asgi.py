@@ -333,19 +333,30 @@ async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[R
     Returns the app's ``receive`` and whether the body has ended (or the
     client has gone) within what was read.
     """
-    held: list[Message] = []
-    size = 0
-    more = True
-    while more and (size < limit or not held):
-        message = await receive()
-        held.append(message)
-        if message.get("type") != "http.request":
-            more = False
-            break
-        size += len(message.get("body", b""))
+    message = await receive()
+    held: list[Message] = [message]
+    more = message.get("type") == "http.request"
+    if more:
+        size = len(message.get("body", b""))
         more = bool(message.get("more_body", False))
+        while more and size < limit:
+            message = await receive()
+            held.append(message)
+            if message.get("type") != "http.request":
+                more = False
+                break
+            size += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
     if limit:
-        request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
+        if len(held) == 1:  # the whole body in one message (a login form, usually)
+            first = held[0]
+            request.body = (
+                b"".join((first.get("body", b""),)) if first.get("type") == "http.request" else b""
+            )
+        else:
+            request.body = b"".join(
+                m.get("body", b"") for m in held if m.get("type") == "http.request"
+            )
 
     async def replay() -> Message:
         if held:

@@ -742,11 +742,15 @@ def request_body_fields(request: Request, limit: int, *, php: bool = False) -> F
 
 
 _FORM = "application/x-www-form-urlencoded"
+_LOGIN_HEADERS = (*_BODY_HEADERS, "authorization")
 
 
-def plain_form_values(request: Request, names: frozenset[str], limit: int) -> list[str] | None:
-    """The values of the fields ``names`` in the usual login form, or None when
-    ``request`` is not that form (then read it with :class:`RequestFields`).
+def plain_form_values(
+    request: Request, names: frozenset[str], limit: int
+) -> tuple[list[str], str | None] | None:
+    """The values of the fields ``names`` in the usual login form, and the
+    ``Authorization`` header; None when ``request`` is not that form (then read
+    it with :class:`RequestFields`).
 
     The usual form: no query string; a buffered, ASCII, urlencoded body of at
     most ``limit`` bytes whose ``Content-Length`` is its length (no coding, no
@@ -757,7 +761,7 @@ def plain_form_values(request: Request, names: frozenset[str], limit: int) -> li
     raw = request.body
     if raw is None or len(raw) > limit or not raw.isascii() or request.query:
         return None
-    length, encoding, content_type, transfer = request.headers(_BODY_HEADERS)
+    length, encoding, content_type, transfer, auth = request.headers(_LOGIN_HEADERS)
     if (
         content_type != _FORM
         or encoding is not None
@@ -776,7 +780,7 @@ def plain_form_values(request: Request, names: frozenset[str], limit: int) -> li
             if "%" in value:
                 value = _unquote(value)
             values.append(value)
-    return values
+    return values, auth
 
 
 class RequestFields:

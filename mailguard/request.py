@@ -57,6 +57,9 @@ class Request:
         return f"<{type(self).__name__} {self.method} {self.path} from {self.client.key}>"
 
 
+_POSITIONS: dict[tuple[str, ...], dict[bytes, int]] = {}  # AsgiRequest.headers' lookups
+
+
 class AsgiRequest(Request):
     """A :class:`Request` over an ASGI scope; fields are read when first used."""
 
@@ -97,11 +100,29 @@ class AsgiRequest(Request):
         return headers.get(name)
 
     def headers(self, names: tuple[str, ...]) -> list[str | None]:
-        """``[self.header(name) for name in names]``: several reads, so one dict."""
+        """``[self.header(name) for name in names]`` (lower-case ``names``), in one
+        scan that decodes only the lines asked for."""
         headers = self._headers
-        if not isinstance(headers, dict):
-            headers = self._header_dict()
-        return [headers.get(name) for name in names]
+        if isinstance(headers, dict):
+            return [headers.get(name) for name in names]
+        wanted = _POSITIONS.get(names)
+        if wanted is None:
+            wanted = {name.encode("latin-1"): i for i, name in enumerate(names)}
+            if len(_POSITIONS) < 64:  # the few tuples the readers ask with
+                _POSITIONS[names] = wanted
+        found: list[str | None] = [None] * len(names)
+        for key, value in self._scope.get("headers", ()):
+            i = wanted.get(key)
+            if i is None:
+                if key.islower():  # (servers send lower-case names) no other spelling
+                    continue
+                i = wanted.get(key.lower())
+                if i is None:
+                    continue
+            text = value.decode("latin-1")
+            seen = found[i]
+            found[i] = text if seen is None else f"{seen}, {text}"
+        return found
 
     def _header_dict(self) -> dict[str, str]:
         headers: dict[str, str] = {}

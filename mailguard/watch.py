@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .policies import InvalidLoginPolicy
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["NO_HEADERS", "AsgiHeaders", "WsgiHeaders", "afinish", "body_plan", "finish"]
 
 _log = logging.getLogger("mailguard")
+
+_UNSEEN = object()
 
 NO_HEADERS: Mapping[str, str] = {}
 """The headers of a response that never began."""
@@ -85,6 +87,7 @@ class _Headers(Mapping[str, str]):
     """A read-only view of a response's header lines by lower-case name."""
 
     __slots__ = ("_all", "_lines")
+    _wanted: ClassVar[dict[str, Any]]  # each subclass's: names asked for, as lines spell them
 
     def __init__(self, lines: Iterable[tuple[Any, Any]]) -> None:
         self._lines = lines
@@ -98,19 +101,28 @@ class _Headers(Mapping[str, str]):
 
     def get(self, name: str, default: Any = None) -> Any:
         """The value of header ``name`` (lower-case), or ``default``."""
-        if self._all is not None:
-            return self._all.get(name, default)
-        if not isinstance(name, str):
-            return default
-        if not name.isascii() or name.lower() != name:  # as the lower-cased names compare
-            return self._map().get(name, default)
+        if self._all is None:
+            want = self._wanted.get(name, _UNSEEN)
+            if want is _UNSEEN:
+                want = self._want(name)
+            if want is not None:
+                found: str | None = None
+                for key, value in self._lines:
+                    if key == want or key.lower() == want:
+                        text = self._text(value)
+                        found = text if found is None else f"{found}, {text}"
+                return default if found is None else found
+        return self._map().get(name, default)
+
+    def _want(self, name: str) -> Any:
+        """A line's name as ``name`` compares with it, or None when only the
+        decoded, lower-cased names can tell (the whole map is made then)."""
+        if not isinstance(name, str) or not name.isascii() or name.lower() != name:
+            return None
         want = self._name(name)
-        found: str | None = None
-        for key, value in self._lines:
-            if key == want or key.lower() == want:
-                text = self._text(value)
-                found = text if found is None else f"{found}, {text}"
-        return default if found is None else found
+        if len(self._wanted) < 256:  # the few names policies ask for
+            self._wanted[name] = want
+        return want
 
     def __getitem__(self, name: str) -> str:
         found = self.get(name)
@@ -147,6 +159,7 @@ class AsgiHeaders(_Headers):
     """ASGI response headers (``(bytes, bytes)`` pairs) read as Latin-1 text."""
 
     __slots__ = ()
+    _wanted: ClassVar[dict[str, Any]] = {}
 
     def _name(self, name: str) -> Any:
         return name.encode("ascii")
@@ -160,6 +173,7 @@ class WsgiHeaders(_Headers):
     """WSGI response headers (``(str, str)`` pairs)."""
 
     __slots__ = ()
+    _wanted: ClassVar[dict[str, Any]] = {}
 
     def _name(self, name: str) -> Any:
         return name

@@ -601,12 +601,11 @@ class InvalidLoginPolicy(Policy):
 
     def _form_attempt(self, request: Request) -> _Attempt | None:
         if self._plain_forms:  # the usual login form: read the quick way, if it is that
-            values = plain_form_values(request, self._account_names, self.max_body_bytes)
-            if values is not None:
+            form = plain_form_values(request, self._account_names, self.max_body_bytes)
+            if form is not None:
+                values, auth = form
                 normalize = self.accounts.normalize
-                return self._account_attempt(
-                    request, {n for n in map(normalize, values) if n}, True
-                )
+                return self._account_attempt({n for n in map(normalize, values) if n}, True, auth)
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         if self.login_match is not None:
             if not self.login_match(request, params):
@@ -619,11 +618,11 @@ class InvalidLoginPolicy(Policy):
             normalize = self.accounts.normalize
             names = {n for n in map(normalize, params.values(self.account_fields)) if n}
             complete = params.complete
-        return self._account_attempt(request, names, complete)
+        return self._account_attempt(names, complete, request.header("authorization"))
 
-    def _account_attempt(self, request: Request, names: set[str], complete: bool) -> _Attempt:
+    def _account_attempt(self, names: set[str], complete: bool, auth: str | None) -> _Attempt:
         """The attempt of a login whose account fields hold ``names`` (normalised);
-        ``complete``: every field could be seen."""
+        ``complete``: every field could be seen; ``auth``: its Authorization header."""
         account: str | None = None
         suspect = False
         if len(names) == 1:
@@ -632,7 +631,6 @@ class InvalidLoginPolicy(Policy):
             suspect = True  # which one does the application read?
         elif not complete:
             suspect = True  # the field may lie past what we read
-        auth = request.header("authorization")
         if account is None and not suspect and auth:
             scheme, _, token = auth.strip().partition(" ")
             if scheme.lower() == "basic":
