@@ -438,9 +438,14 @@ def _unquote(text: str) -> str:
     """
     if not text.isascii():
         return unquote(text)
-    head, *rest = text.split("%")
-    out = [head]
-    for part in rest:
+    parts = text.split("%")
+    if len(parts) == 2:  # one escape (jdoe%40example.com)
+        tail = parts[1]
+        char = _ASCII_ESCAPES.get(tail[:2])
+        if char is not None:
+            return parts[0] + char + tail[2:]
+    out = [parts[0]]
+    for part in parts[1:]:
         char = _ASCII_ESCAPES.get(part[:2])
         if char is None:  # not an escape, or one of a byte >= 0x80: the general way
             return unquote_to_bytes(text).decode("utf-8", "replace")

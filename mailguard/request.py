@@ -134,6 +134,10 @@ class AsgiRequest(Request):
         return headers
 
 
+# a header's name -> its environ key (CGI's two without ``HTTP_``)
+_ENVIRON_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
 class WsgiRequest(Request):
     """A :class:`Request` over a WSGI environ; fields are read when first used."""
 
@@ -164,10 +168,22 @@ class WsgiRequest(Request):
         return str(self._environ.get("QUERY_STRING", ""))
 
     def header(self, name: str) -> str | None:
-        if name == "content-type":
-            value = self._environ.get("CONTENT_TYPE")
-        elif name == "content-length":
-            value = self._environ.get("CONTENT_LENGTH")
-        else:
-            value = self._environ.get("HTTP_" + name.upper().replace("-", "_"))
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if len(_ENVIRON_KEYS) < 256:  # the few names policies read
+                _ENVIRON_KEYS[name] = key
+        value = self._environ.get(key)
         return value if value else None
+
+    def headers(self, names: tuple[str, ...]) -> list[str | None]:
+        environ = self._environ
+        found: list[str | None] = []
+        for name in names:
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                found.append(self.header(name))
+                continue
+            value = environ.get(key)
+            found.append(value if value else None)
+        return found
