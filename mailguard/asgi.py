@@ -70,7 +70,7 @@ class _State:
     with one assignment, so a request sees the old policy or the new one,
     never half of each."""
 
-    __slots__ = ("by_client", "local", "plan", "policy", "reads_body", "strip", "waits")
+    __slots__ = ("adds", "by_client", "local", "plan", "policy", "reads_body", "strip", "waits")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -79,6 +79,8 @@ class _State:
         self.waits: Callable[[AsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
         # both of those with one path match (a login policy whose rules are its own)
         self.plan = body_plan(policy)
+        # whether allowed responses get headers (a login's do not: no call for them)
+        self.adds = type(policy).allowed_headers is not Policy.allowed_headers
         self.local = policy.store.local
         self.by_client = policy.by_client
         self.strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
@@ -176,7 +178,7 @@ class GuardMiddleware(PolicyHolder):
         if not verdict.allowed:
             await _refuse(policy, verdict, scope, send)
             return
-        added = policy.allowed_headers(verdict)
+        added = policy.allowed_headers(verdict) if state.adds else None
         watch = verdict.watch
         if not added and not watch:
             await self.app(scope, receive, send)
@@ -201,9 +203,11 @@ class GuardMiddleware(PolicyHolder):
                         await afinish(policy, request, verdict, message.get("status"), seen)
                 changed = bool(extra)
                 if strip:
-                    kept = [(k, v) for k, v in lines if k.lower() not in strip]
-                    if len(kept) != len(lines):
-                        lines, changed = kept, True
+                    for k, _ in lines:
+                        if k.lower() in strip:  # (rarely there: look before copying)
+                            lines = [(k, v) for k, v in lines if k.lower() not in strip]
+                            changed = True
+                            break
                 if changed:  # else the app's own message goes out as it was
                     message = {**message, "headers": [*lines, *extra]}
             await send(message)

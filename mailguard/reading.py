@@ -351,6 +351,22 @@ class AccountRule:
 
     def normalize(self, text: str | None) -> str | None:
         """The account ``text`` names, or None."""
+        if (
+            text
+            and len(text) <= MAX_ACCOUNT
+            and text.isascii()
+            and text.isprintable()
+            and "\\" not in text
+            and text[0] != " "
+            and text[-1] != " "
+        ):
+            # plain ASCII (jdoe@example.com): nothing to cut, trim or fold but the case
+            name = text.lower()
+            domain = self.default_domain
+            if domain and "@" not in name:
+                name = f"{name}@{domain}"
+                return name if len(name) <= MAX_ACCOUNT else None
+            return name
         return normalize_account(
             text, strip_domain=self.strip_domain, default_domain=self.default_domain
         )

@@ -63,7 +63,7 @@ class _State:
     with one assignment, so a request sees the old policy or the new one,
     never half of each."""
 
-    __slots__ = ("by_client", "plan", "policy", "reads_body", "strip", "waits")
+    __slots__ = ("adds", "by_client", "plan", "policy", "reads_body", "strip", "waits")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -76,6 +76,8 @@ class _State:
         self.waits: Callable[[WsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
         # both of those with one path match (a login policy whose rules are its own)
         self.plan = body_plan(policy)
+        # whether allowed responses get headers (a login's do not: no call for them)
+        self.adds = type(policy).allowed_headers is not Policy.allowed_headers
         self.strip = policy.strip_headers
 
 
@@ -155,7 +157,7 @@ class GuardMiddleware(PolicyHolder):
             refusal = policy.refusal_for(verdict)
             start_response(refusal.status_line, list(refusal.headers))
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else [refusal.body]
-        extra = policy.allowed_headers(verdict)
+        extra = policy.allowed_headers(verdict) if state.adds else []
         watch = verdict.watch
         if not extra and not watch:
             return self.app(environ, start_response)
@@ -170,7 +172,10 @@ class GuardMiddleware(PolicyHolder):
                 reported = True
                 finish(policy, request, verdict, _status_code(status), WsgiHeaders(headers))
             if strip:
-                headers = [(k, v) for k, v in headers if k.lower() not in strip]
+                for k, _ in headers:
+                    if k.lower() in strip:  # (rarely there: look before copying)
+                        headers = [(k, v) for k, v in headers if k.lower() not in strip]
+                        break
             writer: Callable[[bytes], object] = start_response(
                 status, [*headers, *extra] if extra else list(headers), exc_info
             )

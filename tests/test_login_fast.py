@@ -696,3 +696,38 @@ def test_a_failure_nobody_hears_makes_no_event_and_one_somebody_hears_does(
         assert policy.report.heard()
         policy.end(policy.begin("192.0.2.6", "jdoe"), "failed")
     assert "mailguard login failure client=192.0.2.6" in caplog.text
+
+
+# -------------------------------------------------------------------- accounts
+@FAST
+@given(
+    st.one_of(
+        st.text(st.characters(min_codepoint=0x00, max_codepoint=0x7F), max_size=12),
+        st.text(max_size=8),
+        st.sampled_from(
+            [
+                "jdoe@example.com",
+                " jdoe",
+                "jdoe ",
+                "CORP\\jdoe",
+                "a" * 256,
+                "a" * 257,
+                "x" * 250 + "@",
+                "J\x00doe",
+                "\x7fjdoe",
+                "JDoe",
+            ]
+        ),
+    ),
+    st.booleans(),
+    st.sampled_from([None, "example.com"]),
+)
+def test_the_plain_ascii_account_is_normalised_as_normalize_account_does(
+    text: str, strip_domain: bool, default_domain: str | None
+) -> None:
+    from mailguard.reading import AccountRule, normalize_account
+
+    rule = AccountRule(strip_domain=strip_domain, default_domain=default_domain)
+    assert rule.normalize(text) == normalize_account(
+        text, strip_domain=strip_domain, default_domain=rule.default_domain
+    )

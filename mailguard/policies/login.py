@@ -275,6 +275,9 @@ class _Attempt(NamedTuple):
     suspect: bool  # the account could not be told: treat as a tarpitted one
 
 
+_new_attempt = tuple.__new__  # _Attempt(*values) without its Python-level __new__
+
+
 # ------------------------------------------------------------------ parsing
 def basic_account(token: str) -> str | None:
     """The account of HTTP Basic credentials (the base64 part), or None.
@@ -558,6 +561,7 @@ class InvalidLoginPolicy(Policy):
         self.attempt_timeout = duration("attempt_timeout", attempt_timeout)
         self.pending_ttl = self.attempt_timeout + self.tarpit_delay
         self._refused: dict[str, None] = {}
+        self._own_admit = type(self).admit is InvalidLoginPolicy.admit
         self._waiting = 0
         self._waiting_lock = threading.Lock()
 
@@ -635,7 +639,9 @@ class InvalidLoginPolicy(Policy):
             scheme, _, token = auth.strip().partition(" ")
             if scheme.lower() == "basic":
                 account = self.accounts.basic(token)
-        return _Attempt(account, bool(auth) or account is not None or suspect, suspect)
+        return _new_attempt(
+            _Attempt, (account, bool(auth) or account is not None or suspect, suspect)
+        )
 
     def _fields_match(self, params: RequestFields) -> bool:
         for name, want in self.login_fields.items():
@@ -974,6 +980,8 @@ class InvalidLoginPolicy(Policy):
                 return refused
         elif self._refused:  # judge_attempt's OK
             self._refused.pop(key, None)
+        if not self.tarpit_after and self._own_admit:  # admit's verdict, without the tarpit
+            return _ticket("attempt", key, 0.0, found.account or "", found.credentials, protocol)
         seen = 0
         if self.tarpit_after and found.account:
             seen = store.peek(self.account_namespace, found.account, self.interval)
