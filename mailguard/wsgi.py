@@ -177,7 +177,7 @@ class GuardMiddleware(PolicyHolder):
                         headers = [(k, v) for k, v in headers if k.lower() not in strip]
                         break
             writer: Callable[[bytes], object] = start_response(
-                status, [*headers, *extra] if extra else list(headers), exc_info
+                status, [*headers, *extra] if extra else headers, exc_info
             )
             return writer
 
