@@ -36,6 +36,7 @@ from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, 
 from .request import AsgiRequest, Request
 from .stores.base import Store
 from .stores.guard import StoreDown
+from .watch import NO_HEADERS, AsgiHeaders, afinish, body_plan, finish
 
 if TYPE_CHECKING:
     import os
@@ -69,13 +70,17 @@ class _State:
     with one assignment, so a request sees the old policy or the new one,
     never half of each."""
 
-    __slots__ = ("by_client", "local", "policy", "reads_body", "strip", "waits")
+    __slots__ = ("adds", "by_client", "local", "plan", "policy", "reads_body", "strip", "waits")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.reads_body = type(policy).wants_body is not Policy.wants_body
         # a policy whose verdict must wait for the whole body (login slots)
         self.waits: Callable[[AsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
+        # both of those with one path match (a login policy whose rules are its own)
+        self.plan = body_plan(policy)
+        # whether allowed responses get headers (a login's do not: no call for them)
+        self.adds = type(policy).allowed_headers is not Policy.allowed_headers
         self.local = policy.store.local
         self.by_client = policy.by_client
         self.strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
@@ -123,8 +128,13 @@ class GuardMiddleware(PolicyHolder):
                     verdict = await policy.acheck_client(client)
             else:
                 request = AsgiRequest(scope, client)
-                wanted = state.reads_body and policy.wants_body(request)
-                waits = kind == "http" and state.waits is not None and state.waits(request)
+                plan = state.plan
+                if plan is not None:
+                    wanted, waits = plan(request)
+                    waits = waits and kind == "http"
+                else:
+                    wanted = state.reads_body and policy.wants_body(request)
+                    waits = kind == "http" and state.waits is not None and state.waits(request)
                 if wanted or waits:
                     receive, ended = await _buffer(request, receive, wanted)
                     deferred = waits and not ended  # the verdict waits for the rest of the body
@@ -168,43 +178,38 @@ class GuardMiddleware(PolicyHolder):
         if not verdict.allowed:
             await _refuse(policy, verdict, scope, send)
             return
-        extra = [(k.encode(), v.encode()) for k, v in policy.allowed_headers(verdict)]
-        if not extra and not verdict.watch:
+        added = policy.allowed_headers(verdict) if state.adds else None
+        watch = verdict.watch
+        if not added and not watch:
             await self.app(scope, receive, send)
             return
-        strip = state.strip
-        watch = verdict.watch
+        extra = [(k.encode(), v.encode()) for k, v in added] if added else []
+        strip = state.strip if watch else frozenset()
         local = state.local
         reported = False
 
-        def finish(status: int | None, seen: dict[str, str]) -> None:
-            """``report`` for a local store: no I/O to wait for, no coroutine."""
-            nonlocal reported
-            reported = True
-            try:
-                policy.finish(request, verdict, status, seen)
-            except Exception:
-                _log.exception("mailguard: %s could not record a response", policy.kind)
-
-        async def report(status: int | None, seen: dict[str, str]) -> None:
-            nonlocal reported
-            reported = True
-            try:
-                await policy.afinish(request, verdict, status, seen)
-            except Exception:
-                _log.exception("mailguard: %s could not record a response", policy.kind)
-
         async def watched_send(message: Message) -> None:
+            nonlocal reported
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or ())
+                lines = message.get("headers") or ()
+                if not isinstance(lines, (list, tuple)):
+                    lines = list(lines)
                 if watch:
-                    if local:
-                        finish(message.get("status"), _header_map(headers))
+                    reported = True
+                    seen = AsgiHeaders(lines)
+                    if local:  # no I/O to wait for: no coroutine
+                        finish(policy, request, verdict, message.get("status"), seen)
                     else:
-                        await report(message.get("status"), _header_map(headers))
-                    if strip:
-                        headers = [(k, v) for k, v in headers if k.lower() not in strip]
-                message = {**message, "headers": headers + extra}
+                        await afinish(policy, request, verdict, message.get("status"), seen)
+                changed = bool(extra)
+                if strip:
+                    for k, _ in lines:
+                        if k.lower() in strip:  # (rarely there: look before copying)
+                            lines = [(k, v) for k, v in lines if k.lower() not in strip]
+                            changed = True
+                            break
+                if changed:  # else the app's own message goes out as it was
+                    message = {**message, "headers": [*lines, *extra]}
             await send(message)
 
         try:
@@ -212,9 +217,9 @@ class GuardMiddleware(PolicyHolder):
         finally:
             if watch and not reported:
                 if local:
-                    finish(None, {})
+                    finish(policy, request, verdict, None, NO_HEADERS)
                 else:
-                    await report(None, {})
+                    await afinish(policy, request, verdict, None, NO_HEADERS)
 
     async def _deferred(
         self, state: _State, request: AsgiRequest, scope: Scope, receive: Receive, send: Send
@@ -259,18 +264,15 @@ class GuardMiddleware(PolicyHolder):
                 await _refuse(policy, decided, scope, send)
             return decided
 
-        async def report(status: int | None, seen: dict[str, str]) -> None:
+        async def report(status: int | None, seen: Mapping[str, str]) -> None:
             nonlocal reported
             reported = True
             if verdict is None or not verdict.watch:
                 return
-            try:
-                if state.local:
-                    policy.finish(request, verdict, status, seen)
-                else:
-                    await policy.afinish(request, verdict, status, seen)
-            except Exception:
-                _log.exception("mailguard: %s could not record a response", policy.kind)
+            if state.local:
+                finish(policy, request, verdict, status, seen)
+            else:
+                await afinish(policy, request, verdict, status, seen)
 
         async def gated_receive() -> Message:
             nonlocal gone
@@ -296,7 +298,7 @@ class GuardMiddleware(PolicyHolder):
                     return
                 headers = list(message.get("headers") or ())
                 if decided.watch and not reported:
-                    await report(message.get("status"), _header_map(headers))
+                    await report(message.get("status"), AsgiHeaders(headers))
                     if strip:
                         headers = [(k, v) for k, v in headers if k.lower() not in strip]
                 extra = [(k.encode(), v.encode()) for k, v in policy.allowed_headers(decided)]
@@ -311,7 +313,7 @@ class GuardMiddleware(PolicyHolder):
             _log.debug("mailguard: the app failed on a refused body", exc_info=True)
         finally:
             if not reported:
-                await report(None, {})
+                await report(None, NO_HEADERS)
 
 
 async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:
@@ -328,15 +330,6 @@ async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) ->
     await send({"type": "http.response.body", "body": body})
 
 
-def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    seen: dict[str, str] = {}
-    for key, value in headers:
-        name = key.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        seen[name] = f"{seen[name]}, {text}" if name in seen else text
-    return seen
-
-
 async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[Receive, bool]:
     """Read up to ``limit`` body bytes for the policy (with ``limit`` 0, the
     first message); replay them to the app unchanged.
@@ -344,19 +337,30 @@ async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[R
     Returns the app's ``receive`` and whether the body has ended (or the
     client has gone) within what was read.
     """
-    held: list[Message] = []
-    size = 0
-    more = True
-    while more and (size < limit or not held):
-        message = await receive()
-        held.append(message)
-        if message.get("type") != "http.request":
-            more = False
-            break
-        size += len(message.get("body", b""))
+    message = await receive()
+    held: list[Message] = [message]
+    more = message.get("type") == "http.request"
+    if more:
+        size = len(message.get("body", b""))
         more = bool(message.get("more_body", False))
+        while more and size < limit:
+            message = await receive()
+            held.append(message)
+            if message.get("type") != "http.request":
+                more = False
+                break
+            size += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
     if limit:
-        request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
+        if len(held) == 1:  # the whole body in one message (a login form, usually)
+            first = held[0]
+            request.body = (
+                b"".join((first.get("body", b""),)) if first.get("type") == "http.request" else b""
+            )
+        else:
+            request.body = b"".join(
+                m.get("body", b"") for m in held if m.get("type") == "http.request"
+            )
 
     async def replay() -> Message:
         if held:

@@ -306,6 +306,16 @@ class Reporter:
             )
             logger.handle(record)
 
+    def heard(self, level: int = logging.WARNING) -> bool:
+        """Whether an event at ``level`` would reach anyone: a log handler that
+        writes it (as :meth:`emit` decides), a listener, or the hook.  A filter
+        may skip making an event nobody will see."""
+        return (
+            self.hook is not None
+            or bool(_listeners)
+            or (_shown(self.logger, level) and _heard(self.logger, level))
+        )
+
     def emit(self, event: Event, level: int = logging.WARNING) -> None:
         if _shown(self.logger, level) and _heard(self.logger, level):
             extra: dict[str, object] = {

@@ -97,6 +97,7 @@ __all__ = [
     "multipart_fields",
     "normalize_account",
     "php_name",
+    "plain_form_values",
     "request_body_fields",
 ]
 
@@ -350,6 +351,22 @@ class AccountRule:
 
     def normalize(self, text: str | None) -> str | None:
         """The account ``text`` names, or None."""
+        if (
+            text
+            and len(text) <= MAX_ACCOUNT
+            and text.isascii()
+            and text.isprintable()
+            and "\\" not in text
+            and text[0] != " "
+            and text[-1] != " "
+        ):
+            # plain ASCII (jdoe@example.com): nothing to cut, trim or fold but the case
+            name = text.lower()
+            domain = self.default_domain
+            if domain and "@" not in name:
+                name = f"{name}@{domain}"
+                return name if len(name) <= MAX_ACCOUNT else None
+            return name
         return normalize_account(
             text, strip_domain=self.strip_domain, default_domain=self.default_domain
         )
@@ -418,12 +435,39 @@ def _add(fields: dict[str, list[str]], name: str, value: str, php: bool) -> None
     fields.setdefault(name, []).append(value)
 
 
+# every escape of an ASCII character, in any mix of hex case: "%40" and "%4a"/"%4A"
+_ASCII_ESCAPES = {
+    f"{a}{b}": chr(i)
+    for i in range(0x80)
+    for a in {f"{i:02x}"[0], f"{i:02X}"[0]}
+    for b in {f"{i:02x}"[1], f"{i:02X}"[1]}
+}
+
+
 def _unquote(text: str) -> str:
     """``unquote(text)``: ASCII text is one run of escapes and plain characters,
-    which ``unquote`` decodes as ``unquote_to_bytes(run).decode("utf-8", "replace")``."""
-    if text.isascii():
-        return unquote_to_bytes(text).decode("utf-8", "replace")
-    return unquote(text)
+    which ``unquote`` decodes as ``unquote_to_bytes(run).decode("utf-8", "replace")``.
+
+    When every escape is of an ASCII character (``jdoe%40example.com``) the
+    bytes are ASCII, so the decoded text is the escapes' characters put in
+    place: done here with a table, without the bytes.
+    """
+    if not text.isascii():
+        return unquote(text)
+    parts = text.split("%")
+    if len(parts) == 2:  # one escape (jdoe%40example.com)
+        tail = parts[1]
+        char = _ASCII_ESCAPES.get(tail[:2])
+        if char is not None:
+            return parts[0] + char + tail[2:]
+    out = [parts[0]]
+    for part in parts[1:]:
+        char = _ASCII_ESCAPES.get(part[:2])
+        if char is None:  # not an escape, or one of a byte >= 0x80: the general way
+            return unquote_to_bytes(text).decode("utf-8", "replace")
+        out.append(char)
+        out.append(part[2:])
+    return "".join(out)
 
 
 def form_pairs(text: str) -> list[tuple[str, str]]:
@@ -620,6 +664,8 @@ def multipart_fields(raw: bytes, content_type: str, *, php: bool = False) -> Fie
 
 def media_kind(content_type: str | None) -> str:
     """``"form"``, ``"multipart"``, ``"json"`` or ``"other"`` (cut as PHP cuts it)."""
+    if content_type == "application/x-www-form-urlencoded":  # the usual login form
+        return "form"
     if not content_type:
         return "other"
     media = _MEDIA_END.split(content_type.strip(), 1)[0].lower()
@@ -696,21 +742,66 @@ def _declared_length(length: str) -> int | None:
         return None
 
 
+_BODY_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding")
+
+
 def request_body_fields(request: Request, limit: int, *, php: bool = False) -> Fields:
     """:func:`body_fields` of ``request``'s buffered body."""
-    length = (request.header("content-length") or "").strip()
+    length, encoding, content_type, transfer = request.headers(_BODY_HEADERS)
+    length = (length or "").strip()
     declared = _declared_length(length)
-    encoding = (request.header("content-encoding") or "").strip().lower()
+    encoding = (encoding or "").strip().lower()
     return body_fields(
         request.body,
-        request.header("content-type"),
+        content_type,
         limit=limit,
         declared=declared,
-        chunked=request.header("transfer-encoding") is not None
-        or (declared is None and bool(length)),
+        chunked=transfer is not None or (declared is None and bool(length)),
         encoded=encoding not in ("", "identity"),
         php=php,
     )
+
+
+_FORM = "application/x-www-form-urlencoded"
+_LOGIN_HEADERS = (*_BODY_HEADERS, "authorization")
+
+
+def plain_form_values(
+    request: Request, names: frozenset[str], limit: int
+) -> tuple[list[str], str | None] | None:
+    """The values of the fields ``names`` in the usual login form, and the
+    ``Authorization`` header; None when ``request`` is not that form (then read
+    it with :class:`RequestFields`).
+
+    The usual form: no query string; a buffered, ASCII, urlencoded body of at
+    most ``limit`` bytes whose ``Content-Length`` is its length (no coding, no
+    transfer coding); and no field name with an escape or a ``+``.  Then the
+    values are exactly those :class:`RequestFields` reads (body first, in
+    order, the query having none), and the body is ``complete``.
+    """
+    raw = request.body
+    if raw is None or len(raw) > limit or not raw.isascii() or request.query:
+        return None
+    length, encoding, content_type, transfer, auth = request.headers(_LOGIN_HEADERS)
+    if (
+        content_type != _FORM
+        or encoding is not None
+        or transfer is not None
+        or length != str(len(raw))
+    ):
+        return None
+    values: list[str] = []
+    for pair in raw.decode("ascii").split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            return None  # an escaped name: the general reader decodes it
+        if name in names:
+            if "+" in value:
+                value = value.replace("+", " ")
+            if "%" in value:
+                value = _unquote(value)
+            values.append(value)
+    return values, auth
 
 
 class RequestFields:

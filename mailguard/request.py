@@ -49,8 +49,15 @@ class Request:
         """The value of header ``name`` (lower-case), lines joined by ``", "``."""
         raise NotImplementedError
 
+    def headers(self, names: tuple[str, ...]) -> list[str | None]:
+        """``[self.header(name) for name in names]`` (an adapter may read them in one pass)."""
+        return [self.header(name) for name in names]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.path} from {self.client.key}>"
+
+
+_POSITIONS: dict[tuple[str, ...], dict[bytes, int]] = {}  # AsgiRequest.headers' lookups
 
 
 class AsgiRequest(Request):
@@ -96,6 +103,31 @@ class AsgiRequest(Request):
             headers = self._header_dict()
         return headers.get(name)
 
+    def headers(self, names: tuple[str, ...]) -> list[str | None]:
+        """``[self.header(name) for name in names]`` (lower-case ``names``), in one
+        scan that decodes only the lines asked for."""
+        headers = self._headers
+        if isinstance(headers, dict):
+            return [headers.get(name) for name in names]
+        wanted = _POSITIONS.get(names)
+        if wanted is None:
+            wanted = {name.encode("latin-1"): i for i, name in enumerate(names)}
+            if len(_POSITIONS) < 64:  # the few tuples the readers ask with
+                _POSITIONS[names] = wanted
+        found: list[str | None] = [None] * len(names)
+        for key, value in self._scope.get("headers", ()):
+            i = wanted.get(key)
+            if i is None:
+                if key.islower():  # (servers send lower-case names) no other spelling
+                    continue
+                i = wanted.get(key.lower())
+                if i is None:
+                    continue
+            text = value.decode("latin-1")
+            seen = found[i]
+            found[i] = text if seen is None else f"{seen}, {text}"
+        return found
+
     def _header_dict(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         for key, value in self._scope.get("headers", ()):
@@ -104,6 +136,10 @@ class AsgiRequest(Request):
             headers[k] = f"{headers[k]}, {v}" if k in headers else v
         self._headers = headers
         return headers
+
+
+# a header's name -> its environ key (CGI's two without ``HTTP_``)
+_ENVIRON_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
 class WsgiRequest(Request):
@@ -136,10 +172,22 @@ class WsgiRequest(Request):
         return str(self._environ.get("QUERY_STRING", ""))
 
     def header(self, name: str) -> str | None:
-        if name == "content-type":
-            value = self._environ.get("CONTENT_TYPE")
-        elif name == "content-length":
-            value = self._environ.get("CONTENT_LENGTH")
-        else:
-            value = self._environ.get("HTTP_" + name.upper().replace("-", "_"))
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if len(_ENVIRON_KEYS) < 256:  # the few names policies read
+                _ENVIRON_KEYS[name] = key
+        value = self._environ.get(key)
         return value if value else None
+
+    def headers(self, names: tuple[str, ...]) -> list[str | None]:
+        environ = self._environ
+        found: list[str | None] = []
+        for name in names:
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                found.append(self.header(name))
+                continue
+            value = environ.get(key)
+            found.append(value if value else None)
+        return found

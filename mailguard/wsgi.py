@@ -31,6 +31,7 @@ from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, 
 from .request import WsgiRequest
 from .stores.base import Store
 from .stores.guard import StoreDown
+from .watch import NO_HEADERS, WsgiHeaders, body_plan, finish
 
 if TYPE_CHECKING:
     import os
@@ -62,7 +63,7 @@ class _State:
     with one assignment, so a request sees the old policy or the new one,
     never half of each."""
 
-    __slots__ = ("by_client", "policy", "reads_body", "waits")
+    __slots__ = ("adds", "by_client", "plan", "policy", "reads_body", "strip", "waits")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -73,6 +74,11 @@ class _State:
             hold_in_threads()
         # a policy whose verdict must wait for the whole body (login slots)
         self.waits: Callable[[WsgiRequest], bool] | None = getattr(policy, "waits_for_body", None)
+        # both of those with one path match (a login policy whose rules are its own)
+        self.plan = body_plan(policy)
+        # whether allowed responses get headers (a login's do not: no call for them)
+        self.adds = type(policy).allowed_headers is not Policy.allowed_headers
+        self.strip = policy.strip_headers
 
 
 class GuardMiddleware(PolicyHolder):
@@ -110,8 +116,12 @@ class GuardMiddleware(PolicyHolder):
                 verdict = policy.check_client(client)
             else:
                 request = WsgiRequest(environ, client)
-                wanted = state.reads_body and policy.wants_body(request)
-                waits = state.waits is not None and state.waits(request)
+                plan = state.plan
+                if plan is not None:
+                    wanted, waits = plan(request)
+                else:
+                    wanted = state.reads_body and policy.wants_body(request)
+                    waits = state.waits is not None and state.waits(request)
                 # buffer what the policy reads; a verdict that waits for the
                 # rest of the body is reached while the app reads it
                 deferred = bool(wanted or waits) and not _buffer(request, environ, wanted) and waits
@@ -126,16 +136,17 @@ class GuardMiddleware(PolicyHolder):
         if verdict is ALLOW:
             return self.app(environ, start_response)
         request = request or WsgiRequest(environ, client)
-        return self._act(policy, verdict, request, environ, start_response)
+        return self._act(state, verdict, request, environ, start_response)
 
     def _act(
         self,
-        policy: Policy,
+        state: _State,
         verdict: Verdict,
         request: WsgiRequest,
         environ: Environ,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
+        policy = state.policy
         if verdict.delay > 0.0:
             try:
                 time.sleep(verdict.delay)
@@ -146,41 +157,44 @@ class GuardMiddleware(PolicyHolder):
             refusal = policy.refusal_for(verdict)
             start_response(refusal.status_line, list(refusal.headers))
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else [refusal.body]
-        extra = policy.allowed_headers(verdict)
-        if not extra and not verdict.watch:
+        extra = policy.allowed_headers(verdict) if state.adds else []
+        watch = verdict.watch
+        if not extra and not watch:
             return self.app(environ, start_response)
-        strip = policy.strip_headers
+        strip = state.strip if watch else frozenset()
         reported = False
-
-        def report(status: int | None, seen: dict[str, str]) -> None:
-            nonlocal reported
-            reported = True
-            try:
-                policy.finish(request, verdict, status, seen)
-            except Exception:
-                _log.exception("mailguard: %s could not record a response", policy.kind)
 
         def watched_start(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], object]:
-            if verdict.watch and not reported:
-                report(_status_code(status), _header_map(headers))
-                if strip:
-                    headers = [(k, v) for k, v in headers if k.lower() not in strip]
+            nonlocal reported
+            if watch and not reported:
+                reported = True
+                finish(policy, request, verdict, _status_code(status), WsgiHeaders(headers))
+            if strip:
+                for k, _ in headers:
+                    if k.lower() in strip:  # (rarely there: look before copying)
+                        headers = [(k, v) for k, v in headers if k.lower() not in strip]
+                        break
             writer: Callable[[bytes], object] = start_response(
-                status, list(headers) + extra, exc_info
+                status, [*headers, *extra] if extra else headers, exc_info
             )
             return writer
 
         try:
             result = self.app(environ, watched_start)
         except BaseException:
-            if verdict.watch and not reported:
-                report(None, {})
+            if watch and not reported:
+                finish(policy, request, verdict, None, NO_HEADERS)
             raise
-        if not verdict.watch or reported:
+        if not watch or reported:
             return result
-        return _Finally(result, lambda: None if reported else report(None, {}))
+
+        def last() -> None:
+            if not reported:
+                finish(policy, request, verdict, None, NO_HEADERS)
+
+        return _Finally(result, last)
 
     def _deferred(
         self,
@@ -290,7 +304,7 @@ class _Gate:
             return _discard
         policy = self.policy
         if verdict.watch and not self.reported:
-            self.report(_status_code(status), _header_map(headers))
+            self.report(_status_code(status), WsgiHeaders(headers))
             strip = policy.strip_headers
             if strip:
                 headers = [(k, v) for k, v in headers if k.lower() not in strip]
@@ -298,20 +312,17 @@ class _Gate:
         writer = self.start_response(status, list(headers) + extra, exc_info)
         return writer
 
-    def report(self, status: int | None, seen: dict[str, str]) -> None:
+    def report(self, status: int | None, seen: Mapping[str, str]) -> None:
         self.reported = True
         verdict = self.verdict
         if verdict is None or not verdict.watch:
             return
-        try:
-            self.policy.finish(self.request, verdict, status, seen)
-        except Exception:
-            _log.exception("mailguard: %s could not record a response", self.policy.kind)
+        finish(self.policy, self.request, verdict, status, seen)
 
     def done(self) -> None:
         """The request is over: an attempt not yet reported ends unknown."""
         if not self.reported:
-            self.report(None, {})
+            self.report(None, NO_HEADERS)
 
     def answer(self) -> list[bytes]:
         """Send the refusal (once) and return its body."""
@@ -366,14 +377,6 @@ def _status_code(status: str) -> int | None:
         return int(status[:3])
     except (TypeError, ValueError):
         return None
-
-
-def _header_map(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    seen: dict[str, str] = {}
-    for key, value in headers:
-        name = key.lower()
-        seen[name] = f"{seen[name]}, {value}" if name in seen else value
-    return seen
 
 
 class _Finally:
@@ -483,7 +486,10 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
         request.body = head
     left = None if length is None else length - len(head)
     ended = left == 0 or (left is None and len(head) < want)
-    environ["wsgi.input"] = io.BufferedReader(_Replay(head, stream, 0 if ended else left))
+    # the whole body is in hand (a login form, usually): the app reads it from memory
+    environ["wsgi.input"] = (
+        io.BytesIO(head) if ended else io.BufferedReader(_Replay(head, stream, left))
+    )
     return ended
 
 

@@ -140,7 +140,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -156,7 +156,14 @@ from ..options import (
     whole,
 )
 from ..presets import LoginMatch, preset_options
-from ..reading import DEFAULT_ACCOUNTS, AccountRule, PathRule, RequestFields, normalize_account
+from ..reading import (
+    DEFAULT_ACCOUNTS,
+    AccountRule,
+    PathRule,
+    RequestFields,
+    normalize_account,
+    plain_form_values,
+)
 from ..request import Request
 from ..stores.base import BLOCKED, JAILED, OK
 from ..stores.guard import StoreDown
@@ -221,10 +228,54 @@ class Outcome(str, Enum):
     given back, nothing is counted."""
 
 
+# Each slot's own setter: a ticket is made on every login, and the dataclass's
+# __init__ (keywords, then object.__setattr__ per field) costs twice as much.
+_TICKET_FIELDS = (
+    "allowed", "reason", "key", "retry_after", "remaining", "reset", "limit", "delay", "watch",
+    "account", "credentials", "protocol", "wider",
+)  # fmt: skip
+if tuple(f.name for f in fields(LoginVerdict)) != _TICKET_FIELDS:  # pragma: no cover
+    raise AssertionError("LoginVerdict's fields changed: update _ticket")
+_set_allowed, _set_reason, _set_key, _set_retry_after, _set_remaining, _set_reset = (
+    getattr(LoginVerdict, name).__set__ for name in _TICKET_FIELDS[:6]
+)
+_set_limit, _set_delay, _set_watch, _set_account, _set_credentials, _set_protocol = (
+    getattr(LoginVerdict, name).__set__ for name in _TICKET_FIELDS[6:12]
+)
+_set_wider = getattr(LoginVerdict, "wider").__set__  # noqa: B009 (a slot, not the default)
+_new = object.__new__
+
+
+def _ticket(
+    reason: str, key: str, delay: float, account: str, credentials: bool, protocol: str
+) -> LoginVerdict:
+    """``LoginVerdict(True, reason, key, delay=delay, watch=True, account=account,
+    credentials=credentials, protocol=protocol)``, every other field its default
+    (pinned to the constructor by tests/test_login_fast.py)."""
+    verdict: LoginVerdict = _new(LoginVerdict)
+    _set_allowed(verdict, True)
+    _set_reason(verdict, reason)
+    _set_key(verdict, key)
+    _set_retry_after(verdict, 0)
+    _set_remaining(verdict, -1)
+    _set_reset(verdict, 0.0)
+    _set_limit(verdict, 0)
+    _set_delay(verdict, delay)
+    _set_watch(verdict, True)
+    _set_account(verdict, account)
+    _set_credentials(verdict, credentials)
+    _set_protocol(verdict, protocol)
+    _set_wider(verdict, ())
+    return verdict
+
+
 class _Attempt(NamedTuple):
     account: str | None
     credentials: bool
     suspect: bool  # the account could not be told: treat as a tarpitted one
+
+
+_new_attempt = tuple.__new__  # _Attempt(*values) without its Python-level __new__
 
 
 # ------------------------------------------------------------------ parsing
@@ -442,6 +493,14 @@ class InvalidLoginPolicy(Policy):
             if (self.login_fields or self.account_fields or self.login_match)
             else 0
         )
+        # only account fields to read, as PHP does not: the usual form may be read quickly
+        self._account_names = frozenset(self.account_fields)
+        self._plain_forms = bool(
+            self.account_fields
+            and not self.login_fields
+            and self.login_match is None
+            and not self.php_forms
+        )
         if not isinstance(reset_on_success, bool):
             raise option_error(
                 "reset_on_success", f"must be True or False, got {reset_on_success!r}"
@@ -502,6 +561,7 @@ class InvalidLoginPolicy(Policy):
         self.attempt_timeout = duration("attempt_timeout", attempt_timeout)
         self.pending_ttl = self.attempt_timeout + self.tarpit_delay
         self._refused: dict[str, None] = {}
+        self._own_admit = type(self).admit is InvalidLoginPolicy.admit
         self._waiting = 0
         self._waiting_lock = threading.Lock()
 
@@ -544,29 +604,47 @@ class InvalidLoginPolicy(Policy):
         return None
 
     def _form_attempt(self, request: Request) -> _Attempt | None:
+        if self._plain_forms:  # the usual login form: read the quick way, if it is that
+            form = plain_form_values(request, self._account_names, self.max_body_bytes)
+            if form is not None:
+                values, auth = form
+                normalize = self.accounts.normalize
+                if len(values) == 1:  # one account field, as a login form has
+                    name = normalize(values[0])
+                    return self._account_attempt({name} if name else set(), True, auth)
+                return self._account_attempt({n for n in map(normalize, values) if n}, True, auth)
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         if self.login_match is not None:
             if not self.login_match(request, params):
                 return None
         elif not self._fields_match(params):
             return None
-        account: str | None = None
-        suspect = False
+        names: set[str] = set()
+        complete = True
         if self.account_fields:
             normalize = self.accounts.normalize
             names = {n for n in map(normalize, params.values(self.account_fields)) if n}
-            if len(names) == 1:
-                account = names.pop()
-            elif names:
-                suspect = True  # which one does the application read?
-            elif not params.complete:
-                suspect = True  # the field may lie past what we read
-        auth = request.header("authorization")
+            complete = params.complete
+        return self._account_attempt(names, complete, request.header("authorization"))
+
+    def _account_attempt(self, names: set[str], complete: bool, auth: str | None) -> _Attempt:
+        """The attempt of a login whose account fields hold ``names`` (normalised);
+        ``complete``: every field could be seen; ``auth``: its Authorization header."""
+        account: str | None = None
+        suspect = False
+        if len(names) == 1:
+            account = names.pop()
+        elif names:
+            suspect = True  # which one does the application read?
+        elif not complete:
+            suspect = True  # the field may lie past what we read
         if account is None and not suspect and auth:
             scheme, _, token = auth.strip().partition(" ")
             if scheme.lower() == "basic":
                 account = self.accounts.basic(token)
-        return _Attempt(account, bool(auth) or account is not None or suspect, suspect)
+        return _new_attempt(
+            _Attempt, (account, bool(auth) or account is not None or suspect, suspect)
+        )
 
     def _fields_match(self, params: RequestFields) -> bool:
         for name, want in self.login_fields.items():
@@ -645,16 +723,10 @@ class InvalidLoginPolicy(Policy):
                 return Verdict(False, "tarpit", key, retry_after=retry_after(self.tarpit_delay))
             # else: the tarpit is full and this address has a clean slate (it may be
             # the real user): let it through now rather than lock the account out
-        return LoginVerdict(
-            True,
-            "tarpit" if delay else "attempt",
-            key,
-            delay=delay,
-            watch=True,
-            account=found.account or "",
-            credentials=found.credentials,
-            protocol=protocol,
-        )
+        return _ticket(
+            "tarpit" if delay else "attempt", key, delay, found.account or "", found.credentials,
+            protocol,
+        )  # fmt: skip
 
     def outcome(
         self, verdict: LoginVerdict, status: int | None, headers: Mapping[str, str]
@@ -697,6 +769,8 @@ class InvalidLoginPolicy(Policy):
         account_answer: tuple[int, int, float] | None,
     ) -> None:
         """Report a failure (and a block, and an account entering the tarpit)."""
+        if not self.report.heard():  # no one listens: make no events
+            return
         code, streak, blocked_for = answer
         key = verdict.key
         quoted = frozenset({"account"})
@@ -803,12 +877,28 @@ class InvalidLoginPolicy(Policy):
             and bool(request.header("authorization"))
         )
 
+    def body_plan(self, request: Request) -> tuple[int, bool]:
+        """``(self.wants_body(request), self.waits_for_body(request))``, with one
+        path match: what the adapters ask of every request."""
+        if self.any_safe and self.is_safe(request.client):
+            return 0, False
+        if request.method in self.login_methods and self.login_paths.match(request.path):
+            return self._body_wanted, True
+        return 0, (
+            self.count_basic_auth
+            and self.auth_paths.match(request.path)
+            and bool(request.header("authorization"))
+        )
+
     def check(self, request: Request) -> Verdict:
         found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
-        if self.any_safe and self.is_safe(request.client):
+        client = request.client
+        if self.any_safe and self.is_safe(client):
             return ALLOW
+        if found is not None and not client.wider:  # the common attempt: no generator
+            return self._begin_now(client.key, found, "http")
         return run(self._decide(request, found, self.store.now), self.store)
 
     async def acheck(self, request: Request) -> Verdict:
@@ -877,6 +967,32 @@ class InvalidLoginPolicy(Policy):
             verdict = replace(verdict, wider=wider)
         return verdict
 
+    def _begin_now(self, key: str, found: _Attempt, protocol: str) -> Verdict:
+        """``run(self._begin(key, found, protocol), self.store)`` for a client with
+        no wider networks, without the generator: the store's synchronous
+        methods called in the same order with the same arguments (pinned to
+        :meth:`_begin` by tests/test_login_direct.py)."""
+        store = self.store
+        namespace, limit = self.namespace, self.limit
+        code, remaining, wait = store.attempt(
+            namespace, key, limit, self.interval, self.pending_ttl
+        )
+        if code != OK:
+            refused = self.judge_attempt(key, code, wait)
+            if refused is not None:
+                return refused
+        elif self._refused:  # judge_attempt's OK
+            self._refused.pop(key, None)
+        if not self.tarpit_after and self._own_admit:  # admit's verdict, without the tarpit
+            return _ticket("attempt", key, 0.0, found.account or "", found.credentials, protocol)
+        seen = 0
+        if self.tarpit_after and found.account:
+            seen = store.peek(self.account_namespace, found.account, self.interval)
+        verdict = self.admit(key, found, seen, protocol, remaining == limit - 1)
+        if not verdict.allowed:  # the tarpit is full: give the slot back
+            store.settle(namespace, key, False, limit, self.interval, self.block_duration)
+        return verdict
+
     def _give_back(self, taken: list[tuple[str, int]]) -> Steps[None]:
         """Release attempt slots without counting anything."""
         for name, limit in taken:
@@ -924,6 +1040,8 @@ class InvalidLoginPolicy(Policy):
         found = self._ticket_for(who, account, credentials)
         if found is None:
             return ALLOW
+        if not who.wider:
+            return self._begin_now(who.key, found, protocol)
         return run(self._begin(who.key, found, protocol, who.wider), self.store)
 
     async def abegin(
@@ -950,7 +1068,10 @@ class InvalidLoginPolicy(Policy):
         front can end whatever it began.
         """
         if isinstance(ticket, LoginVerdict):
-            run(self._end(ticket, Outcome(outcome)), self.store)
+            if ticket.wider:
+                run(self._end(ticket, Outcome(outcome)), self.store)
+            else:
+                self._end_now(ticket, Outcome(outcome))
 
     async def aend(self, ticket: Verdict, outcome: Outcome | str) -> None:
         """:meth:`end` for asyncio."""
@@ -962,7 +1083,14 @@ class InvalidLoginPolicy(Policy):
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
     ) -> None:
         if isinstance(verdict, LoginVerdict):
-            run(self._settle(verdict, status, headers), self.store)
+            if verdict.wider:
+                run(self._settle(verdict, status, headers), self.store)
+                return
+            failed, succeeded = self.outcome(verdict, status, headers)
+            if failed:
+                self._end_now(verdict, Outcome.FAILED)
+            else:
+                self._end_now(verdict, Outcome.SUCCEEDED if succeeded else Outcome.UNKNOWN)
 
     async def afinish(
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
@@ -1028,6 +1156,35 @@ class InvalidLoginPolicy(Policy):
                         seconds=math.ceil(blocked_for),
                         failures=limit,
                     )
+
+    def _end_now(self, verdict: LoginVerdict, outcome: Outcome) -> None:
+        """``run(self._end(verdict, outcome), self.store)`` for a verdict with no
+        wider networks, without the generator (pinned to :meth:`_end` by
+        tests/test_login_direct.py)."""
+        failed = outcome is Outcome.FAILED
+        store = self.store
+        try:
+            answer = store.settle(
+                self.namespace,
+                verdict.key,
+                failed,
+                self.limit,
+                self.interval,
+                self.block_duration,
+                reset=outcome is Outcome.SUCCEEDED and self.reset_on_success,
+                factor=self.repeat_factor,
+                max_block=self.max_block_duration,
+                memory=self.offender_memory if self.repeat_factor > 1.0 else 0.0,
+            )
+            account_answer = None
+            if failed and self.tarpit_after and verdict.account:
+                account_answer = store.hit(
+                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
+                )
+        except StoreDown:
+            return  # the outage is logged once by the store guard
+        if failed:
+            self.settled(verdict, answer, account_answer)
 
     def explain(self, verdict: Verdict) -> str:
         if verdict.reason == "blocked":
