@@ -296,6 +296,7 @@ class MemoryStore(Store):
         self._hot_key: str | None = None
         self._hot_ns = ""
         self._hot_ring: Ring = []
+        self._hot_slots = 0  # len(_hot_ring) - 1: they do not change while it is hot
         self._overlay = Overlay()
         self._overlay_lock = threading.Lock()
         self._overlay_watchers: list[Callable[[], None]] = []
@@ -695,11 +696,10 @@ class MemoryStore(Store):
                 # (see _hot_key): the ring case below without the dict.
                 ring = self._hot_ring
                 pos = ring[0]
-                end = len(ring)
-                if ring[pos] <= now - window and end <= limit + 1:
+                slots = self._hot_slots
+                if ring[pos] <= now - window and slots <= limit:
                     ring[pos] = now
-                    pos += 1
-                    ring[0] = 1 if pos == end else pos
+                    ring[0] = pos + 1 if pos < slots else 1
                     return OK, -1, 0.0
             self._hot_key = None  # every way on below may move or change counters
             space = self._spaces.get(ns)
@@ -774,6 +774,7 @@ class MemoryStore(Store):
                     self._hot_key = key
                     self._hot_ns = ns
                     self._hot_ring = before
+                    self._hot_slots = end - 1
                     return OK, -1, 0.0
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
