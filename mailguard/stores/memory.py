@@ -702,49 +702,52 @@ class MemoryStore(Store):
                     ring[0] = pos + 1 if pos < slots else 1
                     return OK, -1, 0.0
             self._hot_key = None  # every way on below may move or change counters
-            space = self._spaces.get(ns)
-            # popped and put back: the dicts stay in least-recently-seen order
-            before: Log = None if space is None else space.pop(key, None)
-            if before is None:
-                if space is None:  # a new namespace
-                    space = self._space(ns, window)
-                else:
+            before: Log
+            try:
+                space = self._spaces[ns]
+            except KeyError:  # a new namespace
+                space = self._space(ns, window)
+                before = None
+            else:
+                # popped and put back: the dicts stay in least-recently-seen order
+                before = space.pop(key, None)
+                if before is None:
                     aged = self._aged[ns]  # not seen since the namespace turned over?
                     if aged:
                         before = aged.pop(key, None)
                     if window > self._ttl[ns]:
                         self._ttl[ns] = window
-                if before is None:
-                    # A new key: make room and count it (_room, inlined: this
-                    # is the whole work of a flood of fresh addresses), then
-                    # record this request, as core.slide records a first one.
-                    purge_in = self._purge_in - 1
-                    if purge_in and self._counters < self._cap:
-                        self._purge_in = purge_in
-                        self._counters += 1
-                        space[key] = now
-                        return OK, limit - 1, window
-                    if purge_in:
-                        self._purge_in = purge_in
-                    else:
-                        self._purge_in = _PURGE_EVERY
-                        self._purge(ns, now, _PURGE_MOST)
-                    if self._counters >= self._cap and not self._make_room(ns, now, 0):
-                        return OK, limit - 1, window
+            if before is None:
+                # A new key: make room and count it (_room, inlined: this
+                # is the whole work of a flood of fresh addresses), then
+                # record this request, as core.slide records a first one.
+                purge_in = self._purge_in - 1
+                if purge_in and self._counters < self._cap:
+                    self._purge_in = purge_in
                     self._counters += 1
-                    # (fetched again: purging or making room may have turned
-                    # the namespace over)
-                    self._spaces[ns][key] = now
+                    space[key] = now
                     return OK, limit - 1, window
+                if purge_in:
+                    self._purge_in = purge_in
+                else:
+                    self._purge_in = _PURGE_EVERY
+                    self._purge(ns, now, _PURGE_MOST)
+                if self._counters >= self._cap and not self._make_room(ns, now, 0):
+                    return OK, limit - 1, window
+                self._counters += 1
+                # (fetched again: purging or making room may have turned
+                # the namespace over)
+                self._spaces[ns][key] = now
+                return OK, limit - 1, window
             if type(before) is float:
                 if before <= now - window:  # expired: this request starts again
-                    space[key] = now  # type: ignore[index]
+                    space[key] = now
                     return OK, limit - 1, window
                 if limit > 1:
                     # core.slide's second allowed request, inlined: under churn
                     # it is most requests of a key seen before (the same rule,
                     # same tests; property-tested against slide)
-                    space[key] = [1, before, now]  # type: ignore[index]
+                    space[key] = [1, before, now]
                     # a ring made: count its bytes (_recount, _recap and
                     # _over, inlined)
                     extra = self._extra + _RING_OF_TWO
@@ -768,7 +771,7 @@ class MemoryStore(Store):
                     before[pos] = now
                     pos += 1
                     before[0] = 1 if pos == end else pos
-                    space[key] = before  # type: ignore[index]
+                    space[key] = before
                     # the most recently seen counter now: the next request
                     # of this key may skip the dict (see _hot_key)
                     self._hot_key = key
@@ -778,7 +781,7 @@ class MemoryStore(Store):
                     return OK, -1, 0.0
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
-                space[key] = log  # type: ignore[index]
+                space[key] = log
                 if not allowed:
                     return OVER, 0, wait
                 # a ring made, grown, shrunk or given up: count its bytes
