@@ -80,6 +80,21 @@ class _NoHotKey(MemoryStore):
             self._hot_key = None
 
 
+def hot_key_held(store: MemoryStore) -> bool:
+    """hit()'s hot key, if any, is the newest counter of its namespace and
+    holds the very ring remembered (with its slot count); else no ring is
+    remembered (none dropped from the store is kept alive)."""
+    key = store._hot_key
+    if key is None:
+        return store._hot_ring == []
+    space = store._spaces[store._hot_ns]
+    return (
+        next(reversed(space)) == key
+        and space[key] is store._hot_ring
+        and store._hot_slots == len(store._hot_ring) - 1
+    )
+
+
 def _state(store: MemoryStore) -> object:
     """Everything a decision or an eviction reads, in order."""
     return (
@@ -170,6 +185,7 @@ def test_the_hot_key_case_is_the_general_case(
         assert got[: len(got) // 2] == got[len(got) // 2 :]
         assert _state(stores[0]) == _state(stores[1])
         assert counters_consistent(stores[0])
+        assert hot_key_held(stores[0])
 
 
 def test_the_hot_key_stays_exact_when_a_block_turns_its_namespace_over() -> None:
@@ -196,3 +212,4 @@ def test_the_hot_key_stays_exact_when_a_block_turns_its_namespace_over() -> None
         assert "k0" in store._spaces["dos"]
     assert _state(stores[0]) == _state(stores[1])
     assert counters_consistent(stores[0])
+    assert hot_key_held(stores[0])

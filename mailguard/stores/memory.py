@@ -159,6 +159,7 @@ store (of ``max_keys`` and of ``max_bytes``), all blocks together at most
 _log = logging.getLogger("mailguard.store")
 
 _RING_OF_TWO = RING_BYTES + 3 * SLOT_BYTES  # _extra of a ring of two slots ([pos, t, t])
+_NO_RING: Ring = []  # MemoryStore._hot_ring when there is no hot key (never written to)
 
 
 def _extra(value: Any) -> int:
@@ -291,11 +292,12 @@ class MemoryStore(Store):
         # still the most recently seen counter of its namespace and holds
         # that very ring: its next request needs no dict (popping and putting
         # back the newest key changes nothing).  Anything else that changes a
-        # recent dict sets _hot_key to None first (hit, _take, _turn, expire,
-        # _forget_counters).
+        # recent dict forgets it first (hit, and _cool: _take, _turn, expire,
+        # _forget_counters), ring included, so that a ring dropped from the
+        # store is not held here.
         self._hot_key: str | None = None
         self._hot_ns = ""
-        self._hot_ring: Ring = []
+        self._hot_ring = _NO_RING
         self._hot_slots = 0  # len(_hot_ring) - 1: they do not change while it is hot
         self._overlay = Overlay()
         self._overlay_lock = threading.Lock()
@@ -389,10 +391,15 @@ class MemoryStore(Store):
             self._ttl[ns] = ttl
         return space
 
+    def _cool(self) -> None:
+        """Forget hit()'s hot key (see ``_hot_key``), before a recent dict changes."""
+        self._hot_key = None
+        self._hot_ring = _NO_RING
+
     def _take(self, ns: str, key: str) -> Any:
         """Pop the counter of ``key`` from ``ns`` (None when it has none); it
         is still counted (see :meth:`_forget` and :meth:`_recount`)."""
-        self._hot_key = None
+        self._cool()
         found = self._spaces[ns].pop(key, None)
         if found is None:
             aged = self._aged[ns]
@@ -454,7 +461,7 @@ class MemoryStore(Store):
         recent = self._spaces[ns]
         if not recent:
             return False
-        self._hot_key = None
+        self._cool()
         self._aged[ns] = recent
         self._spaces[ns] = {}
         self._queue[ns] = deque(recent)
@@ -701,7 +708,9 @@ class MemoryStore(Store):
                     ring[pos] = now
                     ring[0] = pos + 1 if pos < slots else 1
                     return OK, -1, 0.0
-            self._hot_key = None  # every way on below may move or change counters
+            if self._hot_key is not None:  # every way on below may move or change counters
+                self._hot_key = None  # (_cool, inlined)
+                self._hot_ring = _NO_RING
             before: Log
             try:
                 space = self._spaces[ns]
@@ -948,7 +957,7 @@ class MemoryStore(Store):
         now = self._clock()
         gone = 0
         with self._lock:
-            self._hot_key = None
+            self._cool()
             for ns, recent in self._spaces.items():
                 ttl = self._ttl[ns]
                 aged = self._aged[ns]
@@ -980,7 +989,7 @@ class MemoryStore(Store):
 
     def _forget_counters(self) -> None:
         """Drop every counter (the caller holds the lock and recaps)."""
-        self._hot_key = None
+        self._cool()
         self._spaces.clear()
         self._aged.clear()
         self._queue.clear()
