@@ -59,3 +59,157 @@ def test_the_purge_counts_out_expired_rings_and_states() -> None:
         store.hit("dos", f"n{i}", 10, 1.0)
         assert counters_consistent(store)
     assert len(store) < 1000 + 128
+
+
+class _NoHotKey(MemoryStore):
+    """MemoryStore with hit()'s hot-key case switched off: every request
+    pops its key and puts it back (the general way)."""
+
+    def hit(
+        self,
+        ns: str,
+        key: str,
+        limit: int,
+        window: float,
+        jail: float = 0.0,
+        detail: bool = True,
+    ) -> tuple[int, int, float]:
+        try:
+            return super().hit(ns, key, limit, window, jail, detail)
+        finally:
+            self._hot_key = None
+
+
+def hot_key_held(store: MemoryStore) -> bool:
+    """hit()'s hot key, if any, is the newest counter of its namespace and
+    holds the very ring remembered (with its slot count); else no ring is
+    remembered (none dropped from the store is kept alive)."""
+    key = store._hot_key
+    if key is None:
+        return store._hot_ring == []
+    space = store._spaces[store._hot_ns]
+    return (
+        next(reversed(space)) == key
+        and space[key] is store._hot_ring
+        and store._hot_slots == len(store._hot_ring) - 1
+    )
+
+
+def _state(store: MemoryStore) -> object:
+    """Everything a decision or an eviction reads, in order."""
+    return (
+        {ns: list(space.items()) for ns, space in store._spaces.items()},
+        {ns: sorted(aged.items()) for ns, aged in store._aged.items()},
+        {ns: [k for k in queue if k in store._aged[ns]] for ns, queue in store._queue.items()},
+        store._ttl,
+        store._counters,
+        store._extra,
+        store._cap,
+        sorted((b.kind, b.key, b.until) for b in store.blocks()),
+    )
+
+
+_op = st.one_of(
+    st.tuples(
+        st.just("hit"),
+        st.sampled_from(["dos", "dos", "dev"]),
+        st.integers(0, 4),
+        st.integers(1, 5),
+        st.sampled_from([0.5, 1.0, 3.0]),
+        st.sampled_from([0.0, 0.0, 5.0]),
+        st.booleans(),
+    ),
+    # bursts from one key, detail off (as DosFilter asks): most of the ops
+    *[st.tuples(st.just("hot"), st.integers(1, 6), st.sampled_from([0.0, 0.4, 0.4, 1.1]))] * 4,
+    st.tuples(st.just("fresh"), st.integers(1, 8)),  # new keys: evictions, turn-overs
+    st.tuples(st.just("advance"), st.sampled_from([0.0, 0.001, 0.1, 0.5, 1.0, 2.5])),
+    st.tuples(st.just("back"), st.sampled_from([0.001, 0.3])),  # the clock steps back
+    st.tuples(st.just("swap"), st.integers(0, 2)),
+    st.tuples(st.just("login"), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("block"), st.integers(0, 4)),
+    st.tuples(st.just("unblock"), st.integers(0, 4)),
+    st.tuples(st.just("expire")),
+    st.tuples(st.just("clear_counters")),
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    max_keys=st.sampled_from([3, 6, 64]),
+    max_bytes=st.sampled_from([None, 2500]),
+    ops=st.lists(_op, min_size=10, max_size=80),
+)
+def test_the_hot_key_case_is_the_general_case(
+    max_keys: int, max_bytes: int | None, ops: list[tuple[object, ...]]
+) -> None:
+    """hit() skips the dict for the busy key it last took through its ring
+    case; on any interleaving of requests, logins, values, blocks, expiry,
+    turn-overs, evictions and clock steps, it answers and holds exactly what
+    it does when every request pops its key and puts it back."""
+    clocks = (FakeClock(T0), FakeClock(T0))
+    stores = (
+        MemoryStore(max_keys, max_bytes=max_bytes, clock=clocks[0]),
+        _NoHotKey(max_keys, max_bytes=max_bytes, clock=clocks[1]),
+    )
+    for step, op in enumerate(ops):
+        got = []
+        for store, clock in zip(stores, clocks, strict=True):
+            kind = op[0]
+            if kind == "hit":
+                _, ns, k, limit, window, jail, detail = op
+                got.append(store.hit(str(ns), f"k{k}", int(limit), window, jail, detail))  # type: ignore[arg-type]
+            elif kind == "hot":
+                for _ in range(int(op[1])):  # type: ignore[call-overload]
+                    got.append(store.hit("dos", "k0", 3, 1.0, 0.0, False))
+                    clock.advance(op[2])  # type: ignore[arg-type]
+            elif kind == "fresh":
+                for i in range(int(op[1])):  # type: ignore[call-overload]
+                    got.append(store.hit("dos", f"n{step}.{i}", 3, 1.0))
+            elif kind == "advance":
+                clock.advance(op[1])  # type: ignore[arg-type]
+            elif kind == "back":
+                clock.set(clock() - op[1])  # type: ignore[operator]
+            elif kind == "swap":
+                got.append(store.swap("dos", f"s{op[1]}", "v", 2.0))
+            elif kind == "login":
+                got.append(store.attempt("dos", f"l{op[1]}", 3, 10.0, 5.0))
+                got.append(store.settle("dos", f"l{op[1]}", bool(op[2]), 3, 10.0, 4.0))
+            elif kind == "block":
+                got.append(store.block("dos", f"k{op[1]}", 3.0, "test").until)
+            elif kind == "unblock":
+                got.append(store.unblock(f"k{op[1]}"))
+            elif kind == "expire":
+                got.append(store.expire())
+            else:
+                store.clear_counters()
+        assert got[: len(got) // 2] == got[len(got) // 2 :]
+        assert _state(stores[0]) == _state(stores[1])
+        assert counters_consistent(stores[0])
+        assert hot_key_held(stores[0])
+
+
+def test_the_hot_key_stays_exact_when_a_block_turns_its_namespace_over() -> None:
+    """A new block in a full store evicts counters, which may turn the hot
+    key's namespace over (its recent dict becomes the aged one): its next
+    request must move it back among the recent ones, as the general case does."""
+    clocks = (FakeClock(T0), FakeClock(T0))
+    stores = (MemoryStore(4, clock=clocks[0]), _NoHotKey(4, clock=clocks[1]))
+    for store, clock in zip(stores, clocks, strict=True):
+        store.hit("dos", "a", 3, 1.0)
+        store.hit("dos", "b", 3, 1.0)
+        for _ in range(5):  # k0's ring case: the hot key
+            store.hit("dos", "k0", 3, 1.0, 0.0, False)
+            clock.advance(0.4)
+        store.hit("dos", "c", 3, 10.0)  # full: 4 counters
+        for _ in range(2):
+            store.hit("dos", "k0", 3, 1.0, 0.0, False)
+            clock.advance(0.4)
+        store.block("dev", "x", 5.0, "test")  # evicts a, turning "dos" over
+        assert store._aged["dos"]
+        for _ in range(3):
+            store.hit("dos", "k0", 3, 1.0, 0.0, False)
+            clock.advance(0.4)
+        assert "k0" in store._spaces["dos"]
+    assert _state(stores[0]) == _state(stores[1])
+    assert counters_consistent(stores[0])
+    assert hot_key_held(stores[0])

@@ -78,7 +78,7 @@ Time
     :class:`~mailguard.FakeClock` given here drives every filter on the store.
 
 Nothing runs in the background: expired counters are dropped as new keys
-come (every 32 new keys, up to 64 of them first in line) and need room, by
+come (every 128 new keys, up to 256 of them first in line) and need room, by
 :meth:`MemoryStore.expire`, and ended blocks when blocks are listed.
 """
 
@@ -101,6 +101,7 @@ from ..core import (
     Clock,
     FakeClock,
     Log,
+    Ring,
     Streak,
     SystemClock,
     begin_attempt,
@@ -129,7 +130,8 @@ __all__ = [
     "MemoryStore",
 ]
 
-_PURGE_EVERY = 32  # new keys between two purges of expired counters (up to twice as many)
+_PURGE_EVERY = 128  # new keys between two purges of expired counters,
+_PURGE_MOST = 2 * _PURGE_EVERY  # up to this many of them
 _EVICT_BATCH = 64  # the most counters evicted at a time when a new key finds the store full,
 _EVICT_BATCH_PER = 1024  # one for each this many of max_keys (so 1 below 2048)
 
@@ -157,6 +159,7 @@ store (of ``max_keys`` and of ``max_bytes``), all blocks together at most
 _log = logging.getLogger("mailguard.store")
 
 _RING_OF_TWO = RING_BYTES + 3 * SLOT_BYTES  # _extra of a ring of two slots ([pos, t, t])
+_NO_RING: Ring = []  # MemoryStore._hot_ring when there is no hot key (never written to)
 
 
 def _extra(value: Any) -> int:
@@ -285,6 +288,17 @@ class MemoryStore(Store):
         # counters evicted at a time when a new key finds the store full
         self._batch = max(1, min(_EVICT_BATCH, max_keys // _EVICT_BATCH_PER))
         self._latest = -math.inf  # the latest clock reading hit() has used
+        # The busy key hit() last took through its ring case, while it is
+        # still the most recently seen counter of its namespace and holds
+        # that very ring: its next request needs no dict (popping and putting
+        # back the newest key changes nothing).  Anything else that changes a
+        # recent dict forgets it first (hit, and _cool: _take, _turn, expire,
+        # _forget_counters), ring included, so that a ring dropped from the
+        # store is not held here.
+        self._hot_key: str | None = None
+        self._hot_ns = ""
+        self._hot_ring = _NO_RING
+        self._hot_slots = 0  # len(_hot_ring) - 1: they do not change while it is hot
         self._overlay = Overlay()
         self._overlay_lock = threading.Lock()
         self._overlay_watchers: list[Callable[[], None]] = []
@@ -377,9 +391,15 @@ class MemoryStore(Store):
             self._ttl[ns] = ttl
         return space
 
+    def _cool(self) -> None:
+        """Forget hit()'s hot key (see ``_hot_key``), before a recent dict changes."""
+        self._hot_key = None
+        self._hot_ring = _NO_RING
+
     def _take(self, ns: str, key: str) -> Any:
         """Pop the counter of ``key`` from ``ns`` (None when it has none); it
         is still counted (see :meth:`_forget` and :meth:`_recount`)."""
+        self._cool()
         found = self._spaces[ns].pop(key, None)
         if found is None:
             aged = self._aged[ns]
@@ -441,6 +461,7 @@ class MemoryStore(Store):
         recent = self._spaces[ns]
         if not recent:
             return False
+        self._cool()
         self._aged[ns] = recent
         self._spaces[ns] = {}
         self._queue[ns] = deque(recent)
@@ -454,33 +475,44 @@ class MemoryStore(Store):
         freed = 0  # their bytes beyond KEY_BYTES
         aged = self._aged[ns]
         queue = self._queue[ns]
+        take = aged.pop
+        first = queue.popleft
+        float_ = float
         while gone < most:
-            if not aged:
-                if not self._turn(ns):
+            try:
+                key = first()
+            except IndexError:  # so aged is empty too (each of its keys is queued)
+                if aged or not self._turn(ns):
                     break
                 aged = self._aged[ns]
                 queue = self._queue[ns]
-            key = queue[0]
-            value = aged.get(key)
-            if value is None:  # seen again since (so recent now), or dropped
-                queue.popleft()
+                take = aged.pop
+                first = queue.popleft
                 continue
+            value = take(key, None)
             # (_expired and _extra, inlined: this runs for every key under churn)
-            kind = value.__class__
-            if kind is float:
+            if value.__class__ is float_:
                 if value > cutoff:
+                    # first in line again (popped and put back: only the
+                    # queue's order matters, not the aged dict's)
+                    aged[key] = value
+                    queue.appendleft(key)
                     break
-            elif kind is list:
+            elif value is None:  # seen again since (so recent now), or dropped
+                continue
+            elif value.__class__ is list:
                 pos = value[0]
                 if (value[pos - 1] if pos > 1 else value[-1]) > cutoff:  # core.log_last
+                    aged[key] = value
+                    queue.appendleft(key)
                     break
                 freed += RING_BYTES + SLOT_BYTES * len(value)
             elif value[0] > now:  # a login state, an offence count, a remembered value
+                aged[key] = value
+                queue.appendleft(key)
                 break
             else:
                 freed += _extra(value)
-            queue.popleft()
-            del aged[key]
             gone += 1
         if gone:
             self._counters -= gone
@@ -536,7 +568,7 @@ class MemoryStore(Store):
         self._purge_in -= 1
         if self._purge_in <= 0:
             self._purge_in = _PURGE_EVERY
-            self._purge(ns, now, 2 * _PURGE_EVERY)
+            self._purge(ns, now, _PURGE_MOST)
         if (
             self._counters >= self._cap
             or (extra and self._bytes() + KEY_BYTES + extra > self.max_bytes)
@@ -665,10 +697,79 @@ class MemoryStore(Store):
                 found = self._live_block(ns, key, now)
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
-            space = self._spaces.get(ns)
-            # popped and put back: the dicts stay in least-recently-seen order
-            before: Log = None if space is None else space.pop(key, None)
-            if type(before) is list and not detail:
+            if not detail and key == self._hot_key and ns == self._hot_ns:
+                # The busy key of the last request again, still the most
+                # recently seen counter of its namespace, its ring unchanged
+                # (see _hot_key): the ring case below without the dict.
+                ring = self._hot_ring
+                pos = ring[0]
+                slots = self._hot_slots
+                if ring[pos] <= now - window and slots <= limit:
+                    ring[pos] = now
+                    ring[0] = pos + 1 if pos < slots else 1
+                    return OK, -1, 0.0
+            if self._hot_key is not None:  # every way on below may move or change counters
+                self._hot_key = None  # (_cool, inlined)
+                self._hot_ring = _NO_RING
+            before: Log
+            try:
+                space = self._spaces[ns]
+            except KeyError:  # a new namespace
+                space = self._space(ns, window)
+                before = None
+            else:
+                # popped and put back: the dicts stay in least-recently-seen order
+                before = space.pop(key, None)
+                if before is None:
+                    aged = self._aged[ns]  # not seen since the namespace turned over?
+                    if aged:
+                        before = aged.pop(key, None)
+                    if window > self._ttl[ns]:
+                        self._ttl[ns] = window
+            if before is None:
+                # A new key: make room and count it (_room, inlined: this
+                # is the whole work of a flood of fresh addresses), then
+                # record this request, as core.slide records a first one.
+                purge_in = self._purge_in - 1
+                if purge_in and self._counters < self._cap:
+                    self._purge_in = purge_in
+                    self._counters += 1
+                    space[key] = now
+                    return OK, limit - 1, window
+                if purge_in:
+                    self._purge_in = purge_in
+                else:
+                    self._purge_in = _PURGE_EVERY
+                    self._purge(ns, now, _PURGE_MOST)
+                if self._counters >= self._cap and not self._make_room(ns, now, 0):
+                    return OK, limit - 1, window
+                self._counters += 1
+                # (fetched again: purging or making room may have turned
+                # the namespace over)
+                self._spaces[ns][key] = now
+                return OK, limit - 1, window
+            if type(before) is float:
+                if before <= now - window:  # expired: this request starts again
+                    space[key] = now
+                    return OK, limit - 1, window
+                if limit > 1:
+                    # core.slide's second allowed request, inlined: under churn
+                    # it is most requests of a key seen before (the same rule,
+                    # same tests; property-tested against slide)
+                    space[key] = [1, before, now]
+                    # a ring made: count its bytes (_recount, _recap and
+                    # _over, inlined)
+                    extra = self._extra + _RING_OF_TWO
+                    self._extra = extra
+                    self._extras[ns] += _RING_OF_TWO
+                    nblocks = self._nblocks
+                    fit = (self.max_bytes - extra - BLOCK_BYTES * nblocks) // KEY_BYTES
+                    most = self.max_keys - nblocks
+                    self._cap = fit if fit < most else most
+                    if self._counters > fit:  # over max_bytes
+                        self._shed(ns)
+                    return OK, limit - 2, before + window - now
+            elif type(before) is list and not detail:
                 # The O(1) case of core.slide, inlined because it is the whole
                 # work of most requests from a busy client: the oldest slot has
                 # expired, so it takes this request.  (Same rule, same tests;
@@ -679,49 +780,17 @@ class MemoryStore(Store):
                     before[pos] = now
                     pos += 1
                     before[0] = 1 if pos == end else pos
-                    space[key] = before  # type: ignore[index]
+                    space[key] = before
+                    # the most recently seen counter now: the next request
+                    # of this key may skip the dict (see _hot_key)
+                    self._hot_key = key
+                    self._hot_ns = ns
+                    self._hot_ring = before
+                    self._hot_slots = end - 1
                     return OK, -1, 0.0
-            if before is None:
-                if space is None:  # a new namespace
-                    self._space(ns, window)
-                else:
-                    aged = self._aged[ns]  # not seen since the namespace turned over?
-                    if aged:
-                        before = aged.pop(key, None)
-                    if window > self._ttl[ns]:
-                        self._ttl[ns] = window
-                if before is None:
-                    # A new key: make room and count it (_room, inlined: this
-                    # is the whole work of a flood of fresh addresses), then
-                    # record this request, as core.slide records a first one.
-                    self._purge_in -= 1
-                    if self._purge_in <= 0:
-                        self._purge_in = _PURGE_EVERY
-                        self._purge(ns, now, 2 * _PURGE_EVERY)
-                    if self._counters >= self._cap and not self._make_room(ns, now, 0):
-                        return OK, limit - 1, window
-                    self._counters += 1
-                    # (fetched again: making room may have turned the namespace over)
-                    self._spaces[ns][key] = now
-                    return OK, limit - 1, window
-            if type(before) is float and (limit > 1 or before <= now - window):
-                # core.slide's two allowed cases for one recorded time, inlined:
-                # under churn they are most requests of a key seen before
-                # (the same rule, same tests; property-tested against slide)
-                if before <= now - window:  # expired: this request starts again
-                    space[key] = now  # type: ignore[index]
-                    return OK, limit - 1, window
-                space[key] = [1, before, now]  # type: ignore[index]
-                # a ring made: count its bytes (_recount, inlined)
-                self._extra += _RING_OF_TWO
-                self._extras[ns] += _RING_OF_TWO
-                self._recap()
-                if self._over():
-                    self._shed(ns)
-                return OK, limit - 2, before + window - now
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
-                space[key] = log  # type: ignore[index]
+                space[key] = log
                 if not allowed:
                     return OVER, 0, wait
                 # a ring made, grown, shrunk or given up: count its bytes
@@ -888,6 +957,7 @@ class MemoryStore(Store):
         now = self._clock()
         gone = 0
         with self._lock:
+            self._cool()
             for ns, recent in self._spaces.items():
                 ttl = self._ttl[ns]
                 aged = self._aged[ns]
@@ -919,6 +989,7 @@ class MemoryStore(Store):
 
     def _forget_counters(self) -> None:
         """Drop every counter (the caller holds the lock and recaps)."""
+        self._cool()
         self._spaces.clear()
         self._aged.clear()
         self._queue.clear()
