@@ -35,6 +35,7 @@ from mailguard import MemoryStore, identity
 from mailguard import asgi as mg_asgi
 from mailguard.policies import device as device_policy
 from mailguard.policies.device import _DIGESTS_MAX as DEVICE_DIGESTS
+from mailguard.policies.device import _QUICK_MAX as DEVICE_QUICK
 from mailguard.policies.device import _SEEN_MAX as DEVICE_SEEN
 from mailguard.policies.dos import _EPISODES_MAX as DOS_EPISODES
 from mailguard.policies.login import _EPISODES_MAX as LOGIN_EPISODES
@@ -191,6 +192,7 @@ def caches(stack: Any) -> list[tuple[str, Any, int]]:
             found.append(("login: refusal episodes", policy._refused, LOGIN_EPISODES))
         if kind == "device":
             found.append(("device: devices by query", policy._seen, DEVICE_SEEN))
+            found.append(("device: keys by plain query", policy._quick, DEVICE_QUICK))
     if any(f.policy.kind == "device" for f in filters):
         found.append(("device: identity digests", device_policy._digests, DEVICE_DIGESTS))
     return found
