@@ -376,14 +376,16 @@ def test_quick_key_is_identify_on_any_request(
     options=st.sampled_from([{}, {"per_account": False}, {"default_domain": "example.com"}]),
     query=_usual_queries,
     device=_header,
+    basic=st.booleans(),
 )
 def test_quick_key_takes_the_usual_request(
-    options: dict[str, Any], query: str, device: str | None
+    options: dict[str, Any], query: str, device: str | None, basic: bool
 ) -> None:
-    """Without an Authorization header, a usual query naming a device is never declined
-    (unless it holds a "+")."""
+    """With or without a Basic Authorization header, a usual query naming a device is
+    never declined (unless it holds a "+")."""
     policy = DeviceJailPolicy(store=MemoryStore(), **options)
-    request = asgi_request(AS, query.encode(), _headers(None, device, None))
+    auth = "Basic " + base64.b64encode(b"Jane.Doe@example.com:pw").decode() if basic else None
+    request = asgi_request(AS, query.encode(), _headers(auth, device, None))
     key = quick_is_identify(policy, request)
     if "+" in query:  # a space in form encoding: the full parser's business
         assert key is None
@@ -395,8 +397,12 @@ def test_quick_key_declines_what_identify_must_decide() -> None:
     policy = DeviceJailPolicy(store=MemoryStore(), safe_ips=["198.51.100.0/24"])
     usual = b"Cmd=Sync&User=jdoe&DeviceId=ABC&DeviceType=iPhone"
     assert quick_is_identify(policy, asgi_request(AS, usual, [])) == "abc/jdoe"
+    # the Basic user wins over the query's User, remembered by the sealed header
+    basic = asgi_request(AS, usual, _headers("Basic YWxpY2U6c2VjcmV0", None, None))
+    assert quick_is_identify(policy, basic) == "abc/alice"
+    assert quick_is_identify(policy, basic) == "abc/alice"
     declined = [
-        asgi_request(AS, usual, _headers("Basic amRvZTpzZWNyZXQ=", None, None)),  # an account
+        asgi_request(AS, usual, _headers("Basic " + "A" * 1100, None, None)),  # over 1,024
         asgi_request(AS, usual, [], peer="198.51.100.7"),  # a safe address
         asgi_request("/service/soap", usual, _headers(None, "abc", None)),  # not ActiveSync
         asgi_request(AS, b"DeviceId=decoy&DeviceId=REAL", []),  # two candidates
@@ -405,7 +411,11 @@ def test_quick_key_declines_what_identify_must_decide() -> None:
     ]
     for request in declined:
         assert policy.quick_key(request) is None
-    assert policy._quick == {usual.decode(): "abc/jdoe"}
+    assert policy._quick == {
+        usual.decode(): "abc/jdoe",
+        (usual.decode(), device_module._sealed("Basic YWxpY2U6c2VjcmV0")): "abc/alice",
+    }
+    assert "c2VjcmV0" not in repr(policy._quick)  # never the header itself
     func = DeviceJailPolicy(store=MemoryStore(), device_func=lambda request: "f1")
     assert func.quick_key(asgi_request(AS, usual, [])) is None
 

@@ -429,7 +429,8 @@ class DeviceJailPolicy(Policy):
         self._ident_ns = self.namespace + "_ident"
         self._changes_ns = self.namespace + "_changes"
         self._seen: dict[tuple[str, bytes | None], Device] = {}  # see _SEEN_MAX
-        self._quick: dict[str, str] = {}  # query -> key, see _QUICK_MAX
+        # query (and sealed Authorization header) -> key, see _QUICK_MAX
+        self._quick: dict[str | tuple[str, bytes], str] = {}
 
     # ---------------------------------------------------------------- rules
     def identify(self, request: Request) -> Device | None:
@@ -470,14 +471,14 @@ class DeviceJailPolicy(Policy):
     def quick_key(self, request: Request) -> str | None:
         """The one key of the common ActiveSync request, or None for :meth:`identify`.
 
-        The common request: on ``paths``, no ``Authorization`` header (with
-        ``per_account``), no ``device_func`` and no ``identity_changes``, not
-        from a safe address, and a query that
+        The common request: on ``paths``, no ``device_func`` and no
+        ``identity_changes``, not from a safe address, an ``Authorization``
+        header of at most 1,024 characters if any, and a query that
         :func:`~mailguard.activesync.quick_fields` reads and that names one
         device.  Its key is then exactly ``identify(request).key`` (and its
-        only key), found without a :class:`Device`; a query asked again is
-        found with one lookup (see ``_QUICK_MAX``).  Any other request gives
-        None, and :meth:`identify` decides.
+        only key), found without a :class:`Device`; a query asked again with
+        the same header is found with one lookup (see ``_QUICK_MAX``).  Any
+        other request gives None, and :meth:`identify` decides.
         """
         if (
             self.device_func is not None
@@ -488,11 +489,20 @@ class DeviceJailPolicy(Policy):
         if self.any_safe and self.is_safe(request.client):
             return None
         per_account = self.per_account
-        if per_account and request.header("authorization") is not None:
-            return None  # identify remembers it by the sealed header
+        auth = request.header("authorization") if per_account else None
         query = request.query
+        # A phone sends its Authorization header with every request: such a
+        # request is remembered by the query and the header's sealed digest
+        # (as identify's memory is: never the header, which may hold a password).
+        memo: str | tuple[str, bytes]
+        if auth is None:
+            memo = query
+        elif len(auth) > _SEEN_CHARS:
+            return None
+        else:
+            memo = (query, _sealed(auth))
         quick = self._quick
-        key = quick.get(query)
+        key = quick.get(memo)
         if key is not None:
             return key
         fields = quick_fields(query)
@@ -501,7 +511,10 @@ class DeviceJailPolicy(Policy):
         device_id, user = fields[0], fields[1]
         if device_id is None:
             return None  # no device in the query: the header or nothing decides
-        if not per_account or user is None:
+        account = None if auth is None else self.accounts.authorization(auth)
+        if account:  # the Basic user wins over the query's (as _find's "or")
+            key = device_key(device_id, account)
+        elif not per_account or user is None:
             key = device_id  # no account: the device alone
         elif _PLAIN_ACCOUNT.fullmatch(user) and _plain_rule(self.accounts):
             # letters, digits and "@+_.~-": normalize_account lowercases it and
@@ -511,7 +524,7 @@ class DeviceJailPolicy(Policy):
             key = device_key(device_id, self.accounts.normalize(user))
         if len(quick) >= _QUICK_MAX:
             quick.clear()
-        quick[query] = key  # (quick_fields reads only queries of QUICK_MAX_CHARS at most)
+        quick[memo] = key  # (quick_fields reads only queries of QUICK_MAX_CHARS at most)
         return key
 
     def _find(
