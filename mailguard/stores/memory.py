@@ -796,9 +796,13 @@ class MemoryStore(Store):
                 ) and not self._make_room(ns, now, STATE_BYTES):
                     return OK, limit - 1, 0.0
                 self._counters += 1
-                self._extra += STATE_BYTES
+                extra = self._extra = self._extra + STATE_BYTES
                 self._extras[ns] += STATE_BYTES
-                self._recap()
+                blocks = self._nblocks  # (_recap, inlined)
+                self._cap = min(
+                    self.max_keys - blocks,
+                    (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES,
+                )
                 until = now + pending_ttl
                 # Streak(0, -inf, 1, until), which expires at ``until``
                 # (fetched again: making room may have turned the namespace over)
@@ -907,9 +911,13 @@ class MemoryStore(Store):
                 last = now
             if not count and not pending:  # nothing left to remember: _forget, inlined
                 self._counters -= 1
-                self._extra -= STATE_BYTES
+                extra = self._extra = self._extra - STATE_BYTES
                 self._extras[ns] -= STATE_BYTES
-                self._recap()
+                blocks = self._nblocks  # (_recap, inlined)
+                self._cap = min(
+                    self.max_keys - blocks,
+                    (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES,
+                )
                 return OK, 0, 0.0
             # The same counter kept, of the same bytes: _forget, then _room,
             # which needs no room then unless the store was already full.
