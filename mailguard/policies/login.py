@@ -611,7 +611,9 @@ class InvalidLoginPolicy(Policy):
                 normalize = self.accounts.normalize
                 if len(values) == 1:  # one account field, as a login form has
                     name = normalize(values[0])
-                    return self._account_attempt({name} if name else set(), True, auth)
+                    if name:  # _account_attempt({name}, True, auth)'s answer
+                        return _new_attempt(_Attempt, (name, True, False))
+                    return self._account_attempt(set(), True, auth)
                 return self._account_attempt({n for n in map(normalize, values) if n}, True, auth)
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         if self.login_match is not None:
