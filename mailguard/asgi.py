@@ -158,7 +158,37 @@ class GuardMiddleware(PolicyHolder):
             await _refuse(policy, verdict, scope, send)
         else:
             request = request or AsgiRequest(scope, client)
-            await self._act(state, verdict, request, scope, receive, send)
+            if verdict.delay > 0.0 or not verdict.watch or state.adds or not state.local:
+                await self._act(state, verdict, request, scope, receive, send)
+                return
+            # _act's common case, inlined (one coroutine less): an allowed
+            # verdict to watch (a login attempt), no header to add, a local store
+            seen_by = request
+            strip = state.strip
+            reported = False
+
+            async def watched_send(message: Message) -> None:
+                nonlocal reported
+                if message["type"] == "http.response.start":
+                    lines = message.get("headers") or ()
+                    if not isinstance(lines, (list, tuple)):
+                        lines = list(lines)
+                    reported = True
+                    status = message.get("status")
+                    finish(policy, seen_by, verdict, status, AsgiHeaders(lines))
+                    if strip:
+                        for k, _ in lines:
+                            if k.lower() in strip:  # (rarely there: look before copying)
+                                kept = [(k, v) for k, v in lines if k.lower() not in strip]
+                                message = {**message, "headers": kept}
+                                break
+                await send(message)
+
+            try:
+                await self.app(scope, receive, watched_send)
+            finally:
+                if not reported:
+                    finish(policy, seen_by, verdict, None, NO_HEADERS)
 
     async def _act(
         self,

@@ -611,7 +611,9 @@ class InvalidLoginPolicy(Policy):
                 normalize = self.accounts.normalize
                 if len(values) == 1:  # one account field, as a login form has
                     name = normalize(values[0])
-                    return self._account_attempt({name} if name else set(), True, auth)
+                    if name:  # _account_attempt({name}, True, auth)'s answer
+                        return _new_attempt(_Attempt, (name, True, False))
+                    return self._account_attempt(set(), True, auth)
                 return self._account_attempt({n for n in map(normalize, values) if n}, True, auth)
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         if self.login_match is not None:
@@ -1087,10 +1089,7 @@ class InvalidLoginPolicy(Policy):
                 run(self._settle(verdict, status, headers), self.store)
                 return
             failed, succeeded = self.outcome(verdict, status, headers)
-            if failed:
-                self._end_now(verdict, Outcome.FAILED)
-            else:
-                self._end_now(verdict, Outcome.SUCCEEDED if succeeded else Outcome.UNKNOWN)
+            self._settle_now(verdict, failed, succeeded)
 
     async def afinish(
         self, request: Request, verdict: Verdict, status: int | None, headers: Mapping[str, str]
@@ -1160,9 +1159,14 @@ class InvalidLoginPolicy(Policy):
     def _end_now(self, verdict: LoginVerdict, outcome: Outcome) -> None:
         """``run(self._end(verdict, outcome), self.store)`` for a verdict with no
         wider networks, without the generator (pinned to :meth:`_end` by
-        tests/test_login_direct.py)."""
-        failed = outcome is Outcome.FAILED
+        tests/test_login_fast.py)."""
+        self._settle_now(verdict, outcome is Outcome.FAILED, outcome is Outcome.SUCCEEDED)
+
+    def _settle_now(self, verdict: LoginVerdict, failed: bool, succeeded: bool) -> None:
+        """:meth:`_end_now` of the outcome ``failed`` / ``succeeded`` (neither:
+        unknown), as :meth:`finish` tells it."""
         store = self.store
+        factor = self.repeat_factor
         try:
             answer = store.settle(
                 self.namespace,
@@ -1171,16 +1175,20 @@ class InvalidLoginPolicy(Policy):
                 self.limit,
                 self.interval,
                 self.block_duration,
-                reset=outcome is Outcome.SUCCEEDED and self.reset_on_success,
-                factor=self.repeat_factor,
+                reset=succeeded and self.reset_on_success,
+                factor=factor,
                 max_block=self.max_block_duration,
-                memory=self.offender_memory if self.repeat_factor > 1.0 else 0.0,
+                memory=self.offender_memory if factor > 1.0 else 0.0,
             )
-            account_answer = None
-            if failed and self.tarpit_after and verdict.account:
-                account_answer = store.hit(
-                    self.account_namespace, verdict.account, 2 * self.tarpit_after, self.interval
-                )
+            if failed:
+                account_answer = None
+                if self.tarpit_after and verdict.account:
+                    account_answer = store.hit(
+                        self.account_namespace,
+                        verdict.account,
+                        2 * self.tarpit_after,
+                        self.interval,
+                    )
         except StoreDown:
             return  # the outage is logged once by the store guard
         if failed:

@@ -114,7 +114,7 @@ from ..core import (
     wait_until,
 )
 from ..options import option_error
-from .base import BLOCKED, JAILED, OK, OVER, Store
+from .base import BLOCKED, BUSY, JAILED, OK, OVER, Store
 from .overlay import Overlay, OverlayChange, OverlayConflict
 from .overlay import decode as overlay_decode
 from .overlay import encode as overlay_encode
@@ -160,6 +160,7 @@ _log = logging.getLogger("mailguard.store")
 
 _RING_OF_TWO = RING_BYTES + 3 * SLOT_BYTES  # _extra of a ring of two slots ([pos, t, t])
 _NO_RING: Ring = []  # MemoryStore._hot_ring when there is no hot key (never written to)
+_new_streak = tuple.__new__  # Streak(*values) without its Python-level __new__
 
 
 def _extra(value: Any) -> int:
@@ -832,19 +833,98 @@ class MemoryStore(Store):
         self, ns: str, key: str, limit: int, interval: float, pending_ttl: float
     ) -> tuple[int, int, float]:
         now = self._clock()
-        with self._lock:
-            found = self._live_block(ns, key, now)
-            if found is not None:
-                return BLOCKED, 0, wait_until(found.until, now)
-            self._space(ns, 0.0)
-            state = self._take(ns, key)
-            if state is None and not self._room(ns, now, STATE_BYTES):
+        lock = self._lock
+        lock.acquire()  # not ``with``: this runs on every login
+        try:
+            if self._nblocks:
+                found = self._live_block(ns, key, now)
+                if found is not None:
+                    return BLOCKED, 0, wait_until(found.until, now)
+            space = self._spaces.get(ns)
+            if space is None:
+                space = self._space(ns, 0.0)
+            # (_take, inlined; a namespace of login states needs no ttl)
+            self._hot_key = None  # (_cool: a recent dict changes)
+            self._hot_ring = _NO_RING
+            state = space.pop(key, None)
+            if state is None:
+                aged = self._aged[ns]
+                if aged:
+                    state = aged.pop(key, None)
+            if state is None:
+                if limit < 1:
+                    return self._attempt_rest(ns, key, now, None, limit, interval, pending_ttl)
+                # A first attempt (most logins): _room(ns, now, STATE_BYTES),
+                # then core.begin_attempt's answer for no record, inlined.
+                self._purge_in -= 1
+                if self._purge_in <= 0:
+                    self._purge_in = _PURGE_EVERY
+                    self._purge(ns, now, 2 * _PURGE_EVERY)
+                if (
+                    self._counters >= self._cap
+                    or KEY_BYTES * self._counters + self._extra + BLOCK_BYTES * self._nblocks
+                    > self.max_bytes - KEY_BYTES - STATE_BYTES
+                ) and not self._make_room(ns, now, STATE_BYTES):
+                    return OK, limit - 1, 0.0
+                self._counters += 1
+                extra = self._extra = self._extra + STATE_BYTES
+                self._extras[ns] += STATE_BYTES
+                blocks = self._nblocks  # (_recap, inlined)
+                self._cap = min(
+                    self.max_keys - blocks,
+                    (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES,
+                )
+                until = now + pending_ttl
+                # Streak(0, -inf, 1, until), which expires at ``until``
+                # (fetched again: making room may have turned the namespace over)
+                self._spaces[ns][key] = (until, _new_streak(Streak, (0, -math.inf, 1, until)))
                 return OK, limit - 1, 0.0
-            record, code, remaining, wait = begin_attempt(
-                None if state is None else state[1], now, limit, interval, pending_ttl
+            if state.__class__ is not tuple or state[1].__class__ is not Streak:
+                return self._attempt_rest(ns, key, now, state, limit, interval, pending_ttl)
+            # The key's streak (a login after a failure): core.begin_attempt, inlined.
+            count, last, pending, pending_until = state[1]
+            if now - last > interval:
+                count = 0
+            if pending and now >= pending_until:
+                pending = 0
+            if count + pending >= limit:
+                code, remaining, wait = BUSY, 0, 1.0
+            else:
+                pending += 1
+                pending_until = now + pending_ttl
+                code, remaining, wait = OK, limit - count - pending, 0.0
+            # Streak.expires, inlined
+            ends = last + interval
+            while ends - last <= interval:  # rounding: step up until it has lapsed
+                ends = math.nextafter(ends, math.inf)
+            held = pending_until if pending else -math.inf
+            space[key] = (
+                ends if ends > held else held,
+                _new_streak(Streak, (count, last, pending, pending_until)),
             )
-            self._spaces[ns][key] = (record.expires(interval), record)
             return code, remaining, wait
+        finally:
+            lock.release()
+
+    def _attempt_rest(
+        self,
+        ns: str,
+        key: str,
+        now: float,
+        state: Any,
+        limit: int,
+        interval: float,
+        pending_ttl: float,
+    ) -> tuple[int, int, float]:
+        """:meth:`attempt` once the key's counter (``state``, None when it
+        has none) has been taken out."""
+        if state is None and not self._room(ns, now, STATE_BYTES):
+            return OK, limit - 1, 0.0
+        record, code, remaining, wait = begin_attempt(
+            None if state is None else state[1], now, limit, interval, pending_ttl
+        )
+        self._spaces[ns][key] = (record.expires(interval), record)
+        return code, remaining, wait
 
     def settle(
         self,
@@ -861,30 +941,123 @@ class MemoryStore(Store):
         memory: float = 0.0,
     ) -> tuple[int, int, float]:
         now = self._clock()
-        with self._lock:
-            self._space(ns, 0.0)
-            state = self._take(ns, key)
-            if state is not None:
+        lock = self._lock
+        lock.acquire()  # not ``with``: this runs on every login
+        try:
+            space = self._spaces.get(ns)
+            if space is None:
+                self._space(ns, 0.0)
+                return self._settle_rest(
+                    ns, key, now, None, failed, limit, interval, block_for,
+                    reset, factor, max_block, memory,
+                )  # fmt: skip
+            # (_take, inlined; a namespace of login states needs no ttl)
+            self._hot_key = None  # (_cool: a recent dict changes)
+            self._hot_ring = _NO_RING
+            state = space.pop(key, None)
+            if state is None:
+                aged = self._aged[ns]
+                if aged:
+                    state = aged.pop(key, None)
+            if state is None or state.__class__ is not tuple or state[1].__class__ is not Streak:
+                return self._settle_rest(
+                    ns, key, now, state, failed, limit, interval, block_for,
+                    reset, factor, max_block, memory,
+                )  # fmt: skip
+            # The attempt's own streak (most logins): core.end_attempt, inlined
+            # until it is known that no block is due.
+            count, last, pending, pending_until = state[1]
+            if pending and now < pending_until:
+                pending -= 1
+            else:
+                pending = 0
+            if reset or now - last > interval:
+                count = 0
+            if failed:
+                # core.streak, inlined
+                count = count + 1 if count > 0 and now - last <= interval else 1
+                if count >= limit:  # a block is due
+                    return self._settle_rest(
+                        ns, key, now, state, failed, limit, interval, block_for,
+                        reset, factor, max_block, memory,
+                    )  # fmt: skip
+                last = now
+            if not count and not pending:  # nothing left to remember: _forget, inlined
+                self._counters -= 1
+                extra = self._extra = self._extra - STATE_BYTES
+                self._extras[ns] -= STATE_BYTES
+                blocks = self._nblocks  # (_recap, inlined)
+                self._cap = min(
+                    self.max_keys - blocks,
+                    (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES,
+                )
+                return OK, 0, 0.0
+            # The same counter kept, of the same bytes: _forget, then _room,
+            # which needs no room then unless the store was already full.
+            self._purge_in -= 1
+            if self._purge_in <= 0:
+                self._purge_in = _PURGE_EVERY
+                self._purge(ns, now, 2 * _PURGE_EVERY)
+            if self._counters > self._cap:  # (the one case _room would make room)
                 self._forget(ns, state)
-            record, reached, streak_now = end_attempt(
-                None if state is None else state[1], now, failed, limit, interval, reset
+                if not self._make_room(ns, now, STATE_BYTES):
+                    return OK, count, 0.0
+                self._counters += 1
+                self._extra += STATE_BYTES
+                self._extras[ns] += STATE_BYTES
+                self._recap()
+            # Streak.expires, inlined
+            ends = last + interval
+            while ends - last <= interval:  # rounding: step up until it has lapsed
+                ends = math.nextafter(ends, math.inf)
+            held = pending_until if pending else -math.inf
+            # (fetched again: the purge may have turned the namespace over)
+            self._spaces[ns][key] = (
+                ends if ends > held else held,
+                _new_streak(Streak, (count, last, pending, pending_until)),
             )
-            code, blocked_for = OK, 0.0
-            if reached:
-                code = JAILED
-                blocked_for = self._penalty(ns, key, now, block_for, factor, max_block, memory)
-                held = self._live_block(ns, key, now)
-                if (
-                    outlasts(None if held is None else held.until, now, blocked_for)
-                    and not self._put_block(ns, key, now, blocked_for, "failures")[1]
-                ):
-                    # No room for the block: keep the streak at the limit, so
-                    # that attempts are refused (BUSY) for ``interval`` more.
-                    pending = (0, 0.0) if record is None else record[2:]
-                    record = Streak(limit, now, *pending)
-            if record is not None and self._room(ns, now, STATE_BYTES):
-                self._spaces[ns][key] = (record.expires(interval), record)
-            return code, streak_now, blocked_for
+            return OK, count, 0.0
+        finally:
+            lock.release()
+
+    def _settle_rest(
+        self,
+        ns: str,
+        key: str,
+        now: float,
+        state: Any,
+        failed: bool,
+        limit: int,
+        interval: float,
+        block_for: float,
+        reset: bool,
+        factor: float,
+        max_block: float,
+        memory: float,
+    ) -> tuple[int, int, float]:
+        """:meth:`settle` once the key's counter (``state``, None when it
+        has none) has been taken out."""
+        if state is not None:
+            self._forget(ns, state)
+        record, reached, streak_now = end_attempt(
+            None if state is None else state[1], now, failed, limit, interval, reset
+        )
+        code, blocked_for = OK, 0.0
+        if reached:
+            code = JAILED
+            blocked_for = self._penalty(ns, key, now, block_for, factor, max_block, memory)
+            held = self._live_block(ns, key, now)
+            if (
+                outlasts(None if held is None else held.until, now, blocked_for)
+                and not self._put_block(ns, key, now, blocked_for, "failures")[1]
+            ):
+                # No room for the block: keep the streak at the limit, so
+                # that attempts are refused (BUSY) for ``interval`` more.
+                pending = (0, 0.0) if record is None else record[2:]
+                record = Streak(limit, now, *pending)
+        if record is not None and self._room(ns, now, STATE_BYTES):
+            self._spaces[ns][key] = (record.expires(interval), record)
+        return code, streak_now, blocked_for
 
     def _penalty(
         self, ns: str, key: str, now: float, base: float, factor: float, cap: float, memory: float

@@ -1,0 +1,195 @@
+"""MemoryStore.attempt and settle's inlined cases (a first attempt, a
+settle that keeps or drops the attempt's own streak), pinned on any sequence
+to the store's original code: core.begin_attempt and core.end_attempt over
+_take, _forget and _room, as a subclass below runs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailguard import FakeClock, MemoryStore
+from mailguard.core import Streak, begin_attempt, end_attempt, outlasts, wait_until
+from mailguard.stores.base import BLOCKED, JAILED, OK
+from tests.test_memory_store import counters_consistent
+
+T0 = 1_700_000_000.0
+
+
+class OriginalStore(MemoryStore):
+    """attempt and settle as they were before they were inlined."""
+
+    def attempt(
+        self, ns: str, key: str, limit: int, interval: float, pending_ttl: float
+    ) -> tuple[int, int, float]:
+        now = self._clock()
+        with self._lock:
+            found = self._live_block(ns, key, now)
+            if found is not None:
+                return BLOCKED, 0, wait_until(found.until, now)
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
+            if state is None and not self._room(ns, now, 192):
+                return OK, limit - 1, 0.0
+            record, code, remaining, wait = begin_attempt(
+                None if state is None else state[1], now, limit, interval, pending_ttl
+            )
+            self._spaces[ns][key] = (record.expires(interval), record)
+            return code, remaining, wait
+
+    def settle(
+        self,
+        ns: str,
+        key: str,
+        failed: bool,
+        limit: int,
+        interval: float,
+        block_for: float,
+        *,
+        reset: bool = False,
+        factor: float = 1.0,
+        max_block: float = 0.0,
+        memory: float = 0.0,
+    ) -> tuple[int, int, float]:
+        now = self._clock()
+        with self._lock:
+            self._space(ns, 0.0)
+            state = self._take(ns, key)
+            if state is not None:
+                self._forget(ns, state)
+            record, reached, streak_now = end_attempt(
+                None if state is None else state[1], now, failed, limit, interval, reset
+            )
+            code, blocked_for = OK, 0.0
+            if reached:
+                code = JAILED
+                blocked_for = self._penalty(ns, key, now, block_for, factor, max_block, memory)
+                held = self._live_block(ns, key, now)
+                if (
+                    outlasts(None if held is None else held.until, now, blocked_for)
+                    and not self._put_block(ns, key, now, blocked_for, "failures")[1]
+                ):
+                    pending = (0, 0.0) if record is None else record[2:]
+                    record = Streak(limit, now, *pending)
+            if record is not None and self._room(ns, now, 192):
+                self._spaces[ns][key] = (record.expires(interval), record)
+            return code, streak_now, blocked_for
+
+
+def held(store: MemoryStore) -> dict[str, list[tuple[str, Any]]]:
+    """Every counter of every namespace, recent then aged, in order."""
+    return {
+        ns: [*store._spaces[ns].items(), *store._aged[ns].items()] for ns in sorted(store._spaces)
+    }
+
+
+Step = tuple[str, int, float, bool, bool]
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(
+    max_keys=st.sampled_from([6, 12, 64]),
+    max_bytes=st.sampled_from([None, 1200, 2000, 2600, 3000, 6000]),
+    limit=st.integers(1, 4),
+    interval=st.sampled_from([0.5, 2.0, 10.0]),
+    pending_ttl=st.sampled_from([0.3, 1.0, 30.0]),
+    factor=st.sampled_from([1.0, 2.0]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["attempt", "settle", "hit", "block", "fresh", "burst"]),
+            st.integers(0, 9),
+            st.sampled_from([0.0, 0.0, 0.1, 0.4, 1.0, 3.0]),
+            st.booleans(),
+            st.booleans(),
+        ),
+        max_size=120,
+    ),
+)
+def test_attempt_and_settle_are_the_original_code_on_any_sequence(
+    max_keys: int,
+    max_bytes: int | None,
+    limit: int,
+    interval: float,
+    pending_ttl: float,
+    factor: float,
+    steps: list[Step],
+) -> None:
+    """Same answers, same counters in the same order, same counts, same
+    blocks, whatever the sequence: full stores, purges, blocks refused for
+    room, other namespaces' windows, lapsed slots and streaks."""
+    clock = FakeClock(T0)
+    fast = MemoryStore(max_keys, max_bytes=max_bytes, clock=clock)
+    slow = OriginalStore(max_keys, max_bytes=max_bytes, clock=clock)
+    memory = 60.0 if factor > 1.0 else 0.0
+    for op, key_no, pause, failed, reset in steps:
+        clock.advance(pause)
+        key = f"k{key_no % 5}"
+        answers = []
+        for store in (fast, slow):
+            if op == "attempt":
+                answers.append(store.attempt("login", key, limit, interval, pending_ttl))
+            elif op == "settle":
+                said = store.settle(
+                    "login", key, failed, limit, interval, 5.0,
+                    reset=reset, factor=factor, max_block=20.0, memory=memory,
+                )  # fmt: skip
+                answers.append(said)
+            elif op == "hit":  # another filter's window, with rings
+                answers.append(store.hit("dos", key, 3, 2.0, 0.0, failed))
+            elif op == "block":  # another namespace's block
+                answers.append(store.block("device", key, 4.0, "test").until)
+            elif op == "burst":  # a ring that grows past max_bytes on its own
+                answers.append([store.hit("dos", "big", 60, 30.0) for _ in range(12)])
+            else:  # fresh keys: purges, turn-overs, eviction
+                answers.append(store.hit("dos", f"f{key_no}-{clock():.1f}", 3, 1.0))
+        assert answers[0] == answers[1], (op, key)
+        assert held(fast) == held(slow)
+        assert fast._counters == slow._counters
+        assert fast._extras == slow._extras
+        assert fast._purge_in == slow._purge_in
+        assert fast.blocks() == slow.blocks()
+        assert fast.dropped == slow.dropped
+        assert counters_consistent(fast)
+        assert len(fast) <= max_keys
+
+
+def test_the_fast_streak_is_a_streak() -> None:
+    """The records the inlined paths store are Streaks, as end_attempt makes."""
+    clock = FakeClock(T0)
+    store = MemoryStore(clock=clock)
+    assert store.attempt("login", "a", 3, 10.0, 30.0) == (OK, 2, 0.0)
+    expires, record = store._spaces["login"]["a"]
+    assert type(record) is Streak and record == Streak(0, -float("inf"), 1, T0 + 30.0)
+    assert expires == T0 + 30.0 == record.expires(10.0)
+    clock.advance(1.0)
+    assert store.settle("login", "a", True, 3, 10.0, 5.0) == (OK, 1, 0.0)
+    expires, record = store._spaces["login"]["a"]
+    assert type(record) is Streak and record == Streak(1, T0 + 1.0, 0, T0 + 30.0)
+    assert expires == record.expires(10.0)
+    assert store.attempt("login", "a", 3, 10.0, 30.0) == (OK, 1, 0.0)
+    assert store.settle("login", "a", False, 3, 10.0, 5.0, reset=True) == (OK, 0, 0.0)
+    assert "a" not in store._spaces["login"] and counters_consistent(store)
+
+
+def test_a_settle_in_a_store_over_its_bounds_makes_room_as_the_original() -> None:
+    """The store over max_bytes when an attempt settles (not reached by the
+    filters: a ring past max_bytes sheds every other counter first; forced
+    here by lowering the bound): _room's eviction, as the original runs it."""
+    for lowered in (2 * 448, 448, 300):
+        clock = FakeClock(T0)
+        fast = MemoryStore(64, clock=clock)
+        slow = OriginalStore(64, clock=clock)
+        for store in (fast, slow):
+            for i in range(4):
+                assert store.attempt("login", f"k{i}", 5, 10.0, 30.0)[0] == OK
+            store.max_bytes = lowered
+            store._recap()
+        clock.advance(1.0)
+        for i in range(4):
+            assert fast.settle("login", f"k{i}", True, 5, 10.0, 5.0) == slow.settle(
+                "login", f"k{i}", True, 5, 10.0, 5.0
+            )
+            assert held(fast) == held(slow)
+            assert counters_consistent(fast)
