@@ -161,34 +161,14 @@ class GuardMiddleware(PolicyHolder):
             if verdict.delay > 0.0 or not verdict.watch or state.adds or not state.local:
                 await self._act(state, verdict, request, scope, receive, send)
                 return
-            # _act's common case, inlined (one coroutine less): an allowed
-            # verdict to watch (a login attempt), no header to add, a local store
-            seen_by = request
-            strip = state.strip
-            reported = False
-
-            async def watched_send(message: Message) -> None:
-                nonlocal reported
-                if message["type"] == "http.response.start":
-                    lines = message.get("headers") or ()
-                    if not isinstance(lines, (list, tuple)):
-                        lines = list(lines)
-                    reported = True
-                    status = message.get("status")
-                    finish(policy, seen_by, verdict, status, AsgiHeaders(lines))
-                    if strip:
-                        for k, _ in lines:
-                            if k.lower() in strip:  # (rarely there: look before copying)
-                                kept = [(k, v) for k, v in lines if k.lower() not in strip]
-                                message = {**message, "headers": kept}
-                                break
-                await send(message)
-
+            # _act's common case without its coroutine (a login attempt): an
+            # allowed verdict to watch, no header to add, a local store
+            watch = _Watch(policy, request, verdict, send, (), state.strip, True)
             try:
-                await self.app(scope, receive, watched_send)
+                await self.app(scope, receive, watch.send)
             finally:
-                if not reported:
-                    finish(policy, seen_by, verdict, None, NO_HEADERS)
+                if not watch.reported:
+                    finish(policy, request, verdict, None, NO_HEADERS)
 
     async def _act(
         self,
@@ -216,36 +196,11 @@ class GuardMiddleware(PolicyHolder):
         extra = [(k.encode(), v.encode()) for k, v in added] if added else []
         strip = state.strip if watch else frozenset()
         local = state.local
-        reported = False
-
-        async def watched_send(message: Message) -> None:
-            nonlocal reported
-            if message["type"] == "http.response.start":
-                lines = message.get("headers") or ()
-                if not isinstance(lines, (list, tuple)):
-                    lines = list(lines)
-                if watch:
-                    reported = True
-                    seen = AsgiHeaders(lines)
-                    if local:  # no I/O to wait for: no coroutine
-                        finish(policy, request, verdict, message.get("status"), seen)
-                    else:
-                        await afinish(policy, request, verdict, message.get("status"), seen)
-                changed = bool(extra)
-                if strip:
-                    for k, _ in lines:
-                        if k.lower() in strip:  # (rarely there: look before copying)
-                            lines = [(k, v) for k, v in lines if k.lower() not in strip]
-                            changed = True
-                            break
-                if changed:  # else the app's own message goes out as it was
-                    message = {**message, "headers": [*lines, *extra]}
-            await send(message)
-
+        watched = _Watch(policy, request, verdict, send, extra, strip, local, watch)
         try:
-            await self.app(scope, receive, watched_send)
+            await self.app(scope, receive, watched.send)
         finally:
-            if watch and not reported:
+            if watch and not watched.reported:
                 if local:
                     finish(policy, request, verdict, None, NO_HEADERS)
                 else:
@@ -344,6 +299,61 @@ class GuardMiddleware(PolicyHolder):
         finally:
             if not reported:
                 await report(None, NO_HEADERS)
+
+
+class _Watch:
+    """The ``send`` an allowed request's app is given: it reports the response's
+    status and headers to the policy when the verdict asks (``watch``), strips
+    ``strip``'s headers and adds ``extra`` (``reported`` once it has)."""
+
+    __slots__ = ("extra", "local", "policy", "reported", "request", "strip", "to", "verdict")
+
+    def __init__(
+        self,
+        policy: Policy,
+        request: AsgiRequest,
+        verdict: Verdict,
+        to: Send,
+        extra: list[tuple[bytes, bytes]] | tuple[()],
+        strip: frozenset[bytes],
+        local: bool,
+        watch: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.request = request
+        self.verdict = verdict
+        self.to = to
+        self.extra = extra
+        self.strip = strip
+        self.local = local  # no I/O to wait for: finish without a coroutine
+        self.reported = not watch  # (nothing to report: as if done)
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            lines = message.get("headers") or ()
+            if not isinstance(lines, (list, tuple)):
+                lines = list(lines)
+            if not self.reported:
+                self.reported = True
+                seen = AsgiHeaders(lines)
+                if self.local:
+                    finish(self.policy, self.request, self.verdict, message.get("status"), seen)
+                else:
+                    await afinish(
+                        self.policy, self.request, self.verdict, message.get("status"), seen
+                    )
+            extra = self.extra
+            changed = bool(extra)
+            strip = self.strip
+            if strip:
+                for k, _ in lines:
+                    if k.lower() in strip:  # (rarely there: look before copying)
+                        lines = [(k, v) for k, v in lines if k.lower() not in strip]
+                        changed = True
+                        break
+            if changed:  # else the app's own message goes out as it was
+                message = {**message, "headers": [*lines, *extra]}
+        await self.to(message)
 
 
 async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:
