@@ -947,13 +947,15 @@ class _Batcher:
         During a failover a node not yet told of the promotion can answer
         ``CLUSTER SLOTS`` with the dead master; redis-py then makes it the
         default node and fails on it (``AsyncCommandsParser.initialize`` sends
-        it ``COMMAND``).  It shuffles the nodes it asks, so a second try is
-        likely to ask one that knows; a failure is that master's (a master
-        already replaced is then no new outage: :class:`StoreHealth`), not the
-        whole cluster's.  An error that names no such master is raised as it is.
+        it ``COMMAND``), and its ``RedisCluster.initialize`` then closes the
+        nodes manager, which forgets the default node but keeps the map.  It
+        shuffles the nodes it asks, so a second try is likely to ask one that
+        knows; a failure is that master's (a master already replaced is then
+        no new outage: :class:`StoreHealth`), not the whole cluster's.  An
+        error that names no master of the map is raised as it is.
         """
         client: Any = self.client
-        dead = _named_default(client.nodes_manager, exc)
+        dead = _named_master(client.nodes_manager, exc)
         if dead is None:
             raise exc
         try:
@@ -961,7 +963,8 @@ class _Batcher:
         except Exception as second:
             if not _is_outage(second):
                 raise
-            raise self.store._failure(second, self.store._node_breaker(dead)) from second
+            blamed = _named_master(client.nodes_manager, second) or dead
+            raise self.store._failure(second, self.store._node_breaker(blamed)) from second
 
     async def node(self, node: Any, commands: list[_Command]) -> list[Any]:
         """One master's share of a batch, behind that master's own breaker."""
@@ -986,14 +989,22 @@ class _Batcher:
             await self.client.aclose()
 
 
-def _named_default(manager: Any, exc: BaseException) -> str | None:
-    """The default node of a cluster client's slot map when ``exc`` names it
-    (redis-py's ``Error 111 connecting to host:port``), else None."""
-    if not getattr(manager, "slots_cache", None):
+def _named_master(manager: Any, exc: BaseException) -> str | None:
+    """The master of a cluster client's slot map that ``exc`` names (redis-py's
+    ``Error 111 connecting to host:port``), else None.
+
+    Read from the map (``slots_cache``: a slot's first node is its master),
+    not from ``default_node``: redis-py sets that to None when the
+    ``initialize`` that failed on it closes the nodes manager.
+    """
+    slots = getattr(manager, "slots_cache", None)
+    if not slots:
         return None
-    name = getattr(getattr(manager, "default_node", None), "name", None)
-    if isinstance(name, str) and name and re.search(re.escape(name) + r"(?![0-9])", str(exc)):
-        return name
+    text = str(exc)
+    masters = {getattr(nodes[0], "name", None) for nodes in slots.values() if nodes}
+    for name in masters:
+        if isinstance(name, str) and name and re.search(re.escape(name) + r"(?![0-9])", text):
+            return name
     return None
 
 
