@@ -41,7 +41,8 @@ ASGI (a Starlette app with three routes):
 WSGI:
   bare werkzeug app; mailguard DosFilter around it, allowed and refused;
   ``mailguard.wsgi.protect()``; a Flask app bare and with Flask-Limiter, with
-  mailguard around the same app.
+  mailguard around the same app; ``POST /login`` as on ASGI, the werkzeug app
+  reading the body, bare and under InvalidLoginFilter.
 
 "Added" is the cost on top of the bare row, in microseconds per request.
 The last tables set the issue's targets against the one-client and the
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import platform
 import sys
@@ -294,11 +296,15 @@ async def asgi_burst(app: Any, load: AsgiLoad, start: int, count: int) -> None:
 
 
 # ------------------------------------------------------------------ WSGI
-def werkzeug_app() -> Any:
+def werkzeug_app(login_status: int = 200) -> Any:
+    """``GET /`` (ok) and ``POST /login`` (``login_status``, the body read)."""
     from werkzeug.wrappers import Request, Response
 
     @Request.application
     def app(request: Request) -> Response:
+        if request.path == "/login":
+            request.get_data()
+            return Response("ok" if login_status == 200 else "no", status=login_status)
         return Response("ok")
 
     return app
@@ -337,22 +343,45 @@ def protect_wsgi() -> Any:
     )
 
 
+def login_wsgi(status: int) -> Any:
+    return mg_wsgi.InvalidLoginFilter(
+        werkzeug_app(status),
+        max_failed_logins=MOST_FAILURES,
+        login_paths=["/login"],
+        store=MemoryStore(),
+    )
+
+
 @dataclass
 class WsgiLoad:
-    """``GET /`` from ``n`` clients in turn: ``environ(i)`` is the ``i``-th request's."""
+    """``GET /`` (or the login ``POST``) from ``n`` clients in turn: ``environ(i)``
+    is the ``i``-th request's."""
 
     n: int
+    login: bool = False
 
     def __post_init__(self) -> None:
         from werkzeug.test import EnvironBuilder
 
-        base = EnvironBuilder("/", environ_base={"REMOTE_ADDR": PEER}).get_environ()
+        if self.login:
+            base = EnvironBuilder(
+                "/login",
+                method="POST",
+                data=LOGIN_BODY,
+                content_type="application/x-www-form-urlencoded",
+                environ_base={"REMOTE_ADDR": PEER},
+            ).get_environ()
+        else:
+            base = EnvironBuilder("/", environ_base={"REMOTE_ADDR": PEER}).get_environ()
         clients = addresses(self.n)
         n = self.n
+        login = self.login
 
         def environ(i: int) -> dict[str, Any]:
             env = base.copy()
             env["REMOTE_ADDR"] = clients[i % n]
+            if login:  # a body is read once: a fresh stream per request
+                env["wsgi.input"] = io.BytesIO(LOGIN_BODY)
             return env
 
         self.environ = environ
@@ -380,7 +409,7 @@ class Row:
 
     name: str
     make: Callable[[], Any]
-    kind: str  # "get", "eas", "login" (ASGI) or "wsgi"
+    kind: str  # "get", "eas", "login" (ASGI), "wsgi" or "wsgi-login"
     n: int
     bare: str | None  # the row it is compared with (None: it is a bare row)
     fresh: bool = False  # a fresh app each round (at most ``cap`` requests each)
@@ -402,11 +431,14 @@ class Runner:
     def _load(self, row: Row) -> Any:
         key = (row.kind, row.n)
         if key not in self.loads:
-            self.loads[key] = WsgiLoad(row.n) if row.kind == "wsgi" else AsgiLoad(row.kind, row.n)
+            if row.kind.startswith("wsgi"):
+                self.loads[key] = WsgiLoad(row.n, login=row.kind == "wsgi-login")
+            else:
+                self.loads[key] = AsgiLoad(row.kind, row.n)
         return self.loads[key]
 
     async def _burst(self, row: Row, count: int) -> None:
-        if row.kind == "wsgi":
+        if row.kind.startswith("wsgi"):
             wsgi_burst(row.app, row.load, row.cursor, count)
         else:
             await asgi_burst(row.app, row.load, row.cursor, count)
@@ -430,7 +462,7 @@ class Runner:
         warm = min(200, cap // 10)
         await self._burst(row, warm)
         cap -= warm
-        batch = 250 if row.kind == "wsgi" else 500
+        batch = 250 if row.kind.startswith("wsgi") else 500
         done, start = 0, time.perf_counter()
         deadline = start + self.seconds
         while done + batch <= cap:
@@ -472,6 +504,10 @@ W_BARE = "bare werkzeug, GET /"
 W_DOS = "mailguard DosFilter, allowed"
 W_DOS_REFUSED = "mailguard DosFilter, refused"
 W_PROTECT = "mailguard protect(), GET / (3 filters)"
+W_BARE_OK = "bare werkzeug, login POST -> 200"
+W_LOGIN_OK = "mailguard InvalidLoginFilter, login -> 200"
+W_BARE_FAIL = "bare werkzeug, login POST -> 401"
+W_LOGIN_FAIL = "mailguard InvalidLoginFilter, login -> 401"
 W_FLASK = "bare Flask, GET /"
 W_FLASK_DOS = "Flask + mailguard DosFilter, allowed"
 W_FLASK_LIMITER = "Flask + Flask-Limiter, allowed"
@@ -509,9 +545,16 @@ def wsgi_rows(n: int) -> list[Row]:
         Row(W_FLASK, lambda: flask_app(False, ALLOWED), "wsgi", n, None),
         Row(W_FLASK_DOS, dos_wsgi(lambda: flask_app(False, ALLOWED), ALLOWED), "wsgi", n, W_FLASK),
         Row(W_FLASK_LIMITER, lambda: flask_app(True, ALLOWED), "wsgi", n, W_FLASK),
+        Row(W_BARE_OK, lambda: werkzeug_app(200), "wsgi-login", n, None),
+        Row(W_LOGIN_OK, lambda: login_wsgi(200), "wsgi-login", n, W_BARE_OK),
+        Row(W_BARE_FAIL, lambda: werkzeug_app(401), "wsgi-login", n, None),
+        Row(W_LOGIN_FAIL, lambda: login_wsgi(401), "wsgi-login", n, W_BARE_FAIL),
     ]
     if n == 1:
         rows.insert(2, Row(W_DOS_REFUSED, dos_wsgi(werkzeug_app, 1), "wsgi", n, W_BARE))
+        for row in rows:
+            if row.name == W_LOGIN_FAIL:  # the 10,000th failure in a row would block it
+                row.fresh, row.cap = True, MOST_FAILURES - 1
     return rows
 
 
@@ -552,9 +595,10 @@ def ratio(table: str, row: str, bare: str) -> Callable[[Table, Table], float | N
     return measure
 
 
-def added(row: str, bare: str) -> Callable[[Table, Table], float | None]:
+def added(table: str, row: str, bare: str) -> Callable[[Table, Table], float | None]:
     def measure(asgi: Table, wsgi: Table) -> float | None:
-        return asgi[row] - asgi[bare] if row in asgi and bare in asgi else None
+        got = asgi if table == "asgi" else wsgi
+        return got[row] - got[bare] if row in got and bare in got else None
 
     return measure
 
@@ -582,10 +626,14 @@ TARGETS = [
     Target("ASGI protect() GET / bare Starlette", ratio("asgi", PROTECT, BARE), "x", None, 2.0),
     Target("WSGI protect() GET / bare werkzeug", ratio("wsgi", W_PROTECT, W_BARE), "x", None, 2.0),
     Target("DeviceJail EAS / bare EAS route", ratio("asgi", DEVICE, BARE_EAS), "x", None, 1.5),
-    Target("login attempt added, right password (µs)", added(LOGIN_OK, BARE_OK), "us", 20.0,
-           20.0),
-    Target("login attempt added, wrong password (µs)", added(LOGIN_FAIL, BARE_FAIL), "us", 20.0,
-           20.0),
+    Target("ASGI login attempt added, right password (µs)", added("asgi", LOGIN_OK, BARE_OK),
+           "us", 20.0, 20.0),
+    Target("ASGI login attempt added, wrong password (µs)",
+           added("asgi", LOGIN_FAIL, BARE_FAIL), "us", 20.0, 20.0),
+    Target("WSGI login attempt added, right password (µs)",
+           added("wsgi", W_LOGIN_OK, W_BARE_OK), "us", 20.0, 20.0),
+    Target("WSGI login attempt added, wrong password (µs)",
+           added("wsgi", W_LOGIN_FAIL, W_BARE_FAIL), "us", 20.0, 20.0),
     Target("added cost: slowapi / DosFilter", peer_over_ours("asgi", SLOWAPI, DOS, BARE),
            "x less", 10.0, 10.0, at_least=True),
     Target("added cost: Flask-Limiter / DosFilter (Flask)",

@@ -250,8 +250,8 @@ def test_only_a_master_the_error_names_is_blamed() -> None:
 class LaggingNode:
     """A cluster node not yet told of a promotion, scripted: it answers
     ``CLUSTER SLOTS`` with one master for every slot, a port where nothing
-    listens (the dead master), and ``+OK`` to anything else redis-py sends
-    on connecting."""
+    listens (the dead master), ``INFO`` with ``cluster_enabled:1``, and
+    ``+OK`` to anything else redis-py sends on connecting."""
 
     def __init__(self, dead: int) -> None:
         self.dead = dead
@@ -282,6 +282,9 @@ class LaggingNode:
                 if words[:2] == [b"CLUSTER", b"SLOTS"]:
                     self.asked += 1
                     conn.sendall(slots)
+                elif words[:1] == [b"INFO"]:  # redis-py 5.0 asks first whether it is a cluster
+                    info = b"# Cluster\r\ncluster_enabled:1\r\n"
+                    conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
                 else:
                     conn.sendall(b"+OK\r\n")
 
