@@ -70,7 +70,17 @@ class _State:
     with one assignment, so a request sees the old policy or the new one,
     never half of each."""
 
-    __slots__ = ("adds", "by_client", "local", "plan", "policy", "reads_body", "strip", "waits")
+    __slots__ = (
+        "adds",
+        "by_client",
+        "local",
+        "plan",
+        "policy",
+        "quick",
+        "reads_body",
+        "strip",
+        "waits",
+    )
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -83,6 +93,9 @@ class _State:
         self.adds = type(policy).allowed_headers is not Policy.allowed_headers
         self.local = policy.store.local
         self.by_client = policy.by_client
+        # the rate limit on a memory store: decided by client alone, with no
+        # I/O to wait for (GuardMiddleware.__call__'s first lines)
+        self.quick = self.by_client and self.local
         self.strip = frozenset(name.encode("latin-1") for name in policy.strip_headers)
 
 
@@ -118,14 +131,26 @@ class GuardMiddleware(PolicyHolder):
         state = self._state  # read once: a live swap never splits a request
         policy = state.policy
         client = self._resolve(scope)
+        if state.quick:  # the rate limit's hot path: no request view, no coroutine hop
+            try:
+                verdict = policy.check_client(client)
+            except StoreDown as down:
+                verdict = policy.degraded(down)
+            except Exception:
+                _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
+                verdict = ALLOW
+            if verdict is ALLOW:
+                await self.app(scope, receive, send)
+            elif not verdict.allowed and verdict.delay <= 0.0:  # (as below)
+                await _refuse(policy, verdict, scope, send)
+            else:
+                await self._act(state, verdict, AsgiRequest(scope, client), scope, receive, send)
+            return
         request = None
         deferred = False
         try:
-            if state.by_client:  # the rate limit's hot path: no request view
-                if state.local:  # memory: no I/O to wait for, skip the coroutine hops
-                    verdict = policy.check_client(client)
-                else:
-                    verdict = await policy.acheck_client(client)
+            if state.by_client:  # no request view
+                verdict = await policy.acheck_client(client)
             else:
                 request = AsgiRequest(scope, client)
                 plan = state.plan

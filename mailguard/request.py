@@ -142,6 +142,19 @@ class AsgiRequest(Request):
 _ENVIRON_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
+_KEY_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}  # WsgiRequest.headers' lookups
+
+
+def _environ_key(name: str) -> str:
+    """Header ``name``'s environ key (``user-agent`` -> ``HTTP_USER_AGENT``)."""
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < 256:  # the few names policies read
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
 class WsgiRequest(Request):
     """A :class:`Request` over a WSGI environ; fields are read when first used."""
 
@@ -174,20 +187,15 @@ class WsgiRequest(Request):
     def header(self, name: str) -> str | None:
         key = _ENVIRON_KEYS.get(name)
         if key is None:
-            key = "HTTP_" + name.upper().replace("-", "_")
-            if len(_ENVIRON_KEYS) < 256:  # the few names policies read
-                _ENVIRON_KEYS[name] = key
+            key = _environ_key(name)
         value = self._environ.get(key)
         return value if value else None
 
     def headers(self, names: tuple[str, ...]) -> list[str | None]:
-        environ = self._environ
-        found: list[str | None] = []
-        for name in names:
-            key = _ENVIRON_KEYS.get(name)
-            if key is None:
-                found.append(self.header(name))
-                continue
-            value = environ.get(key)
-            found.append(value if value else None)
-        return found
+        keys = _KEY_TUPLES.get(names)
+        if keys is None:
+            keys = tuple(_environ_key(name) for name in names)
+            if len(_KEY_TUPLES) < 64:  # the few tuples the readers ask with
+                _KEY_TUPLES[names] = keys
+        get = self._environ.get
+        return [get(key) or None for key in keys]

@@ -203,6 +203,24 @@ def test_body_plan_is_wants_body_and_waits_for_body(
     plan = body_plan(policy)
     assert plan is not None
     assert plan(request) == (policy.wants_body(request), policy.waits_for_body(request))
+    # the login-path match the plan remembers only spares check's attempt_of
+    # the same match: it answers as for a request no plan has seen
+    assert plan(request) == (policy.wants_body(request), policy.waits_for_body(request))
+    unplanned = AsgiRequest(scope, request.client)
+    assert policy.attempt_of(request) == policy.attempt_of(unplanned)
+    assert policy.attempt_of(request) == policy.attempt_of(unplanned)  # (read once)
+
+
+def test_a_planned_login_path_is_not_taken_for_another_request() -> None:
+    policy = InvalidLoginPolicy(login_paths=["/login"])
+    login = {"type": "http", "method": "POST", "path": "/login", "headers": [],
+             "client": ("192.0.2.1", 1)}  # fmt: skip
+    other = {**login, "path": "/inbox"}
+    planned = AsgiRequest(login, RESOLVER.from_asgi(login))
+    plan = body_plan(policy)
+    assert plan is not None and plan(planned)[1]
+    assert policy.attempt_of(AsgiRequest(other, planned.client)) is None
+    assert policy.attempt_of(planned) is not None
 
 
 def test_body_plan_steps_aside_for_a_subclass_with_its_own_rules() -> None:

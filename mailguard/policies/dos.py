@@ -277,11 +277,11 @@ class DosPolicy(Policy):
         if self.any_safe and self.is_safe(client):
             return ALLOW
         key = client.key
-        # remaining is worked out only when headers or an episode's end need it
-        code, remaining, wait = self.store.hit(
-            self.namespace, key, self.limit, 1.0, 0.0, self.headers or key in self._episodes
-        )
-        if code == 0 and not self._episodes and not self.headers:
+        # remaining is worked out only when headers or an episode's end need
+        # it; without either, judge's answer to an allowed request is ALLOW
+        detail = self.headers or key in self._episodes
+        code, remaining, wait = self.store.hit(self.namespace, key, self.limit, 1.0, 0.0, detail)
+        if code == 0 and not detail:
             wider = client.wider
             if not wider:
                 return ALLOW

@@ -510,6 +510,11 @@ class InvalidLoginPolicy(Policy):
             raise option_error("block_scope", f"must be 'login' or 'all', got {block_scope!r}")
         self.block_scope = block_scope
         self._block_all = block_scope == "all"
+        # the request body_plan last found on a login path, so that check's
+        # attempt_of, asked next by the front, need not match it again; a
+        # marker read once, not a cache: when another thread's request has
+        # replaced it, the match is simply made again
+        self._planned: Request | None = None
         if (
             isinstance(repeat_factor, bool)
             or not isinstance(repeat_factor, (int, float))
@@ -595,7 +600,12 @@ class InvalidLoginPolicy(Policy):
     # ---------------------------------------------------------------- rules
     def attempt_of(self, request: Request) -> _Attempt | None:
         """Whether ``request`` is a login attempt, and whose; None when it is not."""
-        if request.method in self.login_methods and self.login_paths.match(request.path):
+        if request is self._planned:  # body_plan found it on a login path just now
+            self._planned = None
+            matched = True
+        else:
+            matched = request.method in self.login_methods and self.login_paths.match(request.path)
+        if matched:
             found = self._form_attempt(request)
             if found is not None:
                 return found
@@ -885,6 +895,7 @@ class InvalidLoginPolicy(Policy):
         if self.any_safe and self.is_safe(request.client):
             return 0, False
         if request.method in self.login_methods and self.login_paths.match(request.path):
+            self._planned = request
             return self._body_wanted, True
         return 0, (
             self.count_basic_auth

@@ -130,6 +130,7 @@ __all__ = [
     "MemoryStore",
 ]
 
+_TAKEN: tuple[int, int, float] = (OK, -1, 0.0)  # hit's answer when a slot was taken, no detail
 _PURGE_EVERY = 128  # new keys between two purges of expired counters,
 _PURGE_MOST = 2 * _PURGE_EVERY  # up to this many of them
 _EVICT_BATCH = 64  # the most counters evicted at a time when a new key finds the store full,
@@ -708,7 +709,7 @@ class MemoryStore(Store):
                 if ring[pos] <= now - window and slots <= limit:
                     ring[pos] = now
                     ring[0] = pos + 1 if pos < slots else 1
-                    return OK, -1, 0.0
+                    return _TAKEN
             if self._hot_key is not None:  # every way on below may move or change counters
                 self._hot_key = None  # (_cool, inlined)
                 self._hot_ring = _NO_RING
@@ -788,7 +789,7 @@ class MemoryStore(Store):
                     self._hot_ns = ns
                     self._hot_ring = before
                     self._hot_slots = end - 1
-                    return OK, -1, 0.0
+                    return _TAKEN
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
                 space[key] = log
