@@ -667,6 +667,7 @@ class ClientResolver:
         "_by_address",
         "_direct",
         "_ipv6_mask",
+        "_pairs",
         "_trusted_peers",
         "_walked",
         "_warned_unix",
@@ -718,6 +719,7 @@ class ClientResolver:
         self._by_address: dict[str, Client] = {}
         # Short header value -> the client it names (None: the peer itself).
         self._walked: dict[str, Client | None] = {}
+        self._pairs = header == "forwarded"  # entries are for= pairs, not addresses
 
     @classmethod
     def shared(
@@ -786,9 +788,12 @@ class ClientResolver:
         if hit is not None:
             return hit
         if type(client) is tuple and client:  # a fresh address: the flood's case
-            hit = self._fresh_quad(client[0])
-            if hit is not None:
-                return hit
+            peer = client[0]
+            # (a proxy's requests are not: the hashable peer's trust is known)
+            if type(peer) is str and peer not in self._trusted_peers:
+                hit = self._fresh_quad(peer)
+                if hit is not None:
+                    return hit
         return self._from_asgi_peer(scope)
 
     def _from_asgi_peer(self, scope: Mapping[str, Any]) -> Client:
@@ -884,9 +889,10 @@ class ClientResolver:
             return self._from_wsgi_peer(environ)
         if hit is not None:
             return hit
-        hit = self._fresh_quad(peer)
-        if hit is not None:
-            return hit
+        if peer not in self._trusted_peers:  # (a proxy's requests: not a fresh address)
+            hit = self._fresh_quad(peer)
+            if hit is not None:
+                return hit
         return self._from_wsgi_peer(environ)
 
     def _from_wsgi_peer(self, environ: Mapping[str, Any]) -> Client:
@@ -944,12 +950,12 @@ class ClientResolver:
         """
         if peer is None:
             return _UNKNOWN_CLIENT, False
-        made = self._fresh_quad(peer)
-        if made is not None:
-            return made, False
         known = self._trusted_peers.get(peer)
         if known is not None:
             return known, True
+        made = self._fresh_quad(peer)
+        if made is not None:
+            return made, False
         canon = canonical_ip(peer) if peer else None
         if canon is not None:
             client = self._client_for(canon)
@@ -1035,7 +1041,7 @@ class ClientResolver:
         walked = self._walked
         if joined in walked:
             found = walked[joined]
-        else:
+        elif (found := self._lone_quad(joined)) is None:
             entries = _split_header(joined)
             if self.forwarded_header == "x-real-ip":
                 # One address, or nothing to believe: a list (or several
@@ -1049,6 +1055,27 @@ class ClientResolver:
                     walked.clear()
                 walked[joined] = found
         return peer if found is None else found
+
+    def _lone_quad(self, joined: str) -> Client | None:
+        """The client a header naming one dotted quad in canonical form names
+        (``X-Forwarded-For: 198.51.100.7``), else None (then walk it).
+
+        A lone entry is the client whether or not it is a trusted proxy
+        itself: the walk from the right stops at it, or runs out of entries
+        after it, and :meth:`_walk_entries` answers ``_client_for(it)``
+        either way.  So a flood of fresh addresses through a trusted proxy
+        needs neither the split, the general parser nor the trusted-proxy
+        lookup.  Not for ``Forwarded``, whose entries are ``for=`` pairs.
+        Pinned to the walk by ``tests/test_identity.py``."""
+        if len(joined) > 15 or self._pairs or "," in joined or ":" in joined:
+            return None
+        try:
+            if _ntop(_AF_INET, _pton(_AF_INET, joined)) != joined:
+                return None
+        except (OSError, ValueError):
+            return None
+        made: Client = _new_client(Client, (joined, joined, True, ()))
+        return made
 
     def _walk_entries(self, entries: list[str]) -> Client | None:
         """The client named by *entries*, or None for the trusted peer itself.

@@ -1147,6 +1147,9 @@ def test_every_entry_point_answers_as_the_general_path(
         def _fresh_quad(self, peer: object) -> Client | None:
             return None
 
+        def _lone_quad(self, joined: str) -> Client | None:
+            return None
+
     fast = ClientResolver(trusted)
     slow = General(trusted)
     header = ", ".join(forwarded)
@@ -1163,3 +1166,53 @@ def test_every_entry_point_answers_as_the_general_path(
         assert fast.from_wsgi(dict(environ)) == slow.from_wsgi(dict(environ)) == expected
         assert fast.from_wsgi_shared(dict(environ)) == expected
         assert fast.resolve(peer, [header]) == expected
+
+
+_HEADER_VALUES = st.one_of(
+    _DOTTED,
+    st.ip_addresses().map(str),
+    st.sampled_from(["", " ", "1.2.3.4 ", " 1.2.3.4", "01.2.3.4", "1.2.3.4:80", "1.2.3",
+                     "255.255.255.255", "0.0.0.0", "1.2.3.4,", ",1.2.3.4", "1.2.3.4\x00",
+                     "\uff11.2.3.4", "for=1.2.3.4", '"1.2.3.4"', "[1.2.3.4]", "unknown"]),
+    st.text(max_size=20),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=_HEADER_VALUES,
+    trusted=_ENTRIES,
+    header=st.sampled_from(["x-forwarded-for", "x-real-ip", "forwarded"]),
+)
+def test_a_lone_dotted_quad_is_walked_as_the_general_path_walks_it(
+    value: str, trusted: list[str], header: str
+) -> None:
+    # _lone_quad answers only a header holding one canonical dotted quad, and
+    # then as the walk does (the entry is the client, trusted proxy or not)
+    class General(ClientResolver):
+        __slots__ = ()
+
+        def _lone_quad(self, joined: str) -> Client | None:
+            return None
+
+    fast = ClientResolver(trusted, forwarded_header=header)
+    slow = General(trusted, forwarded_header=header)
+    quick = fast._lone_quad(value)
+    proxy = fast._client_for("192.0.2.254")
+    for _ in range(2):  # first walked, then from the cache
+        assert fast._walk(proxy, [value]) == slow._walk(proxy, [value])
+    if quick is not None:
+        assert header != "forwarded"
+        assert quick == slow._walk(proxy, [value]) == Client(value, value, True, ())
+
+
+def test_a_lone_dotted_quad_skips_the_walk_only_where_it_may() -> None:
+    xff = ClientResolver(["127.0.0.1"])
+    assert xff._lone_quad("198.51.100.7") == Client("198.51.100.7", "198.51.100.7", True, ())
+    assert xff._lone_quad("127.0.0.1") == Client("127.0.0.1", "127.0.0.1", True, ())
+    for other in (" 198.51.100.7", "198.51.100.07", "198.51.100.7,1.2.3.4", "::1", "unknown", ""):
+        assert xff._lone_quad(other) is None
+    assert ClientResolver(["127.0.0.1"], forwarded_header="forwarded")._lone_quad("1.2.3.4") is None
+    environ = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+    assert xff.from_wsgi(environ).key == "198.51.100.7"
+    assert xff.from_wsgi(environ).key == "198.51.100.7"  # the proxy now known: no fresh-quad try
