@@ -90,7 +90,12 @@ class Store(ABC):
 
     @abstractmethod
     def peek(self, ns: str, key: str, window: float) -> int:
-        """How many requests of ``key`` lie in the last ``window`` seconds."""
+        """How many requests of ``key`` lie in the last ``window`` seconds.
+
+        A counter is kept as long as the longest window its namespace was
+        :meth:`hit` with can count it: a longer ``window`` here may miss the
+        requests older than that (the filters peek with the window they hit with).
+        """
 
     @abstractmethod
     def attempt(

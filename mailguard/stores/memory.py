@@ -301,6 +301,7 @@ class MemoryStore(Store):
         self._hot_ns = ""
         self._hot_ring = _NO_RING
         self._hot_slots = 0  # len(_hot_ring) - 1: they do not change while it is hot
+        self._hot_window = 0.0  # the window it was made hot with (the ttl covers it)
         self._overlay = Overlay()
         self._overlay_lock = threading.Lock()
         self._overlay_watchers: list[Callable[[], None]] = []
@@ -699,10 +700,16 @@ class MemoryStore(Store):
                 found = self._live_block(ns, key, now)
                 if found is not None:
                     return BLOCKED, 0, wait_until(found.until, now)
-            if not detail and key == self._hot_key and ns == self._hot_ns:
+            if (
+                not detail
+                and key == self._hot_key
+                and ns == self._hot_ns
+                and window <= self._hot_window
+            ):
                 # The busy key of the last request again, still the most
                 # recently seen counter of its namespace, its ring unchanged
-                # (see _hot_key): the ring case below without the dict.
+                # (see _hot_key), at a window its namespace's ttl covers:
+                # the ring case below without the dict.
                 ring = self._hot_ring
                 pos = ring[0]
                 slots = self._hot_slots
@@ -726,8 +733,8 @@ class MemoryStore(Store):
                     aged = self._aged[ns]  # not seen since the namespace turned over?
                     if aged:
                         before = aged.pop(key, None)
-                    if window > self._ttl[ns]:
-                        self._ttl[ns] = window
+                if window > self._ttl[ns]:  # (a key seen before too: its counter
+                    self._ttl[ns] = window  # must outlive the longest window)
             if before is None:
                 # A new key: make room and count it (_room, inlined: this
                 # is the whole work of a flood of fresh addresses), then
@@ -789,6 +796,7 @@ class MemoryStore(Store):
                     self._hot_ns = ns
                     self._hot_ring = before
                     self._hot_slots = end - 1
+                    self._hot_window = window
                     return _TAKEN
             log, allowed, remaining, wait = slide(before, now, limit, window, detail)
             if allowed or jail <= 0.0:
