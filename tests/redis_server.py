@@ -20,6 +20,7 @@ on PATH (CI installs it).
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -32,8 +33,42 @@ from processes import Managed, stop_process
 __all__ = ["RedisServer", "free_port"]
 
 
+def _ephemeral_low() -> int:
+    """The first port the system gives outgoing connections (0: unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_HANDED: set[int] = set()  # ports given out by this process, never twice
+_PICK = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Picked below the range the system gives outgoing connections when it
+    says which that is: a port from that range can be taken by some client's
+    connection between the pick and the server's bind (a CI run saw a
+    cluster node's bus port taken so, "Address already in use").
+    """
+    if _EPHEMERAL_LOW > 12_000:
+        for _ in range(500):
+            port = _PICK.randrange(10_000, _EPHEMERAL_LOW)
+            if port in _HANDED:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            if len(_HANDED) > 10_000:
+                _HANDED.clear()
+            _HANDED.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
