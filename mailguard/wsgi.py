@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -136,7 +136,12 @@ class GuardMiddleware(PolicyHolder):
         if verdict is ALLOW:
             return self.app(environ, start_response)
         request = request or WsgiRequest(environ, client)
-        return self._act(state, verdict, request, environ, start_response)
+        if verdict.delay > 0.0 or not verdict.allowed or not verdict.watch or state.adds:
+            return self._act(state, verdict, request, environ, start_response)
+        # _act's common case (a login attempt): an allowed verdict to watch, no
+        # header to add; the same steps without the call
+        watched = _Watched(policy, request, verdict, start_response, state.strip, [], True)
+        return watched.serve(self.app, environ)
 
     def _act(
         self,
@@ -161,40 +166,10 @@ class GuardMiddleware(PolicyHolder):
         watch = verdict.watch
         if not extra and not watch:
             return self.app(environ, start_response)
-        strip = state.strip if watch else frozenset()
-        reported = False
-
-        def watched_start(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Callable[[bytes], object]:
-            nonlocal reported
-            if watch and not reported:
-                reported = True
-                finish(policy, request, verdict, _status_code(status), WsgiHeaders(headers))
-            if strip:
-                for k, _ in headers:
-                    if k.lower() in strip:  # (rarely there: look before copying)
-                        headers = [(k, v) for k, v in headers if k.lower() not in strip]
-                        break
-            writer: Callable[[bytes], object] = start_response(
-                status, [*headers, *extra] if extra else headers, exc_info
-            )
-            return writer
-
-        try:
-            result = self.app(environ, watched_start)
-        except BaseException:
-            if watch and not reported:
-                finish(policy, request, verdict, None, NO_HEADERS)
-            raise
-        if not watch or reported:
-            return result
-
-        def last() -> None:
-            if not reported:
-                finish(policy, request, verdict, None, NO_HEADERS)
-
-        return _Finally(result, last)
+        watched = _Watched(
+            policy, request, verdict, start_response, state.strip if watch else (), extra, watch
+        )
+        return watched.serve(self.app, environ)
 
     def _deferred(
         self,
@@ -370,6 +345,68 @@ class _Gated:
             _close(self._result)
         finally:
             self._gate.done()
+
+
+class _Watched:
+    """The ``start_response`` an allowed request's app is given: it reports
+    the response's status and headers to the policy when the verdict asks
+    (``watch``; ``reported`` once it has), strips ``strip``'s headers and adds
+    ``extra``.  :meth:`last` reports an attempt whose response never started
+    (its outcome unknown)."""
+
+    __slots__ = ("extra", "policy", "reported", "request", "strip", "to", "verdict")
+
+    def __init__(
+        self,
+        policy: Policy,
+        request: WsgiRequest,
+        verdict: Verdict,
+        to: StartResponse,
+        strip: Collection[str],
+        extra: list[tuple[str, str]],
+        watch: bool,
+    ) -> None:
+        self.policy = policy
+        self.request = request
+        self.verdict = verdict
+        self.to = to
+        self.strip = strip
+        self.extra = extra
+        self.reported = not watch  # (nothing to report: as if done)
+
+    def serve(self, app: WSGIApp, environ: Environ) -> Iterable[bytes]:
+        """Call ``app`` with :meth:`start` as its ``start_response``."""
+        try:
+            result = app(environ, self.start)
+        except BaseException:
+            self.last()
+            raise
+        return result if self.reported else _Finally(result, self.last)
+
+    def start(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        if not self.reported:
+            self.reported = True
+            finish(
+                self.policy, self.request, self.verdict, _status_code(status), WsgiHeaders(headers)
+            )
+        strip = self.strip
+        if strip:
+            for k, _ in headers:
+                if k.lower() in strip:  # (rarely there: look before copying)
+                    headers = [(k, v) for k, v in headers if k.lower() not in strip]
+                    break
+        extra = self.extra
+        writer: Callable[[bytes], object] = self.to(
+            status, [*headers, *extra] if extra else headers, exc_info
+        )
+        return writer
+
+    def last(self) -> None:
+        if not self.reported:
+            self.reported = True
+            finish(self.policy, self.request, self.verdict, None, NO_HEADERS)
 
 
 def _status_code(status: str) -> int | None:
