@@ -333,6 +333,7 @@ _CHANNEL_TRUST = 30.0  # seconds a cached block is trusted while the channel is 
 _RACE = 10.0  # a block read this soon after a lift of it (or a join) is trusted briefly
 _MAX_LIFTED = 4096  # lifts remembered for _RACE; more: every block is trusted briefly
 _SWEEP_EVERY = 10.0  # seconds between two sweeps of ended blocks, per process
+_JITTER = random.Random()  # the sweeps' jitter: its own generator, so the global one is left alone
 _SWEEP_BATCH = 500  # ended blocks removed per round trip ...
 _SWEEP_ROUNDS = 20  # ... and round trips per sweep, at most
 _INDEX_BACKLOG = 100_000  # block ends waiting to be indexed (Redis down), at most
@@ -1725,7 +1726,7 @@ class RedisStore(Store):
                 raise
         mono = time.monotonic()
         if mono >= self._next_sweep:
-            self._next_sweep = mono + _SWEEP_EVERY * (1.0 + 0.2 * random.random())
+            self._next_sweep = mono + _SWEEP_EVERY * (1.0 + 0.2 * _JITTER.random())
             self._sweep(client)
 
     def _sweep(self, client: Any) -> int:
