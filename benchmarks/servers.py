@@ -40,8 +40,8 @@ Rows (``ROWS``; each names its reference, ``bare`` unless said):
   client in ``X-Forwarded-For`` (a wrk Lua script counting up from an offset
   that moves on every run, so no address comes twice), the filter built with
   ``trusted_proxies=["127.0.0.1/32"]``; set against the bare app under the
-  same script.  uvicorn runs with ``proxy_headers=False`` in every row but
-  the next two, so the filter reads the header itself;
+  same script.  uvicorn runs as shipped in every row but these two, where
+  its ``proxy_headers`` is off, so the filter reads the header itself;
 - bare, fresh XFF, uvicorn resolves / memory, allowed, fresh XFF, uvicorn
   resolves: the same traffic with uvicorn's ``proxy_headers`` on (its
   default, trusting 127.0.0.1): uvicorn rewrites ``scope["client"]`` to the
@@ -148,7 +148,7 @@ class Row:
     server: str = "uvicorn"  # "uvicorn" (Starlette) or "gunicorn" (werkzeug, gthread)
     workers: int = 1
     fresh: bool = False  # a new client address in X-Forwarded-For on every request
-    proxy_headers: bool = False  # uvicorn resolves X-Forwarded-For itself (its default)
+    proxy_headers: bool = True  # uvicorn resolves X-Forwarded-For itself (its default)
     ref: str = "bare"  # the row it is set against
     target: float | None = None  # x ref at least (the targets)
 
@@ -160,23 +160,23 @@ class Row:
 ROWS = [
     Row("bare"),
     Row("memory, allowed (one client)", "memory", ALLOWED_LIMIT, target=0.95),
-    Row("bare, fresh XFF", fresh=True),
+    Row("bare, fresh XFF", fresh=True, proxy_headers=False),
     Row(
         "memory, allowed, fresh XFF",
         "memory",
         ALLOWED_LIMIT,
         filter_options=PROXY,
         fresh=True,
+        proxy_headers=False,
         ref="bare, fresh XFF",
         target=0.85,
     ),
-    Row("bare, fresh XFF, uvicorn resolves", fresh=True, proxy_headers=True),
+    Row("bare, fresh XFF, uvicorn resolves", fresh=True),
     Row(
         "memory, allowed, fresh XFF, uvicorn resolves",
         "memory",
         ALLOWED_LIMIT,
         fresh=True,
-        proxy_headers=True,
         ref="bare, fresh XFF, uvicorn resolves",
         target=0.85,
     ),
@@ -268,10 +268,10 @@ def serve(row_name: str, port: int, redis_url: str, prefix: str, http: str, loop
     common: dict[str, Any] = {
         "host": "127.0.0.1", "port": port, "http": http, "loop": loop, "log_level": "error",
         "access_log": False,
-        # uvicorn's own X-Forwarded-For handling is on by default for a peer
-        # at 127.0.0.1 and rewrites scope["client"] before the app: only the
-        # rows that say so keep it (else a fresh-XFF row's filter would see
-        # fresh peers and never read the header it is configured to trust)
+        # uvicorn's own X-Forwarded-For handling, on by default for a peer at
+        # 127.0.0.1, rewrites scope["client"] before the app: off in the rows
+        # whose filter is to read the header itself (else it would see fresh
+        # peers and never the header it is configured to trust)
         "proxy_headers": row.proxy_headers,
     }  # fmt: skip
     if row.workers > 1:
