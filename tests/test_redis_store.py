@@ -460,6 +460,28 @@ def test_a_forked_worker_gets_its_own_connections(server: RedisServer, prefix: s
     store.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_workers_do_not_sweep_in_step() -> None:
+    """The sweep's jitter has its own generator, which random does not reseed
+    in a child: the fork hook does, or workers forked from one parent
+    (gunicorn --preload) would draw the same jitter and sweep together."""
+    before = mg_redis._JITTER.getstate()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write, repr([mg_redis._JITTER.random() for _ in range(4)]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert mg_redis._JITTER.getstate() == before  # the parent's own draws are untouched
+    assert child and child != repr([mg_redis._JITTER.random() for _ in range(4)])
+
+
 def test_two_stores_share_limits_and_blocks(server: RedisServer, prefix: str) -> None:
     clock = FakeClock(T0)
     one = RedisStore(redis.Redis.from_url(server.url), prefix=prefix, clock=clock)

@@ -1058,6 +1058,9 @@ _STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 def _after_fork() -> None:
     # A child must not share its parent's sockets: redis-py's pools start
     # afresh in a new process; forget the asyncio clients and the locks.
+    # Nor its jitter: forked workers would sweep in step (random reseeds only
+    # its global generator in a child).
+    _JITTER.seed()
     for store in list(_STORES):
         store._forked()
 
