@@ -44,7 +44,7 @@ Rows (``ROWS``; each names its reference, ``bare`` unless said):
   its ``proxy_headers`` is off, so the filter reads the header itself;
 - bare, fresh XFF, uvicorn resolves / memory, allowed, fresh XFF, uvicorn
   resolves: the same traffic with uvicorn's ``proxy_headers`` on (its
-  default, trusting 127.0.0.1): uvicorn rewrites ``scope["client"]`` to the
+  default, trusting 127.0.0.1 and ::1): uvicorn rewrites ``scope["client"]`` to the
   header's address before the app, so the filter (with no
   ``trusted_proxies``) sees a fresh peer on every request;
 - protect(), allowed: ``mailguard.asgi.protect()`` with DosFilter, DeviceJail
