@@ -36,7 +36,7 @@ from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, 
 from .request import AsgiRequest, Request
 from .stores.base import Store
 from .stores.guard import StoreDown
-from .watch import NO_HEADERS, AsgiHeaders, afinish, body_plan, finish
+from .watch import NO_HEADERS, AsgiHeaders, Watching, afinish, body_plan, finish
 
 if TYPE_CHECKING:
     import os
@@ -326,32 +326,12 @@ class GuardMiddleware(PolicyHolder):
                 await report(None, NO_HEADERS)
 
 
-class _Watch:
+class _Watch(Watching):
     """The ``send`` an allowed request's app is given: it reports the response's
     status and headers to the policy when the verdict asks (``watch``), strips
     ``strip``'s headers and adds ``extra`` (``reported`` once it has)."""
 
-    __slots__ = ("extra", "local", "policy", "reported", "request", "strip", "to", "verdict")
-
-    def __init__(
-        self,
-        policy: Policy,
-        request: AsgiRequest,
-        verdict: Verdict,
-        to: Send,
-        extra: list[tuple[bytes, bytes]] | tuple[()],
-        strip: frozenset[bytes],
-        local: bool,
-        watch: bool = True,
-    ) -> None:
-        self.policy = policy
-        self.request = request
-        self.verdict = verdict
-        self.to = to
-        self.extra = extra
-        self.strip = strip
-        self.local = local  # no I/O to wait for: finish without a coroutine
-        self.reported = not watch  # (nothing to report: as if done)
+    __slots__ = ()
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":

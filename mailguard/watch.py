@@ -6,6 +6,8 @@ whether a login failed.  The fronts share here
 
 * :func:`finish` / :func:`afinish`: the report, logged and swallowed when the
   policy fails (a response is never lost to a policy's error);
+* :class:`Watching`: what each front's wrapper of the app's ``send`` /
+  ``start_response`` holds for one request;
 * :class:`AsgiHeaders` / :class:`WsgiHeaders`: the response's headers as the
   policy reads them (lower-case names, repeated lines joined by ``", "``),
   without decoding every header of every watched response: a login filter
@@ -28,7 +30,15 @@ if TYPE_CHECKING:
     from .policies import Policy
     from .request import Request
 
-__all__ = ["NO_HEADERS", "AsgiHeaders", "WsgiHeaders", "afinish", "body_plan", "finish"]
+__all__ = [
+    "NO_HEADERS",
+    "AsgiHeaders",
+    "Watching",
+    "WsgiHeaders",
+    "afinish",
+    "body_plan",
+    "finish",
+]
 
 _log = logging.getLogger("mailguard")
 
@@ -67,6 +77,39 @@ def finish(
         policy.finish(request, verdict, status, headers)
     except Exception:
         _log.exception("mailguard: %s could not record a response", policy.kind)
+
+
+class Watching:
+    """One allowed request's watch over its response, as both fronts keep it:
+    the ``policy``, the ``request`` and its ``verdict``, where the response
+    goes (``to``: the ASGI ``send`` or the WSGI ``start_response``), the
+    headers to add (``extra``) and to strip (``strip``) in the front's own
+    form, whether the policy's store answers without I/O (``local``, so the
+    report needs no coroutine), and whether the response has been reported
+    (``reported``: at once when the verdict asks for no report).  Each front
+    subclasses it with the wrapper the app is given."""
+
+    __slots__ = ("extra", "local", "policy", "reported", "request", "strip", "to", "verdict")
+
+    def __init__(
+        self,
+        policy: Policy,
+        request: Any,
+        verdict: Verdict,
+        to: Any,
+        extra: Any,
+        strip: Any,
+        local: bool = True,
+        watch: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.request = request
+        self.verdict = verdict
+        self.to = to
+        self.extra = extra
+        self.strip = strip
+        self.local = local
+        self.reported = not watch  # (nothing to report: as if done)
 
 
 async def afinish(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,7 +31,7 @@ from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, 
 from .request import WsgiRequest
 from .stores.base import Store
 from .stores.guard import StoreDown
-from .watch import NO_HEADERS, WsgiHeaders, body_plan, finish
+from .watch import NO_HEADERS, Watching, WsgiHeaders, body_plan, finish
 
 if TYPE_CHECKING:
     import os
@@ -140,7 +140,7 @@ class GuardMiddleware(PolicyHolder):
             return self._act(state, verdict, request, environ, start_response)
         # _act's common case (a login attempt): an allowed verdict to watch, no
         # header to add; the same steps without the call
-        watched = _Watched(policy, request, verdict, start_response, state.strip, [], True)
+        watched = _Watched(policy, request, verdict, start_response, (), state.strip)
         return watched.serve(self.app, environ)
 
     def _act(
@@ -166,9 +166,8 @@ class GuardMiddleware(PolicyHolder):
         watch = verdict.watch
         if not extra and not watch:
             return self.app(environ, start_response)
-        watched = _Watched(
-            policy, request, verdict, start_response, state.strip if watch else (), extra, watch
-        )
+        strip = state.strip if watch else ()
+        watched = _Watched(policy, request, verdict, start_response, extra, strip, True, watch)
         return watched.serve(self.app, environ)
 
     def _deferred(
@@ -347,32 +346,14 @@ class _Gated:
             self._gate.done()
 
 
-class _Watched:
+class _Watched(Watching):
     """The ``start_response`` an allowed request's app is given: it reports
     the response's status and headers to the policy when the verdict asks
     (``watch``; ``reported`` once it has), strips ``strip``'s headers and adds
     ``extra``.  :meth:`last` reports an attempt whose response never started
     (its outcome unknown)."""
 
-    __slots__ = ("extra", "policy", "reported", "request", "strip", "to", "verdict")
-
-    def __init__(
-        self,
-        policy: Policy,
-        request: WsgiRequest,
-        verdict: Verdict,
-        to: StartResponse,
-        strip: Collection[str],
-        extra: list[tuple[str, str]],
-        watch: bool,
-    ) -> None:
-        self.policy = policy
-        self.request = request
-        self.verdict = verdict
-        self.to = to
-        self.strip = strip
-        self.extra = extra
-        self.reported = not watch  # (nothing to report: as if done)
+    __slots__ = ()
 
     def serve(self, app: WSGIApp, environ: Environ) -> Iterable[bytes]:
         """Call ``app`` with :meth:`start` as its ``start_response``."""
