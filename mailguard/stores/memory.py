@@ -879,10 +879,9 @@ class MemoryStore(Store):
                 extra = self._extra = self._extra + STATE_BYTES
                 self._extras[ns] += STATE_BYTES
                 blocks = self._nblocks  # (_recap, inlined)
-                self._cap = min(
-                    self.max_keys - blocks,
-                    (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES,
-                )
+                most = self.max_keys - blocks
+                fit = (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES
+                self._cap = fit if fit < most else most  # (min(), without the call)
                 until = now + pending_ttl
                 # Streak(0, -inf, 1, until), which expires at ``until``
                 # (fetched again: making room may have turned the namespace over)
@@ -996,10 +995,9 @@ class MemoryStore(Store):
                 extra = self._extra = self._extra - STATE_BYTES
                 self._extras[ns] -= STATE_BYTES
                 blocks = self._nblocks  # (_recap, inlined)
-                self._cap = min(
-                    self.max_keys - blocks,
-                    (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES,
-                )
+                most = self.max_keys - blocks
+                fit = (self.max_bytes - extra - BLOCK_BYTES * blocks) // KEY_BYTES
+                self._cap = fit if fit < most else most  # (min(), without the call)
                 return OK, 0, 0.0
             # The same counter kept, of the same bytes: _forget, then _room,
             # which needs no room then unless the store was already full.
