@@ -749,3 +749,37 @@ def test_the_plain_ascii_account_is_normalised_as_normalize_account_does(
     assert rule.normalize(text) == normalize_account(
         text, strip_domain=strip_domain, default_domain=rule.default_domain
     )
+
+
+def test_a_wsgi_login_response_closed_twice_reports_once() -> None:
+    """An app that starts its response only while its iterable is iterated
+    (a generator) gets a wrapper whose ``close`` reports the attempt, its
+    outcome unknown when nothing started; a server that closes it twice (or
+    closes it after an error path did) must not report twice."""
+    reports: list[int | None] = []
+
+    class Counting(InvalidLoginPolicy):
+        def finish(self, request: Any, verdict: Any, status: Any, headers: Any) -> None:
+            reports.append(status)
+            super().finish(request, verdict, status, headers)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ["wsgi.input"].read()
+        start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+        yield b"no"
+
+    store = MemoryStore(clock=FakeClock(T0))
+    policy = Counting(max_failed_logins=3, login_paths=["/login"], store=store)
+    guarded = mg_wsgi.InvalidLoginFilter(app, policy=policy)
+    body = b"username=jdoe&password=x"
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "SCRIPT_NAME": "",
+               "QUERY_STRING": "", "CONTENT_TYPE": "application/x-www-form-urlencoded",
+               "CONTENT_LENGTH": str(len(body)), "REMOTE_ADDR": "192.0.2.9",
+               "wsgi.input": io.BytesIO(body)}  # fmt: skip
+    result = guarded(environ, lambda status, headers, exc=None: None)
+    assert reports == []  # nothing started yet: the generator has not run
+    result.close()  # type: ignore[attr-defined]
+    result.close()  # type: ignore[attr-defined]
+    assert reports == [None]  # once, outcome unknown
+    # the slot it took is given back: the next attempt is this address's only one
+    assert store.attempt(policy.namespace, "192.0.2.9", 3, 300.0, 60.0)[1] == 2
