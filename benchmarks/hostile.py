@@ -169,6 +169,7 @@ def caches(stack: Any) -> list[tuple[str, Any, int]]:
         ("identity: resolver _trusted_peers", resolver._trusted_peers, identity.CACHE_SIZE),
         ("identity: resolver _by_address", resolver._by_address, identity.CACHE_SIZE),
         ("identity: resolver _walked", resolver._walked, identity._WALK_CACHE_SIZE),
+        ("identity: resolver _once", resolver._once, identity.CACHE_SIZE),
         (
             "identity: trusted_proxies membership",
             resolver.trusted_proxies._cache,

@@ -150,8 +150,9 @@ class _Headers(Mapping[str, str]):
                 want = self._want(name)
             if want is not None:
                 found: str | None = None
+                size = len(want)  # lower() keeps the length: most lines need no lower()
                 for key, value in self._lines:
-                    if key == want or key.lower() == want:
+                    if len(key) == size and (key == want or key.lower() == want):
                         text = self._text(value)
                         found = text if found is None else f"{found}, {text}"
                 return default if found is None else found

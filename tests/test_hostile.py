@@ -53,6 +53,7 @@ def test_every_cache_stays_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> 
         "identity: resolver _trusted_peers",
         "identity: resolver _by_address",
         "identity: resolver _walked",
+        "identity: resolver _once",
         "dos: refusal episodes",
         "login: refusal episodes",
         "login: refusal shapes",
@@ -69,6 +70,7 @@ def test_every_cache_stays_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> 
         assert len(container) <= bound, (name, len(container), bound)
     # the flood filled the identity caches (and emptied them at the bound)
     assert sizes["identity: resolver _by_address"] > 0
+    assert sizes["identity: resolver _once"] > 0
     assert sizes["identity: canonical_ip"] > 0
     assert len(store) <= 3000
     assert store.counted_bytes <= store.max_bytes

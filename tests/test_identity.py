@@ -635,6 +635,49 @@ def test_resolver_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolver.resolve(None, []) == UNIX
 
 
+def test_a_dotted_quad_peer_is_cached_from_its_second_request() -> None:
+    """What is seen once is not kept: the first request from an address
+    resolves it without caching its Client, the second caches it."""
+    resolver = ClientResolver(TRUSTED)
+    peer = "192.0.2.10"
+    first = resolver.from_asgi(asgi_scope(peer))
+    assert first == ip_client(peer) and peer not in resolver._direct
+    second = resolver.from_wsgi({"REMOTE_ADDR": peer})
+    assert second == first and resolver._direct[peer] is second
+    assert resolver.resolve(peer, []) is second
+    assert resolver.from_asgi(asgi_scope(peer)) is second
+
+
+def test_a_flood_of_fresh_addresses_keeps_the_clients_that_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of addresses seen once never fills the peer cache: the client
+    cached before it is still cached after it, and the flood's Clients are
+    not held (the admission set holds their peer strings, bounded)."""
+    monkeypatch.setattr(identity, "CACHE_SIZE", 16)
+    resolver = ClientResolver()
+    regular = resolver.from_wsgi({"REMOTE_ADDR": "192.0.2.1"})
+    regular = resolver.from_wsgi({"REMOTE_ADDR": "192.0.2.1"})
+    for i in range(1000):
+        peer = f"198.51.{i // 256}.{i % 256}"
+        assert resolver.from_wsgi({"REMOTE_ADDR": peer}) == ip_client(peer)
+        assert len(resolver._once) <= 16
+    assert resolver._direct == {"192.0.2.1": regular}
+    assert resolver.from_asgi(asgi_scope("192.0.2.1")) is regular
+
+
+def test_a_header_value_is_cached_from_its_second_request() -> None:
+    """A header that needs the walk is cached from its second request on (a
+    lone dotted quad needs none and is never cached)."""
+    resolver = ClientResolver(TRUSTED)
+    header = f"{CLIENT}, 10.0.0.9"
+    scope = asgi_scope("10.0.0.1", xff(header))
+    assert resolver.from_asgi(scope) == ip_client(CLIENT)
+    assert header not in resolver._walked
+    assert resolver.from_asgi(scope) == ip_client(CLIENT)
+    assert resolver._walked[header] == ip_client(CLIENT)
+
+
 def test_long_peer_is_not_cached() -> None:
     resolver = ClientResolver()
     peer = "very-long-peer-name-" + "x" * 1000
