@@ -136,8 +136,10 @@ resolves the client once and leaves it in the request for the ones inside
 (:meth:`~ClientResolver.from_asgi_shared`, :meth:`~ClientResolver.from_wsgi_shared`):
 ``scope["mailguard.client"]`` in ASGI, ``environ["mailguard.client"]`` in
 WSGI (:data:`SHARED_KEY`).  A peer whose headers are never read (no trusted
-proxy) needs no sharing: each filter finds it with one lookup in the shared
-cache, which is all resolving it costs.
+proxy) needs no sharing once it is cached: each filter finds it with one
+lookup in the shared cache, which is all resolving it costs.  (A dotted quad
+is cached from its second request on: on its first, it is shared through the
+request like any other.)
 
 What is stored there is ``(resolver, peer, client)``: the resolver object
 itself and the very peer object (``scope["client"]``,
@@ -845,9 +847,12 @@ class ClientResolver:
         """:meth:`from_asgi` once the peer is known not to be in the cache."""
         peer = scope.get("client")
         if type(peer) is tuple and peer:  # a fresh address: the flood's case
-            hit = self._fresh_quad(peer[0])
-            if hit is not None:
-                return hit
+            address = peer[0]
+            # (a proxy's requests are not: the hashable peer's trust is known)
+            if type(address) is str and address not in self._trusted_peers:
+                hit = self._fresh_quad(address)
+                if hit is not None:
+                    return hit
         return self._from_asgi_peer(scope)
 
     def from_wsgi_shared(self, environ: MutableMapping[str, Any]) -> Client:
@@ -864,9 +869,11 @@ class ClientResolver:
 
     def _from_wsgi_fresh(self, environ: Mapping[str, Any]) -> Client:
         """:meth:`from_wsgi` once the peer is known not to be in the cache."""
-        hit = self._fresh_quad(environ.get("REMOTE_ADDR"))
-        if hit is not None:
-            return hit
+        peer = environ.get("REMOTE_ADDR")
+        if type(peer) is str and peer not in self._trusted_peers:  # (as from_wsgi)
+            hit = self._fresh_quad(peer)
+            if hit is not None:
+                return hit
         return self._from_wsgi_peer(environ)
 
     def _shared(
@@ -1035,9 +1042,13 @@ class ClientResolver:
         :data:`CACHE_SIZE` others have been seen once in between).
 
         A client comes back, and is cached then.  An address seen once, as
-        in a flood of fresh addresses, is not: it neither pushes out the
-        clients that do come back (each cache is emptied when full), nor
-        leaves its :class:`Client` behind.  A Client is a named tuple, an
+        in a flood of fresh IPv4 addresses, is not: it does not push out the
+        clients that do come back (each cache is emptied when full), and its
+        :class:`Client` does not outlive the request.  (Only dotted quads and
+        header values go through here.  Other peers, IPv6 ones included, are
+        cached on their first request, as are the clients of ``_by_address``;
+        and an address sent twice is cached like any client's.  The caches
+        stay bounded either way: this saves time, it bounds nothing.)  A Client is a named tuple, an
         object the garbage collector walks for as long as it lives (it
         never untracks a tuple subclass), and a cached one outlived the
         young generations: at 100,000 rotating addresses every request left

@@ -672,10 +672,12 @@ def test_a_header_value_is_cached_from_its_second_request() -> None:
     resolver = ClientResolver(TRUSTED)
     header = f"{CLIENT}, 10.0.0.9"
     scope = asgi_scope("10.0.0.1", xff(header))
+    other = asgi_scope("10.0.0.1", xff(f"{CLIENT}, 10.0.0.8"))
     assert resolver.from_asgi(scope) == ip_client(CLIENT)
-    assert header not in resolver._walked
+    assert resolver.from_asgi(other) == ip_client(CLIENT)
+    assert resolver._walked == {}  # two values, each seen once
     assert resolver.from_asgi(scope) == ip_client(CLIENT)
-    assert resolver._walked[header] == ip_client(CLIENT)
+    assert resolver._walked == {header: ip_client(CLIENT)}
 
 
 def test_long_peer_is_not_cached() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,19 +180,40 @@ def test_the_fast_streak_is_a_flat_tuple_of_numbers() -> None:
 def test_login_counters_are_not_left_to_the_garbage_collector() -> None:
     """A held login counter is no object the collector walks: at 100,000
     clients, counters held as Streaks (a tuple subclass, which the collector
-    never stops tracking) made each full collection walk 200,000 objects."""
+    never stops tracking) made each full collection walk 200,000 objects.
+    Each way a counter is written: the inlined attempt and settle, the slow
+    settle of a key with no counter, and the slow settle that keeps the
+    streak at the limit when the namespace has no room for the block."""
     clock = FakeClock(T0)
-    store = MemoryStore(clock=clock)
-    for key in ("fast", "slow"):
-        store.attempt("login", key, 3, 10.0, 30.0)
-        clock.advance(1.0)
-        store.settle("login", key, True, 3, 10.0, 5.0)
-    store.settle("login", "slow", True, 3, 10.0, 5.0)  # no slot held: the slow path
-    store.settle("login", "none", True, 3, 10.0, 5.0)  # no counter: the slow path
+    store = MemoryStore(max_keys=8, clock=clock)  # room for 2 login blocks
+    store.attempt("login", "fast", 3, 10.0, 30.0)
+    clock.advance(1.0)
+    store.settle("login", "fast", True, 3, 10.0, 5.0)  # (inlined)
+    store.settle("login", "none", True, 3, 10.0, 5.0)  # no counter: _settle_rest
+    store.block("login", "x1", 100.0, "test")
+    store.block("login", "x2", 100.0, "test")
+    for _ in range(2):
+        store.attempt("login", "full", 2, 10.0, 30.0)
+        answer = store.settle("login", "full", True, 2, 10.0, 5.0)
+    assert answer[0] == JAILED and store.dropped == 1  # the block had no room
     gc.collect()
-    held = [store._spaces["login"][key] for key in ("fast", "slow", "none")]
+    held = [store._spaces["login"][key] for key in ("fast", "none", "full")]
     assert all(type(record) is tuple and len(record) == 5 for record in held)
+    assert held[2][1] == 2  # kept at the limit: refused until the interval passes
     assert not any(gc.is_tracked(record) for record in held)
+
+
+def test_a_foreign_record_is_no_login_counter() -> None:
+    """A login attempt on a key whose counter is another filter's (a ring of
+    five items, on a namespace shared by mistake) raises, as it did when the
+    counter was read as a Streak, rather than read a time as a count."""
+    store = MemoryStore(clock=FakeClock(T0))
+    for _ in range(4):
+        store.hit("login", "k", 10, 1.0)
+    ring = store._spaces["login"]["k"]
+    assert type(ring) is list and len(ring) == 5
+    with pytest.raises(TypeError, match="not a login counter"):
+        store.attempt("login", "k", 3, 10.0, 30.0)
 
 
 def test_a_settle_in_a_store_over_its_bounds_makes_room_as_the_original() -> None:

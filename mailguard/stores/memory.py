@@ -173,8 +173,12 @@ def _streak(state: Any) -> Streak:
     first time it sees one, and never a subclass's, so 100,000 counters held
     as Streaks were 200,000 objects that every full collection walked (28 ms
     each, about 0.6 µs per login; benchmarks/http_cost.py at 100,000 clients).
-    It is also one object per counter instead of two.
+    It is also one object per counter instead of two.  Any other record (a
+    ring, a remembered value: another kind of filter on this namespace)
+    raises :class:`TypeError`, as it did when it was read as a Streak.
     """
+    if state.__class__ is not tuple or len(state) != 5:
+        raise TypeError(f"not a login counter: {type(state).__name__} of {len(state)}")
     return Streak._make(state[1:])
 
 
