@@ -443,6 +443,11 @@ class DeviceJailPolicy(Policy):
         if self.any_safe and self.is_safe(request.client):
             return None
         if not on_paths or self.device_func is not None:
+            if self.device_func is None and not request.header("x-device-id"):
+                # _find's answer, without its steps: off ActiveSync's paths
+                # only the header names a device, and there is none (a GET of
+                # a web page under protect())
+                return None
             return self._find(request, on_paths, by_header, _UNREAD)
         # An ActiveSync request: its device follows from the query and the
         # Authorization header alone whenever the query names one, so a
