@@ -795,14 +795,7 @@ class ClientResolver:
             hit = None
         if hit is not None:
             return hit
-        if type(client) is tuple and client:  # a fresh address: the flood's case
-            peer = client[0]
-            # (a proxy's requests are not: the hashable peer's trust is known)
-            if type(peer) is str and peer not in self._trusted_peers:
-                hit = self._fresh_quad(peer)
-                if hit is not None:
-                    return hit
-        return self._from_asgi_peer(scope)
+        return self._from_asgi_fresh(scope)
 
     def _from_asgi_peer(self, scope: Mapping[str, Any]) -> Client:
         """:meth:`from_asgi` once the peer is known not to be in the cache."""
@@ -834,18 +827,21 @@ class ClientResolver:
         later calls with the same resolver and the same peer object return
         it.  Anything else found there is ignored and replaced.
         """
-        peer = scope.get("client")
         try:
+            peer = scope.get("client")
             hit = self._direct.get("" if peer is None else peer[0])
-        except Exception:
-            hit = None
+        except Exception:  # an unreadable scope or peer: resolved on its own
+            return self._from_asgi_fresh(scope)
         if hit is not None:
             return hit
         return self._shared(scope, peer, self._from_asgi_fresh)
 
     def _from_asgi_fresh(self, scope: Mapping[str, Any]) -> Client:
         """:meth:`from_asgi` once the peer is known not to be in the cache."""
-        peer = scope.get("client")
+        try:
+            peer = scope.get("client")
+        except Exception:
+            peer = None  # (_from_asgi_peer makes it "unknown")
         if type(peer) is tuple and peer:  # a fresh address: the flood's case
             address = peer[0]
             # (a proxy's requests are not: the hashable peer's trust is known)
@@ -858,19 +854,23 @@ class ClientResolver:
     def from_wsgi_shared(self, environ: MutableMapping[str, Any]) -> Client:
         """:meth:`from_wsgi`, once per request: as :meth:`from_asgi_shared`, in
         ``environ["mailguard.client"]``, tied to ``environ["REMOTE_ADDR"]``."""
-        peer = environ.get("REMOTE_ADDR")
         try:
+            peer = environ.get("REMOTE_ADDR")
             hit = self._direct.get(peer)
-        except Exception:
-            hit = None
+        except Exception:  # an unreadable environ or peer: resolved on its own
+            return self._from_wsgi_fresh(environ)
         if hit is not None:
             return hit
         return self._shared(environ, peer, self._from_wsgi_fresh)
 
     def _from_wsgi_fresh(self, environ: Mapping[str, Any]) -> Client:
         """:meth:`from_wsgi` once the peer is known not to be in the cache."""
-        peer = environ.get("REMOTE_ADDR")
-        if type(peer) is str and peer not in self._trusted_peers:  # (as from_wsgi)
+        try:
+            peer = environ.get("REMOTE_ADDR")
+        except Exception:
+            peer = None  # (_from_wsgi_peer makes it "unknown")
+        # (a proxy's requests are not a fresh address: the peer's trust is known)
+        if type(peer) is str and peer not in self._trusted_peers:
             hit = self._fresh_quad(peer)
             if hit is not None:
                 return hit
@@ -912,11 +912,7 @@ class ClientResolver:
             return self._from_wsgi_peer(environ)
         if hit is not None:
             return hit
-        if peer not in self._trusted_peers:  # (a proxy's requests: not a fresh address)
-            hit = self._fresh_quad(peer)
-            if hit is not None:
-                return hit
-        return self._from_wsgi_peer(environ)
+        return self._from_wsgi_fresh(environ)
 
     def _from_wsgi_peer(self, environ: Mapping[str, Any]) -> Client:
         """:meth:`from_wsgi` once the peer is known not to be in the cache."""

@@ -680,6 +680,27 @@ def test_a_header_value_is_cached_from_its_second_request() -> None:
     assert resolver._walked == {header: ip_client(CLIENT)}
 
 
+class UnreadableRequest(dict[str, Any]):
+    """A scope or environ every read of which raises."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise RuntimeError("unreadable")
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("unreadable")
+
+
+def test_an_unreadable_scope_or_environ_is_the_unknown_client() -> None:
+    """Never a raise (the cache miss path once read a name it had not bound)."""
+    resolver = ClientResolver(TRUSTED)
+    for resolve in (
+        resolver.from_asgi, resolver.from_wsgi,
+        resolver.from_asgi_shared, resolver.from_wsgi_shared,
+    ):  # fmt: skip
+        client = resolve(UnreadableRequest())
+        assert client.key == "unknown" and not client.is_ip
+
+
 def test_long_peer_is_not_cached() -> None:
     resolver = ClientResolver()
     peer = "very-long-peer-name-" + "x" * 1000
