@@ -1040,19 +1040,21 @@ class ClientResolver:
         A client comes back, and is cached then.  An address seen once, as
         in a flood of fresh IPv4 addresses, is not: it does not push out the
         clients that do come back (each cache is emptied when full), and its
-        :class:`Client` does not outlive the request.  (Only dotted quads and
-        header values go through here.  Other peers, IPv6 ones included, are
-        cached on their first request, as are the clients of ``_by_address``;
-        and an address sent twice is cached like any client's.  The caches
-        stay bounded either way: this saves time, it bounds nothing.)  A Client is a named tuple, an
-        object the garbage collector walks for as long as it lives (it
-        never untracks a tuple subclass), and a cached one outlived the
+        :class:`Client` does not outlive the request.  A Client is a named
+        tuple, an object the garbage collector walks for as long as it lives
+        (it never untracks a tuple subclass), and a cached one outlived the
         young generations: at 100,000 rotating addresses every request left
         one more for the full collections.  Not caching them took DosFilter
-        from 1.47x to 1.40x bare Starlette there, the collector's time from
-        0.25 to 0.01 µs per request, and an InvalidLoginFilter login from
-        +22.3 to +20.0 µs (benchmarks/http_cost.py's setup).
-        Dotted quads are admitted by :meth:`_fresh_quad` itself (inlined).
+        there from 1.47x to 1.40x bare Starlette, the collector's time from
+        0.25 to 0.01 µs per request (200,000 requests of
+        benchmarks/http_cost.py's rotating clients in a row).
+
+        Only dotted quads and header values go through here.  Other peers,
+        IPv6 ones included, are cached on their first request, as are the
+        clients of ``_by_address``; and an address sent twice is cached like
+        any client's.  The caches stay bounded either way: this saves time,
+        it bounds nothing.  Dotted quads are admitted by :meth:`_fresh_quad`
+        itself (inlined).
         """
         once = self._once
         if text in once:

@@ -171,14 +171,15 @@ def _streak(state: Any) -> Streak:
     fields.  A plain tuple of numbers, not a Streak (a tuple subclass) inside
     a tuple: the garbage collector stops tracking a plain tuple of numbers the
     first time it sees one, and never a subclass's, so 100,000 counters held
-    as Streaks were 200,000 objects that every full collection walked (28 ms
-    each, about 0.6 µs per login; benchmarks/http_cost.py at 100,000 clients).
+    as Streaks were 200,000 objects that every full collection walked (about
+    30 ms each; 0.8 µs per login in all, 0.5 since, in a long run of
+    benchmarks/http_cost.py's ASGI login at 100,000 clients).
     It is also one object per counter instead of two.  Any other record (a
     ring, a remembered value: another kind of filter on this namespace)
     raises :class:`TypeError`, as it did when it was read as a Streak.
     """
     if state.__class__ is not tuple or len(state) != 5:
-        raise TypeError(f"not a login counter: {type(state).__name__} of {len(state)}")
+        raise TypeError(f"not a login counter: a {type(state).__name__}")
     return Streak._make(state[1:])
 
 
