@@ -161,8 +161,16 @@ class GuardMiddleware(PolicyHolder):
                     wanted = state.reads_body and policy.wants_body(request)
                     waits = kind == "http" and state.waits is not None and state.waits(request)
                 if wanted or waits:
-                    receive, ended = await _buffer(request, receive, wanted)
-                    deferred = waits and not ended  # the verdict waits for the rest of the body
+                    first = await receive()
+                    if first.get("type") == "http.request" and not first.get("more_body", False):
+                        # the whole body in one message (a login form, usually):
+                        # what _buffer does with it, without its coroutine
+                        if wanted:
+                            request.body = _body_of(first)
+                        receive = _replay(first, receive)
+                    else:
+                        receive, ended = await _buffer(request, receive, wanted, first)
+                        deferred = waits and not ended  # the verdict waits for the rest
                 if deferred:
                     verdict = ALLOW
                 elif state.local:
@@ -341,8 +349,12 @@ class _Watch(Watching):
             if not self.reported:
                 self.reported = True
                 seen = AsgiHeaders(lines)
-                if self.local:
-                    finish(self.policy, self.request, self.verdict, message.get("status"), seen)
+                if self.local:  # (watch.finish, without the call)
+                    policy = self.policy
+                    try:
+                        policy.finish(self.request, self.verdict, message.get("status"), seen)
+                    except Exception:
+                        _log.exception("mailguard: %s could not record a response", policy.kind)
                 else:
                     await afinish(
                         self.policy, self.request, self.verdict, message.get("status"), seen
@@ -375,14 +387,16 @@ async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) ->
     await send({"type": "http.response.body", "body": body})
 
 
-async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[Receive, bool]:
+async def _buffer(
+    request: AsgiRequest, receive: Receive, limit: int, message: Message
+) -> tuple[Receive, bool]:
     """Read up to ``limit`` body bytes for the policy (with ``limit`` 0, the
-    first message); replay them to the app unchanged.
+    first message), ``message`` being the first; replay them to the app
+    unchanged.
 
     Returns the app's ``receive`` and whether the body has ended (or the
     client has gone) within what was read.
     """
-    message = await receive()
     held: list[Message] = [message]
     more = message.get("type") == "http.request"
     if more:
@@ -397,15 +411,7 @@ async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[R
             size += len(message.get("body", b""))
             more = bool(message.get("more_body", False))
     if limit:
-        if len(held) == 1:  # the whole body in one message (a login form, usually)
-            first = held[0]
-            request.body = (
-                b"".join((first.get("body", b""),)) if first.get("type") == "http.request" else b""
-            )
-        else:
-            request.body = b"".join(
-                m.get("body", b"") for m in held if m.get("type") == "http.request"
-            )
+        request.body = b"".join(m.get("body", b"") for m in held if m.get("type") == "http.request")
 
     async def replay() -> Message:
         if held:
@@ -413,6 +419,24 @@ async def _buffer(request: AsgiRequest, receive: Receive, limit: int) -> tuple[R
         return await receive()
 
     return replay, not more
+
+
+def _body_of(message: Message) -> bytes:
+    """The body of one ``http.request`` message, as bytes."""
+    body = message.get("body", b"")
+    return body if body.__class__ is bytes else b"".join((body,))
+
+
+def _replay(message: Message, receive: Receive) -> Receive:
+    """The app's ``receive``: ``message`` (already read), then ``receive``'s."""
+    held = [message]
+
+    async def replay() -> Message:
+        if held:
+            return held.pop()
+        return await receive()
+
+    return replay
 
 
 class DosFilter(GuardMiddleware):

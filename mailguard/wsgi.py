@@ -369,9 +369,14 @@ class _Watched(Watching):
     ) -> Callable[[bytes], object]:
         if not self.reported:
             self.reported = True
-            finish(
-                self.policy, self.request, self.verdict, _status_code(status), WsgiHeaders(headers)
-            )
+            try:  # (watch.finish and _status_code, without the calls)
+                try:
+                    code: int | None = int(status[:3])
+                except (TypeError, ValueError):
+                    code = None
+                self.policy.finish(self.request, self.verdict, code, WsgiHeaders(headers))
+            except Exception:
+                _log.exception("mailguard: %s could not record a response", self.policy.kind)
         strip = self.strip
         if strip:
             for k, _ in headers:
@@ -472,14 +477,18 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
     server that does not end it is not read at all: ``request.body`` stays
     None ("cannot tell", counted as an attempt), never ``b""``.
     """
-    text = str(environ.get("CONTENT_LENGTH") or "").strip()
+    text = environ.get("CONTENT_LENGTH")
     length: int | None
-    try:
-        length = int(text) if text else 0
-    except ValueError:
-        length = None  # unknown
-    if length is not None and length < 0:
-        length = None
+    if text.__class__ is str and text.isdigit() and text.isascii():  # the usual: ASCII digits
+        length = int(text)
+    else:
+        text = str(text or "").strip()
+        try:
+            length = int(text) if text else 0
+        except ValueError:
+            length = None  # unknown
+        if length is not None and length < 0:
+            length = None
     if environ.get("HTTP_TRANSFER_ENCODING") is not None:
         length = None  # the length is the transfer coding's, not Content-Length's
     if not length:

@@ -2,6 +2,9 @@
 
 * ``_begin_now`` / ``_end_now``: an attempt and its settling as direct store
   calls, against ``run(_begin(...))`` / ``run(_end(...))`` / ``run(_settle(...))``;
+* ``check``'s one step for the usual login (``attempt_of`` then ``_begin_now``),
+  against ``check`` without it; ``finish``'s own reading of a plain response,
+  against ``outcome``;
 * ``body_plan``: ``wants_body`` and ``waits_for_body`` with one path match;
 * ``AsgiRequest.headers``: several headers in one scan, against ``header``;
 * :class:`~mailguard.watch.AsgiHeaders` / :class:`~mailguard.watch.WsgiHeaders`:
@@ -43,6 +46,11 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 
 # ------------------------------------------------------------ the attempt flow
+def _redirect_to_login(status: int, headers: Any) -> bool:
+    """An ``is_failure`` hook: a redirect back to the login page failed."""
+    return status == 302 and headers.get("location") == "/login"
+
+
 _accounts = st.sampled_from(
     [None, "", "jdoe", "JDoe", "victim@example.com", "CORP\\jdoe", "x\x00y", "\u00e9t\u00e9"]
 )
@@ -59,6 +67,8 @@ _options = st.fixed_dictionaries(
         "reset_on_success": st.booleans(),
         "repeat_factor": st.sampled_from([1.0, 2.0]),
         "result_header": st.sampled_from(["x-login-result", None]),
+        "failure_statuses": st.sampled_from([[401, 403], [403], [302, 401]]),
+        "is_failure": st.sampled_from([None, _redirect_to_login]),
     }
 )
 _ops = st.lists(
@@ -81,6 +91,7 @@ _ops = st.lists(
                     {"x-login-result": "fail"},
                     {"x-login-result": "OK"},
                     {"www-authenticate": "Basic"},
+                    {"location": "/login"},
                 ]
             ),
             st.none(),
@@ -639,6 +650,85 @@ def test_the_usual_form_is_read_as_the_general_reader_reads_it(
 QUICK: list[bool] = []  # whether each case above took the quick read
 
 
+# ----------------------------------------------------------- check, in one step
+def _general_check(policy: InvalidLoginPolicy, request: Any) -> Any:
+    """``check`` without its one step for the usual login."""
+    policy._quick = False
+    try:
+        return policy.check(request)
+    finally:
+        policy._quick = True
+
+
+_login_requests = st.lists(
+    st.tuples(
+        _form_bodies,
+        st.sampled_from(["192.0.2.1", "192.0.2.2", "10.0.0.5", "2001:db8::1"]),
+        st.sampled_from(["/login", "/other", "/dav/x"]),
+        st.sampled_from([b"", b"username=other"]),
+        st.sampled_from([None, b"Basic amRvZTpw", b"Bearer t"]),
+        st.sampled_from([True, False]),  # through body_plan (as the fronts do) or not
+        st.sampled_from([None, 200, 401, 403]),  # the response, or none yet
+    ),
+    max_size=25,
+)
+
+
+@FAST
+@given(
+    _login_requests,
+    st.integers(1, 3),
+    st.booleans(),
+    st.sampled_from(["login", "all"]),
+    st.booleans(),
+)
+def test_the_one_step_check_answers_as_the_general_path(
+    requests: list[Any], limit: int, enforce: bool, scope_of_block: str, basic: bool
+) -> None:
+    made = []
+    events: list[list[Event]] = [[], []]
+    for i in range(2):
+        made.append(
+            InvalidLoginPolicy(
+                max_failed_logins=limit,
+                enforce=enforce,
+                block_scope=scope_of_block,
+                count_basic_auth=basic,
+                auth_paths=["/dav/"],
+                safe_ips=["10.0.0.0/8"],
+                store=MemoryStore(clock=FakeClock(T0)),
+                on_event=events[i].append,
+            )
+        )
+    quick, general = made
+    assert quick._quick
+    took = False
+    for body, peer, path, query, auth, planned, status in requests:
+        headers = [(b"content-type", _FORM_KIND), (b"content-length", str(len(body)).encode())]
+        if auth is not None:
+            headers.append((b"authorization", auth))
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": query,
+                 "headers": headers, "client": (peer, 1)}  # fmt: skip
+        answers = []
+        for policy in made:
+            request = AsgiRequest(scope, RESOLVER.from_asgi(scope))
+            request.body = body
+            if planned:
+                policy.body_plan(request)
+            took = took or (policy is quick and request is quick._planned and quick._quick)
+            verdict = policy.check(request) if policy is quick else _general_check(policy, request)
+            if status is not None:
+                policy.finish(request, verdict, status, AsgiHeaders([]))
+            answers.append(verdict)
+        assert answers[0] == answers[1]
+        assert type(answers[0]) is type(answers[1])
+        assert events[0] == events[1]
+        assert quick.store.blocks() == general.store.blocks()
+        assert quick._planned is None or not planned
+    if any(r[5] and r[2] == "/login" and r[1] != "10.0.0.5" for r in requests):
+        assert took
+
+
 def test_the_cases_above_took_both_ways() -> None:
     if QUICK:  # (when run after it)
         assert any(QUICK) and not all(QUICK)
@@ -783,3 +873,22 @@ def test_a_wsgi_login_response_closed_twice_reports_once() -> None:
     assert reports == [None]  # once, outcome unknown
     # the slot it took is given back: the next attempt is this address's only one
     assert store.attempt(policy.namespace, "192.0.2.9", 3, 300.0, 60.0)[1] == 2
+
+
+def test_a_redirect_after_a_login_is_a_success_that_resets_the_streak() -> None:
+    # finish's own reading of a response with no result header: below 400 and
+    # not a failure status is a success (outcome's last rule)
+    policy = InvalidLoginPolicy(
+        max_failed_logins=2, reset_on_success=True, store=MemoryStore(clock=FakeClock(T0))
+    )
+    scope = {"type": "http", "method": "POST", "path": "/login", "query_string": b"",
+             "headers": [(b"content-type", _FORM_KIND), (b"content-length", b"10")],
+             "client": ("192.0.2.1", 1)}  # fmt: skip
+    for status in (401, 302, 401):
+        request = AsgiRequest(scope, RESOLVER.from_asgi(scope))
+        request.body = b"user=jdoe&"
+        policy.body_plan(request)
+        verdict = policy.check(request)
+        assert verdict.allowed and isinstance(verdict, LoginVerdict)
+        policy.finish(request, verdict, status, AsgiHeaders([]))
+    assert policy.store.blocks() == []

@@ -567,6 +567,18 @@ class InvalidLoginPolicy(Policy):
         self.pending_ttl = self.attempt_timeout + self.tarpit_delay
         self._refused: dict[str, None] = {}
         self._own_admit = type(self).admit is InvalidLoginPolicy.admit
+        # check's one-step path for the usual login form (see check): this
+        # class's own rules for reading and admitting an attempt, no tarpit
+        cls = type(self)
+        self._own_outcome = cls.outcome is InvalidLoginPolicy.outcome
+        self._quick = (
+            self._plain_forms
+            and self._own_admit
+            and not self.tarpit_after
+            and cls.attempt_of is InvalidLoginPolicy.attempt_of
+            and cls._form_attempt is InvalidLoginPolicy._form_attempt
+            and cls.judge_attempt is InvalidLoginPolicy.judge_attempt
+        )
         self._waiting = 0
         self._waiting_lock = threading.Lock()
 
@@ -609,6 +621,10 @@ class InvalidLoginPolicy(Policy):
             found = self._form_attempt(request)
             if found is not None:
                 return found
+        return self._basic_attempt(request)
+
+    def _basic_attempt(self, request: Request) -> _Attempt | None:
+        """attempt_of's last rule: credentials sent on an ``auth_paths`` path."""
         if self.count_basic_auth and self.auth_paths.match(request.path):
             return self._credential_attempt(request)
         return None
@@ -617,14 +633,11 @@ class InvalidLoginPolicy(Policy):
         if self._plain_forms:  # the usual login form: read the quick way, if it is that
             form = plain_form_values(request, self._account_names, self.max_body_bytes)
             if form is not None:
-                values, auth = form
-                normalize = self.accounts.normalize
-                if len(values) == 1:  # one account field, as a login form has
-                    name = normalize(values[0])
-                    if name:  # _account_attempt({name}, True, auth)'s answer
-                        return _new_attempt(_Attempt, (name, True, False))
-                    return self._account_attempt(set(), True, auth)
-                return self._account_attempt({n for n in map(normalize, values) if n}, True, auth)
+                return self._plain_attempt(*form)
+        return self._general_form_attempt(request)
+
+    def _general_form_attempt(self, request: Request) -> _Attempt | None:
+        """:meth:`_form_attempt` of a request that is not the usual form."""
         params = RequestFields(request, self.max_body_bytes, php=self.php_forms)
         if self.login_match is not None:
             if not self.login_match(request, params):
@@ -638,6 +651,16 @@ class InvalidLoginPolicy(Policy):
             names = {n for n in map(normalize, params.values(self.account_fields)) if n}
             complete = params.complete
         return self._account_attempt(names, complete, request.header("authorization"))
+
+    def _plain_attempt(self, values: list[str], auth: str | None) -> _Attempt:
+        """The attempt of the usual login form, whose account fields hold ``values``."""
+        normalize = self.accounts.normalize
+        if len(values) == 1:  # one account field, as a login form has
+            name = normalize(values[0])
+            if name:  # _account_attempt({name}, True, auth)'s answer
+                return _new_attempt(_Attempt, (name, True, False))
+            return self._account_attempt(set(), True, auth)
+        return self._account_attempt({n for n in map(normalize, values) if n}, True, auth)
 
     def _account_attempt(self, names: set[str], complete: bool, auth: str | None) -> _Attempt:
         """The attempt of a login whose account fields hold ``names`` (normalised);
@@ -904,7 +927,38 @@ class InvalidLoginPolicy(Policy):
         )
 
     def check(self, request: Request) -> Verdict:
-        found = self.attempt_of(request)
+        if request is self._planned and self._quick:
+            # The usual login (most of them): a request body_plan found on a
+            # login path (so not from a safe address), the usual form with one
+            # account named.  attempt_of, then _begin_now, in one step: the
+            # same store call with the same arguments, the same verdicts
+            # (pinned to the general path by tests/test_login_fast.py).
+            self._planned = None
+            client = request.client
+            form = plain_form_values(request, self._account_names, self.max_body_bytes)
+            if form is None:
+                found = self._general_form_attempt(request)
+            else:
+                values = form[0]
+                name = self.accounts.normalize(values[0]) if len(values) == 1 else None
+                if name and not client.wider:
+                    key = client.key
+                    code, _, wait = self.store.attempt(
+                        self.namespace, key, self.limit, self.interval, self.pending_ttl
+                    )
+                    if code != OK:
+                        refused = self.judge_attempt(key, code, wait)
+                        if refused is not None:
+                            return refused
+                    elif self._refused:  # judge_attempt's OK
+                        self._refused.pop(key, None)
+                    return _ticket("attempt", key, 0.0, name, True, "http")
+                found = self._plain_attempt(*form)
+            if found is None:
+                # (the form read said no: the credentials rule, as attempt_of asks it)
+                found = self._basic_attempt(request)
+        else:
+            found = self.attempt_of(request)
         if found is None and not self._block_all:
             return ALLOW
         client = request.client
@@ -984,7 +1038,7 @@ class InvalidLoginPolicy(Policy):
         """``run(self._begin(key, found, protocol), self.store)`` for a client with
         no wider networks, without the generator: the store's synchronous
         methods called in the same order with the same arguments (pinned to
-        :meth:`_begin` by tests/test_login_direct.py)."""
+        :meth:`_begin` by tests/test_login_fast.py)."""
         store = self.store
         namespace, limit = self.namespace, self.limit
         code, remaining, wait = store.attempt(
@@ -1099,6 +1153,21 @@ class InvalidLoginPolicy(Policy):
             if verdict.wider:
                 run(self._settle(verdict, status, headers), self.store)
                 return
+            if (
+                self._own_outcome
+                and status is not None
+                and (status != 401 or verdict.credentials)
+                and (self.result_header is None or headers.get(self.result_header) is None)
+            ):
+                # outcome's answer for a response that says nothing itself and
+                # is no bare challenge (most responses), without the call
+                # (pinned to outcome by tests/test_login_fast.py)
+                if status in self.failure_statuses:
+                    self._settle_now(verdict, True, False)
+                    return
+                if self.is_failure is None:
+                    self._settle_now(verdict, False, status < 400)
+                    return
             failed, succeeded = self.outcome(verdict, status, headers)
             self._settle_now(verdict, failed, succeeded)
 
