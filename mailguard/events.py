@@ -310,11 +310,11 @@ class Reporter:
         """Whether an event at ``level`` would reach anyone: a log handler that
         writes it (as :meth:`emit` decides), a listener, or the hook.  A filter
         may skip making an event nobody will see."""
-        return (
-            self.hook is not None
-            or bool(_listeners)
-            or (_shown(self.logger, level) and _heard(self.logger, level))
-        )
+        if self.hook is not None or _listeners:
+            return True
+        logger = self.logger
+        # (_shown's first rule first, as log does: most often all it takes)
+        return (logger.isEnabledFor(level) or _shown(logger, level)) and _heard(logger, level)
 
     def emit(self, event: Event, level: int = logging.WARNING) -> None:
         if _shown(self.logger, level) and _heard(self.logger, level):

@@ -479,8 +479,21 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
     """
     text = environ.get("CONTENT_LENGTH")
     length: int | None
-    if text.__class__ is str and text.isdigit() and text.isascii():  # the usual: ASCII digits
+    head = b""
+    if (
+        text.__class__ is str
+        and text.isdigit()
+        and text.isascii()
+        and environ.get("HTTP_TRANSFER_ENCODING") is None
+    ):  # the usual: a Content-Length of ASCII digits, no transfer coding
         length = int(text)
+        if 0 < length <= limit:  # the whole body is wanted (a login form, usually)
+            head = environ["wsgi.input"].read(length)
+            if head.__class__ is bytes and len(head) == length:  # all of it at once
+                request.body = head
+                environ["wsgi.input"] = io.BytesIO(head)
+                return True
+            head = bytes(head) if head else b""  # (what the loop below makes of it)
     else:
         text = str(text or "").strip()
         try:
@@ -489,8 +502,8 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
             length = None  # unknown
         if length is not None and length < 0:
             length = None
-    if environ.get("HTTP_TRANSFER_ENCODING") is not None:
-        length = None  # the length is the transfer coding's, not Content-Length's
+        if environ.get("HTTP_TRANSFER_ENCODING") is not None:
+            length = None  # the length is the transfer coding's, not Content-Length's
     if not length:
         if not environ.get("wsgi.input_terminated"):
             if length == 0:  # no body
@@ -503,7 +516,6 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
         length = None
     stream = environ["wsgi.input"]
     want = limit if length is None else min(limit, length)
-    head = b""
     while len(head) < want:
         chunk = stream.read(want - len(head))
         if not chunk:
