@@ -141,7 +141,12 @@ class GuardMiddleware(PolicyHolder):
         # _act's common case (a login attempt): an allowed verdict to watch, no
         # header to add; the same steps without the call
         watched = _Watched(policy, request, verdict, start_response, (), state.strip)
-        return watched.serve(self.app, environ)
+        try:  # (watched.serve, without the call)
+            result = self.app(environ, watched.start)
+        except BaseException:
+            watched.last()
+            raise
+        return result if watched.reported else _Finally(result, watched.last)
 
     def _act(
         self,

@@ -160,6 +160,9 @@ store (of ``max_keys`` and of ``max_bytes``), all blocks together at most
 _log = logging.getLogger("mailguard.store")
 
 _RING_OF_TWO = RING_BYTES + 3 * SLOT_BYTES  # _extra of a ring of two slots ([pos, t, t])
+_INF = math.inf
+_NO_FAILURE = -math.inf  # a login streak's ``last`` before any failure
+_nextafter = math.nextafter  # (Streak.expires, inlined in attempt and settle)
 _NO_RING: Ring = []  # MemoryStore._hot_ring when there is no hot key (never written to)
 
 
@@ -904,7 +907,7 @@ class MemoryStore(Store):
                 until = now + pending_ttl
                 # Streak(0, -inf, 1, until), which expires at ``until``
                 # (fetched again: making room may have turned the namespace over)
-                self._spaces[ns][key] = (until, 0, -math.inf, 1, until)
+                self._spaces[ns][key] = (until, 0, _NO_FAILURE, 1, until)
                 return OK, limit - 1, 0.0
             if state.__class__ is not tuple or len(state) != 5:  # not a streak (_streak)
                 return self._attempt_rest(ns, key, now, state, limit, interval, pending_ttl)
@@ -923,8 +926,8 @@ class MemoryStore(Store):
             # Streak.expires, inlined
             ends = last + interval
             while ends - last <= interval:  # rounding: step up until it has lapsed
-                ends = math.nextafter(ends, math.inf)
-            held = pending_until if pending else -math.inf
+                ends = _nextafter(ends, _INF)
+            held = pending_until if pending else _NO_FAILURE
             space[key] = (ends if ends > held else held, count, last, pending, pending_until)
             return code, remaining, wait
         finally:
@@ -1032,8 +1035,8 @@ class MemoryStore(Store):
             # Streak.expires, inlined
             ends = last + interval
             while ends - last <= interval:  # rounding: step up until it has lapsed
-                ends = math.nextafter(ends, math.inf)
-            held = pending_until if pending else -math.inf
+                ends = _nextafter(ends, _INF)
+            held = pending_until if pending else _NO_FAILURE
             # (fetched again: the purge may have turned the namespace over)
             self._spaces[ns][key] = (
                 ends if ends > held else held,
