@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterable
+from dataclasses import FrozenInstanceError
 from typing import Any
 from urllib.parse import unquote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -764,6 +766,13 @@ def test_a_ticket_is_the_verdict_the_constructor_makes(
     assert type(ticket) is LoginVerdict
     assert astuple(ticket) == astuple(made)
     assert ticket == made and hash(ticket) == hash(made)
+    assert repr(ticket) == repr(made)
+    # made through a mutable twin, the ticket is as frozen as the constructor's
+    with pytest.raises(FrozenInstanceError):
+        ticket.key = "203.0.113.9"  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        del ticket.account  # type: ignore[misc]
+    assert ticket.key == key
 
 
 # ---------------------------------------------------------------------- heard

@@ -228,22 +228,21 @@ class Outcome(str, Enum):
     given back, nothing is counted."""
 
 
-# Each slot's own setter: a ticket is made on every login, and the dataclass's
-# __init__ (keywords, then object.__setattr__ per field) costs twice as much.
-_TICKET_FIELDS = (
-    "allowed", "reason", "key", "retry_after", "remaining", "reset", "limit", "delay", "watch",
-    "account", "credentials", "protocol", "wider",
-)  # fmt: skip
-if tuple(f.name for f in fields(LoginVerdict)) != _TICKET_FIELDS:  # pragma: no cover
-    raise AssertionError("LoginVerdict's fields changed: update _ticket")
-_set_allowed, _set_reason, _set_key, _set_retry_after, _set_remaining, _set_reset = (
-    getattr(LoginVerdict, name).__set__ for name in _TICKET_FIELDS[:6]
-)
-_set_limit, _set_delay, _set_watch, _set_account, _set_credentials, _set_protocol = (
-    getattr(LoginVerdict, name).__set__ for name in _TICKET_FIELDS[6:12]
-)
-_set_wider = getattr(LoginVerdict, "wider").__set__  # noqa: B009 (a slot, not the default)
+class _Blank(LoginVerdict):
+    """A ticket being made: a :class:`LoginVerdict` whose slots take plain
+    assignment (a frozen dataclass's ``__setattr__`` refuses it, and setting
+    each slot through its descriptor costs four times as much).  The object
+    becomes a LoginVerdict once every field is set (``__class__``
+    assignment: the same slots, no slot added) and is never seen as a
+    _Blank."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+
 _new = object.__new__
+_FIELDS = tuple(f.name for f in fields(LoginVerdict))
 
 
 def _ticket(
@@ -252,21 +251,31 @@ def _ticket(
     """``LoginVerdict(True, reason, key, delay=delay, watch=True, account=account,
     credentials=credentials, protocol=protocol)``, every other field its default
     (pinned to the constructor by tests/test_login_fast.py)."""
-    verdict: LoginVerdict = _new(LoginVerdict)
-    _set_allowed(verdict, True)
-    _set_reason(verdict, reason)
-    _set_key(verdict, key)
-    _set_retry_after(verdict, 0)
-    _set_remaining(verdict, -1)
-    _set_reset(verdict, 0.0)
-    _set_limit(verdict, 0)
-    _set_delay(verdict, delay)
-    _set_watch(verdict, True)
-    _set_account(verdict, account)
-    _set_credentials(verdict, credentials)
-    _set_protocol(verdict, protocol)
-    _set_wider(verdict, ())
-    return verdict
+    verdict: Any = _new(_Blank)
+    verdict.allowed = True
+    verdict.reason = reason
+    verdict.key = key
+    verdict.retry_after = 0
+    verdict.remaining = -1
+    verdict.reset = 0.0
+    verdict.limit = 0
+    verdict.delay = delay
+    verdict.watch = True
+    verdict.account = account
+    verdict.credentials = credentials
+    verdict.protocol = protocol
+    verdict.wider = ()
+    verdict.__class__ = LoginVerdict
+    made: LoginVerdict = verdict
+    return made
+
+
+# _ticket sets these, in this order: a field added to LoginVerdict must be added there
+if _FIELDS != (  # pragma: no cover
+    "allowed", "reason", "key", "retry_after", "remaining", "reset", "limit", "delay", "watch",
+    "account", "credentials", "protocol", "wider",
+):  # fmt: skip
+    raise AssertionError("LoginVerdict's fields changed: update _ticket")
 
 
 class _Attempt(NamedTuple):
