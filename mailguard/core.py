@@ -385,10 +385,28 @@ class Verdict:
         delay: float = 0.0,
         watch: bool = False,
     ) -> None:
-        # What the dataclass would write, at half its cost: its __init__ for a
-        # frozen class sets each field through object.__setattr__ (0.85 us for
-        # these nine, a quarter of a refused request's whole cost); the slots'
-        # own setters store the same values (tests/test_core.py pins them).
+        # What the dataclass would write, at a quarter of its cost: its
+        # __init__ for a frozen class sets each field through
+        # object.__setattr__ (0.85 us for these nine, a quarter of a refused
+        # request's whole cost).  A Verdict takes plain slot stores as its
+        # mutable twin (_Unfrozen: the same slots, object's __setattr__) and
+        # is a Verdict again after; a subclass's instance (whose slots may
+        # differ) goes through the slots' own setters.  tests/test_core.py
+        # pins both to the dataclass's.
+        if self.__class__ is Verdict:
+            _SET_CLASS(self, "__class__", _Unfrozen)
+            unfrozen: Any = self
+            unfrozen.allowed = allowed
+            unfrozen.reason = reason
+            unfrozen.key = key
+            unfrozen.retry_after = retry_after
+            unfrozen.remaining = remaining
+            unfrozen.reset = reset
+            unfrozen.limit = limit
+            unfrozen.delay = delay
+            unfrozen.watch = watch
+            unfrozen.__class__ = Verdict
+            return
         _SET_ALLOWED(self, allowed)
         _SET_REASON(self, reason)
         _SET_KEY(self, key)
@@ -411,6 +429,17 @@ class Verdict:
     _SET_DELAY,
     _SET_WATCH,
 ) = (Verdict.__dict__[field.name].__set__ for field in fields(Verdict))  # in __init__'s order
+
+
+class _Unfrozen(Verdict):
+    """A Verdict while its __init__ runs: no slot of its own, object's setattr."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+
+_SET_CLASS = object.__setattr__
 
 ALLOW = Verdict(True)
 """The verdict for a request a filter has nothing to say about."""

@@ -634,3 +634,36 @@ def test_verdicts_own_init_stores_what_the_dataclass_would(
     assert made == replace(made) and hash(made) == hash(replace(made))
     with pytest.raises(FrozenInstanceError):
         made.key = "other"  # type: ignore[misc]
+
+
+class _Plain(Verdict):
+    """A subclass adding nothing: Verdict's __init__ must leave it a _Plain."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class _WithMore(Verdict):
+    """A subclass adding a slot (another layout): set through the setters."""
+
+    more: int = 0
+
+    def __init__(self, allowed: bool, reason: str, more: int) -> None:
+        Verdict.__init__(self, allowed, reason, "k", retry_after=3)
+        object.__setattr__(self, "more", more)
+
+
+def test_verdicts_init_keeps_a_subclass_its_class_and_every_verdict_frozen() -> None:
+    plain = _Plain(False, "rate", "k", retry_after=2)
+    assert type(plain) is _Plain
+    assert (plain.allowed, plain.reason, plain.key, plain.retry_after) == (False, "rate", "k", 2)
+    more = _WithMore(True, "ok", 7)
+    assert type(more) is _WithMore
+    assert (more.reason, more.key, more.retry_after, more.more) == ("ok", "k", 3, 7)
+    made = Verdict(False, "rate", "k", retry_after=1)
+    assert type(made) is Verdict
+    for verdict in (plain, more, made):
+        with pytest.raises(FrozenInstanceError):
+            verdict.reason = "other"  # type: ignore[misc]
+        with pytest.raises(FrozenInstanceError):
+            del verdict.key  # type: ignore[misc]
