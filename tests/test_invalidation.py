@@ -128,7 +128,11 @@ def test_bad_messages_are_ignored(data: bytes) -> None:
         st.binary(max_size=300),
         st.text(max_size=300),
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**64), 2**64)
+            | st.floats()
+            | st.text(max_size=20),
             lambda inner: (
                 st.lists(inner, max_size=4)
                 | st.dictionaries(
@@ -145,8 +149,8 @@ def test_bad_messages_are_ignored(data: bytes) -> None:
                 "op": st.sampled_from([*OPS, "config", "", "BLOCK"]),
             },
             optional={
-                "kind": st.none() | st.text(max_size=8) | st.integers(),
-                "key": st.none() | st.text(max_size=8) | st.integers(),
+                "kind": st.none() | st.text(max_size=8) | st.integers(-(2**64), 2**64),
+                "key": st.none() | st.text(max_size=8) | st.integers(-(2**64), 2**64),
                 "from": st.none() | st.text(max_size=8),
             },
         ).map(lambda value: json.dumps(value).encode()),

@@ -249,7 +249,11 @@ def _bare_by_hand(value: str | int | float) -> str:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(value=st.one_of(_TEXT, st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+@given(
+    value=st.one_of(
+        _TEXT, st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=False)
+    )
+)
 def test_bare_fast_path_is_the_slow_one(value: str | int | float) -> None:
     assert _bare(value) == _bare_by_hand(value)
 

@@ -415,7 +415,9 @@ def test_multipart_with_crlf_or_bare_lf(
 
 @FUZZ
 @given(
-    doc=st.dictionaries(_field_name, st.one_of(_field_value, st.integers()), max_size=6),
+    doc=st.dictionaries(
+        _field_name, st.one_of(_field_value, st.integers(-(2**64), 2**64)), max_size=6
+    ),
     ctype=st.sampled_from(
         [None, "text/plain", "text/plain; charset=utf-8", "application/octet-stream", "x/y"]
     ),
