@@ -197,5 +197,10 @@ class WsgiRequest(Request):
             keys = tuple(_environ_key(name) for name in names)
             if len(_KEY_TUPLES) < 64:  # the few tuples the readers ask with
                 _KEY_TUPLES[names] = keys
+        # (a loop, not a comprehension: that would make a closure over
+        # ``get`` on every call)
         get = self._environ.get
-        return [get(key) or None for key in keys]
+        found: list[str | None] = []
+        for key in keys:
+            found.append(get(key) or None)
+        return found
