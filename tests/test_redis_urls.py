@@ -33,6 +33,8 @@ import redis.cluster
 import redis.sentinel
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis_server import RedisServer, free_port
 
 from mailguard import FakeClock, RedisStore, StoreError
@@ -42,6 +44,26 @@ from mailguard.stores.redis_urls import SCHEMES, RedisTarget, parse_url
 
 T0 = 1_700_000_000.0
 _prefixes = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _channels_stopped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every RedisStore that starts its channel thread in a test is closed
+    after it.  The thread otherwise goes on connecting to the test's closed
+    port until the store is collected; redis-py's retries draw their jitter
+    from the global ``random``, which Hypothesis then reports
+    (HypothesisDeprecationWarning) in whichever property test runs next."""
+    started: list[RedisStore] = []
+    start = RedisStore._start_channel
+
+    def recorded(self: RedisStore) -> None:
+        started.append(self)
+        start(self)
+
+    monkeypatch.setattr(RedisStore, "_start_channel", recorded)
+    yield
+    for store in started:
+        store.close()
 
 
 # ------------------------------------------------------------------ parsing
@@ -351,7 +373,12 @@ def test_each_scheme_makes_its_client_without_connecting() -> None:
 
 def test_given_clients_of_every_kind_are_accepted() -> None:
     port = free_port()
-    sentinel_client = redis.sentinel.Sentinel([("127.0.0.1", port)]).master_for("m")
+    # (no retries: the store's channel thread would retry with redis-py's
+    # jitter, drawn from the global random, past the store's close())
+    once = {"retry": Retry(NoBackoff(), 0)}
+    sentinel_client = redis.sentinel.Sentinel(
+        [("127.0.0.1", port)], sentinel_kwargs=once, **once
+    ).master_for("m")
     assert RedisStore(sentinel_client)._sync() is sentinel_client
     assert RedisStore(client=sentinel_client)._threaded  # coroutines run it in a thread
 
