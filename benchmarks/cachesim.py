@@ -1,30 +1,36 @@
 """Counts per request under a cache simulator: instructions and L1 misses.
 
-Run:  .venv/bin/python benchmarks/cachesim.py [--clients 1,100000]
+Run:  .venv/bin/python benchmarks/cachesim.py [--clients 1,20000]
                                               [--requests 1000] [--jobs 2]
 
 Needs valgrind (Debian's ``valgrind``) and a Python whose binary has its
 symbols (pyenv's and python.org's builds do; Debian's ``python3`` keeps them
-in ``python3-dbg``).
+in ``python3-dbg``).  A full run takes about a quarter of an hour on two
+cores (``--rows`` picks rows).
 
 Wall-clock figures on a shared VM move by 10% and more between runs (see the
 README); these counts do not.  Each row runs in its own process under
 ``valgrind --tool=callgrind --cache-sim=yes --instr-atstart=no
 --collect-atstart=no --toggle-collect=functools_reduce``.  The process builds
-the row's app and sends one request from each of its N clients (at least
-2,000 requests: the warm-up and the prefill of ``http_cost.py``), with
-valgrind's instrumentation off (about eight times slower than without
-valgrind, rather than fifty).  Then ``callgrind_control`` switches it on, and
-the process sends ``--requests`` more inside one ``functools.reduce`` call:
-only what runs inside that call is counted, not start-up, imports or the
-prefill.  The simulated caches start empty then, and the first counted
-requests refill them, which 1,000 requests amortise.  ``PYTHONHASHSEED`` is
-fixed, and the stores' clock is simulated: it advances 8 µs a reading, about
-the pace of these rows without valgrind (100,000 clients come back after
-0.8 s, inside DosFilter's one-second window; a login reads it twice).  So
-two runs of one code give the same counts.  Between two codes, a row the
-change does not touch moves by up to 1% (the garbage collector runs at
-other moments).
+the row's app and sends two rotations of requests from its N clients (at
+least 2,000 requests: the warm-up, and a store that has filled and turned
+over), with valgrind's instrumentation off (about eight to fifteen times
+slower than without valgrind, rather than some three hundred).  Then
+``callgrind_control`` switches it on, and the process sends ``--requests``
+more (with N clients, at least N: one whole rotation, so that what the store
+does once a rotation, turning its recent counters into aged ones, and the
+collector's full collections are counted at their share) inside one
+``functools.reduce`` call: only what runs inside that call is counted, not
+start-up, imports or the warm-up.  The simulated caches start empty then,
+and the first counted requests refill them.  ``PYTHONHASHSEED`` is fixed,
+and the stores' clock is simulated: it advances 8 µs a reading, about the
+pace of these rows without valgrind (a login reads it twice).  So two runs
+of one code give the same counts.  Between two codes, a row the change does
+not touch moves by up to 1% (the garbage collector runs at other moments).
+The many-clients count, 20,000 by default, is past the 16,384 entries of
+the client-address caches, which then keep emptying and refilling as at
+100,000; 100,000 clients work too, but a whole rotation of them takes about
+a quarter of an hour a row.
 
 Per request: instructions executed (``Ir``), level-1 instruction-cache misses
 (``I1mr``) and level-1 data-cache misses (reads and writes, ``D1mr + D1mw``),
@@ -114,7 +120,7 @@ def child(key: str, clients: int, requests: int) -> None:
     row = ROWS[key]
     memory.time = _StepClock  # type: ignore[attr-defined,assignment]  # (before the store is made)
     app = row.make()
-    warm = max(clients, WARM)
+    warm = max(2 * clients, WARM)  # two rotations: the store has turned over since it filled
     counted: Callable[[], None]
     if row.front == "wsgi":
         wload = h.WsgiLoad(clients, login=row.load == "login")
@@ -186,8 +192,13 @@ def measure(key: str, clients: int, requests: int, scratch: str) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="1,100000", help="client counts (1,100000)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests counted per row")
+    parser.add_argument("--clients", default="1,20000", help="client counts (1,20000)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=1000,
+        help="requests counted per row, at least (1000; with N clients, at least N)",
+    )
     parser.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="valgrind runs at once"
     )
@@ -215,16 +226,19 @@ def main(argv: list[str] | None = None) -> int:
         if bare is not None and bare not in keys:
             keys.append(bare)
     jobs = [(k, n) for n in counts for k in keys]
+    counted = {n: max(args.requests, n) for n in counts}  # a whole rotation of the clients
     with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(max(1, args.jobs)) as pool:
         folder = args.keep or scratch
         os.makedirs(folder, exist_ok=True)
         results = dict(
-            zip(jobs, pool.map(lambda j: measure(j[0], j[1], args.requests, folder), jobs),
+            zip(jobs, pool.map(lambda j: measure(j[0], j[1], counted[j[1]], folder), jobs),
                 strict=True)
         )  # fmt: skip
     print(
         f"# mailguard cache-simulator counts: Python {platform.python_version()},"
-        f" {platform.machine()}, valgrind callgrind; {args.requests:,} requests counted per row\n"
+        f" {platform.machine()}, valgrind callgrind; requests counted per row: "
+        + ", ".join(f"{counted[n]:,} with {n:,} client{'s' if n > 1 else ''}" for n in counts)
+        + "\n"
     )
     for n in counts:
         print(f"## {n:,} client{'s' if n > 1 else ''}\n")
