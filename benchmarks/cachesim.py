@@ -23,10 +23,14 @@ collector's full collections are counted at their share) inside one
 ``functools.reduce`` call: only what runs inside that call is counted, not
 start-up, imports or the warm-up.  The simulated caches start empty then,
 and the first counted requests refill them.  ``PYTHONHASHSEED`` is fixed,
-and the stores' clock is simulated: it advances 8 µs a reading, about the
-pace of these rows without valgrind (a login reads it twice).  So two runs
-of one code give the same counts.  Between two codes, a row the change does
-not touch moves by up to 1% (the garbage collector runs at other moments).
+and the stores' clock is simulated.  With one client it advances 8 µs a
+reading, about the pace of these rows without valgrind (a login reads it
+twice); with N clients, 2 / N seconds a reading, so that each client comes
+back after two seconds or more and finds its one-second windows expired, as
+in most of ``http_cost.py``'s 100,000-client rows (a login's streak lasts minutes
+and is still there).  So two runs of one code give the same counts.
+Between two codes, a row the change does not touch moves by up to 1% (the
+garbage collector runs at other moments).
 The many-clients count, 20,000 by default, is past the 16,384 entries of
 the client-address caches, which then keep emptying and refilling as at
 100,000; 100,000 clients work too, but a whole rotation of them takes about
@@ -58,6 +62,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,7 +75,8 @@ from mailguard.stores import memory
 EVENTS = ("Ir", "I1mr", "D1mr", "D1mw")
 WARM = 2_000  # requests before the counted ones, at least (one per client when more)
 MOST_LOGIN_REQUESTS = 7_000  # one client: 2,000 + this stay below max_failed_logins (10,000)
-STEP = 8e-6  # seconds the stores' clock advances a reading (see _StepClock)
+STEP = 8e-6  # seconds the stores' clock advances a reading with one client (see _step_clock)
+ROTATION = 2.0  # seconds a rotation of the clients takes at least, with more than one
 
 
 @dataclass(frozen=True)
@@ -106,19 +112,21 @@ ROWS: dict[str, Row] = {
 }  # fmt: skip
 
 
-class _StepClock:
+def _step_clock(clients: int) -> Any:
     """What ``mailguard.stores.memory`` sees as its ``time`` module in a row's
-    process: ``time()`` advances :data:`STEP` seconds a reading, from C
-    (``itertools.count``), so that the windows a row's store keeps do not
-    depend on valgrind's speed."""
-
-    time = itertools.count(1_700_000_000.0, STEP).__next__
+    process: ``time()`` advances :data:`STEP` seconds a reading with one
+    client, and :data:`ROTATION` seconds over ``clients`` readings with more
+    (so each client comes back after that long at least, its one-second
+    windows expired), from C (``itertools.count``).  The windows a row's
+    store keeps then do not depend on valgrind's speed."""
+    step = STEP if clients == 1 else max(STEP, ROTATION / clients)
+    return types.SimpleNamespace(time=itertools.count(1_700_000_000.0, step).__next__)
 
 
 def child(key: str, clients: int, requests: int) -> None:
     """Run one row: the warm-up uncounted, then ``requests`` inside reduce()."""
     row = ROWS[key]
-    memory.time = _StepClock  # type: ignore[attr-defined,assignment]  # (before the store is made)
+    memory.time = _step_clock(clients)  # type: ignore[attr-defined]  # (before the store is made)
     app = row.make()
     warm = max(2 * clients, WARM)  # two rotations: the store has turned over since it filled
     counted: Callable[[], None]
