@@ -6,7 +6,8 @@ Run:  .venv/bin/python benchmarks/cachesim.py [--clients 1,20000]
 Needs valgrind (Debian's ``valgrind``) and a Python whose binary has its
 symbols (pyenv's and python.org's builds do; Debian's ``python3`` keeps them
 in ``python3-dbg``).  A full run takes about a quarter of an hour on two
-cores (``--rows`` picks rows).
+cores (``--rows`` picks rows); a row whose counted requests run for over an
+hour is stopped.
 
 Wall-clock figures on a shared VM move by 10% and more between runs (see the
 README); these counts do not.  Each row runs in its own process under
@@ -77,6 +78,7 @@ WARM = 2_000  # requests before the counted ones, at least (one per client when 
 MOST_LOGIN_REQUESTS = 7_000  # one client: 2,000 + this stay below max_failed_logins (10,000)
 STEP = 8e-6  # seconds the stores' clock advances a reading with one client (see _step_clock)
 ROTATION = 2.0  # seconds a rotation of the clients takes at least, with more than one
+ROW_SECONDS = 3600  # the most one row's counted requests may take under valgrind
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,11 @@ def measure(key: str, clients: int, requests: int, scratch: str) -> dict[str, fl
                 check=False,
             )
             ready = switch.returncode == 0
-        _, errors = run.communicate("go\n" if ready else "")
+        try:
+            _, errors = run.communicate("go\n" if ready else "", timeout=ROW_SECONDS)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            raise RuntimeError(f"{key} at {clients}: over {ROW_SECONDS} s, stopped") from None
         code = run.returncode
     if not ready or code != 0:
         raise RuntimeError(f"{key} at {clients}: valgrind exited {code}:\n{errors}")
