@@ -174,6 +174,48 @@ def test_canonical_ip_agrees_with_ipaddress_on_near_misses(text: str) -> None:
     assert canonical_ip(text) == reference_ip(text)
 
 
+def round_trip_quad(text: str) -> bool:
+    """Whether ``text`` is what inet_ntop prints for the address inet_pton reads from it."""
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text
+    except (OSError, ValueError):
+        return False
+
+
+near_quads = st.one_of(
+    quads,
+    quads.map(lambda q: q + "\n"),
+    quads.map(lambda q: " " + q),
+    st.text(alphabet="0123456789.\n :\x00\u0661\uff11", max_size=20),
+    st.integers(0, 2**32 - 1).map(lambda n: socket.inet_ntoa(n.to_bytes(4, "big"))),
+)
+
+
+@settings(max_examples=1000)
+@given(st.one_of(near_quads, st.text(max_size=20)))
+def test_canonical_quad_is_the_round_trip(text: str) -> None:
+    # The resolver's fresh-address paths check a dotted quad with a regex in
+    # place of inet_pton and inet_ntop: the same strings, exactly.
+    assert (identity._canonical_quad(text) is not None) is round_trip_quad(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0.0.0.0", "255.255.255.255", "198.51.100.7", "10.0.0.1", "1.2.3.4"],
+)
+def test_canonical_quad_accepts(text: str) -> None:
+    assert identity._canonical_quad(text) and round_trip_quad(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4.", "1.2.3.4\n", " 1.2.3.4",
+     "1.2.3.4 ", "\u0661.2.3.4", "1..2.3", "0x1.2.3.4", "1.2.3.4\x00", "", "1.2.3.4:80"],
+)  # fmt: skip
+def test_canonical_quad_rejects(text: str) -> None:
+    assert identity._canonical_quad(text) is None and not round_trip_quad(text)
+
+
 def test_canonical_ip_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(identity, "CACHE_SIZE", 10)
     monkeypatch.setattr(identity, "_canonical_cache", {})
