@@ -794,10 +794,22 @@ class ClientResolver:
             client = scope.get("client")
             hit = self._direct.get("" if client is None else client[0])
         except Exception:
-            hit = None
+            return self._from_asgi_fresh(scope)
         if hit is not None:
             return hit
-        return self._from_asgi_fresh(scope)
+        # (_from_asgi_fresh and _from_asgi_peer's first steps, inlined: a
+        # flood of fresh addresses runs this, directly or through a proxy; a
+        # tuple here has an item 0, read above)
+        if type(client) is tuple:
+            address = client[0]
+            if type(address) is str:
+                proxy = self._trusted_peers.get(address)
+                if proxy is not None:
+                    return self._from_asgi_proxy(scope, proxy)
+                hit = self._fresh_quad(address)
+                if hit is not None:
+                    return hit
+        return self._from_asgi_peer(scope)
 
     def _from_asgi_peer(self, scope: Mapping[str, Any]) -> Client:
         """:meth:`from_asgi` once the peer is known not to be in the cache."""
@@ -807,6 +819,10 @@ class ClientResolver:
             hit, trusted = self._peer(peer)
             if not trusted:
                 return hit
+        return self._from_asgi_proxy(scope, hit)
+
+    def _from_asgi_proxy(self, scope: Mapping[str, Any], proxy: Client) -> Client:
+        """The client named in the headers of a request from the trusted ``proxy``."""
         values: list[str] = []
         name = self._asgi_name
         try:
@@ -815,8 +831,8 @@ class ClientResolver:
                     values.append(value.decode("latin-1"))
         except Exception:
             # Headers that cannot be read count as garbage: the proxy itself.
-            return hit
-        return self._walk(hit, values)
+            return proxy
+        return self._walk(proxy, values)
 
     def from_asgi_shared(self, scope: MutableMapping[str, Any]) -> Client:
         """:meth:`from_asgi`, once per request for every filter on this resolver.
@@ -914,20 +930,36 @@ class ClientResolver:
             return self._from_wsgi_peer(environ)
         if hit is not None:
             return hit
-        return self._from_wsgi_fresh(environ)
+        # (_from_wsgi_fresh and _from_wsgi_peer's first steps, inlined: a
+        # flood of fresh addresses runs this, directly or through a proxy)
+        if type(peer) is str:
+            proxy = self._trusted_peers.get(peer)
+            if proxy is not None:
+                return self._from_wsgi_proxy(environ, proxy)
+            hit = self._fresh_quad(peer)
+            if hit is not None:
+                return hit
+        return self._from_wsgi_peer(environ)
 
     def _from_wsgi_peer(self, environ: Mapping[str, Any]) -> Client:
         """:meth:`from_wsgi` once the peer is known not to be in the cache."""
         try:
             peer: object = environ.get("REMOTE_ADDR")
-            value: object = environ.get(self._wsgi_key)
         except Exception:
             return _UNKNOWN_CLIENT
         client, trusted = self._peer("" if peer is None else _as_text(peer))
         if not trusted:
             return client
+        return self._from_wsgi_proxy(environ, client)
+
+    def _from_wsgi_proxy(self, environ: Mapping[str, Any], proxy: Client) -> Client:
+        """The client named in the header of a request from the trusted ``proxy``."""
+        try:
+            value: object = environ.get(self._wsgi_key)
+        except Exception:
+            return _UNKNOWN_CLIENT
         text = _as_text(value)
-        return self._walk(client, [text] if text is not None else [])
+        return self._walk(proxy, [text] if text is not None else [])
 
     def resolve(self, peer: str | None, header_values: Sequence[str]) -> Client:
         """Resolve the client from a *peer* string and forwarding header values.

@@ -74,14 +74,34 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts every full resolution (past the cache of direct peers), however it is reached."""
     counted = {"asgi": 0, "wsgi": 0}
     real_asgi, real_wsgi = ClientResolver._from_asgi_peer, ClientResolver._from_wsgi_peer
+    real_asgi_proxy = ClientResolver._from_asgi_proxy
+    real_wsgi_proxy = ClientResolver._from_wsgi_proxy
+    inside = [0]  # in a counted _from_*_peer, whose proxy step is not counted again
 
     def from_asgi(self: ClientResolver, scope: Any) -> Any:
         counted["asgi"] += 1
-        return real_asgi(self, scope)
+        inside[0] += 1
+        try:
+            return real_asgi(self, scope)
+        finally:
+            inside[0] -= 1
 
     def from_wsgi(self: ClientResolver, environ: Any) -> Any:
         counted["wsgi"] += 1
-        return real_wsgi(self, environ)
+        inside[0] += 1
+        try:
+            return real_wsgi(self, environ)
+        finally:
+            inside[0] -= 1
+
+    # a trusted proxy's request, which from_asgi / from_wsgi walk directly
+    def asgi_proxy(self: ClientResolver, scope: Any, proxy: Any) -> Any:
+        counted["asgi"] += 0 if inside[0] else 1
+        return real_asgi_proxy(self, scope, proxy)
+
+    def wsgi_proxy(self: ClientResolver, environ: Any, proxy: Any) -> Any:
+        counted["wsgi"] += 0 if inside[0] else 1
+        return real_wsgi_proxy(self, environ, proxy)
 
     real_quad = ClientResolver._fresh_quad
 
@@ -95,6 +115,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     monkeypatch.setattr(ClientResolver, "_from_asgi_peer", from_asgi)
     monkeypatch.setattr(ClientResolver, "_from_wsgi_peer", from_wsgi)
     monkeypatch.setattr(ClientResolver, "_fresh_quad", fresh_quad)
+    monkeypatch.setattr(ClientResolver, "_from_asgi_proxy", asgi_proxy)
+    monkeypatch.setattr(ClientResolver, "_from_wsgi_proxy", wsgi_proxy)
     return counted
 
 
