@@ -860,10 +860,12 @@ class ClientResolver:
             peer = scope.get("client")
         except Exception:
             peer = None  # (_from_asgi_peer makes it "unknown")
-        if type(peer) is tuple and peer:  # a fresh address: the flood's case
+        if type(peer) is tuple and peer:  # a fresh address, or a proxy's request
             address = peer[0]
-            # (a proxy's requests are not: the hashable peer's trust is known)
-            if type(address) is str and address not in self._trusted_peers:
+            if type(address) is str:
+                proxy = self._trusted_peers.get(address)
+                if proxy is not None:
+                    return self._from_asgi_proxy(scope, proxy)
                 hit = self._fresh_quad(address)
                 if hit is not None:
                     return hit
@@ -887,8 +889,10 @@ class ClientResolver:
             peer = environ.get("REMOTE_ADDR")
         except Exception:
             peer = None  # (_from_wsgi_peer makes it "unknown")
-        # (a proxy's requests are not a fresh address: the peer's trust is known)
-        if type(peer) is str and peer not in self._trusted_peers:
+        if type(peer) is str:  # a fresh address, or a proxy's request
+            proxy = self._trusted_peers.get(peer)
+            if proxy is not None:
+                return self._from_wsgi_proxy(environ, proxy)
             hit = self._fresh_quad(peer)
             if hit is not None:
                 return hit
