@@ -124,7 +124,8 @@ class GuardMiddleware(PolicyHolder):
                     waits = state.waits is not None and state.waits(request)
                 # buffer what the policy reads; a verdict that waits for the
                 # rest of the body is reached while the app reads it
-                deferred = bool(wanted or waits) and not _buffer(request, environ, wanted) and waits
+                if wanted or waits:  # (bool(wanted or waits) and ..., without the call)
+                    deferred = not _buffer(request, environ, wanted) and waits
                 verdict = ALLOW if deferred else policy.check(request)
         except StoreDown as down:
             verdict = policy.degraded(down)
