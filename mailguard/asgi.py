@@ -63,6 +63,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("mailguard")
 
+_new = object.__new__
+
 
 class _State:
     """What a request reads of its filter's policy, read once per request:
@@ -196,7 +198,17 @@ class GuardMiddleware(PolicyHolder):
                 return
             # _act's common case without its coroutine (a login attempt): an
             # allowed verdict to watch, no header to add, a local store
-            watch = _Watch(policy, request, verdict, send, (), state.strip, True)
+            # (_Watch(policy, request, verdict, send, (), state.strip, True), inlined:
+            # no call to the class and its __init__; every slot of Watching set)
+            watch: _Watch = _new(_Watch)
+            watch.policy = policy
+            watch.request = request
+            watch.verdict = verdict
+            watch.to = send
+            watch.extra = ()
+            watch.strip = state.strip
+            watch.local = True
+            watch.reported = False
             try:
                 await self.app(scope, receive, watch.send)
             finally:
