@@ -56,6 +56,11 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _log = logging.getLogger("mailguard")
 
+# int(text) of every decimal text of up to three digits: a status line's code
+# and a login form's Content-Length, read without int() (which makes a copy of
+# the text and parses it); int() reads any other text
+_DECIMALS = {str(n): n for n in range(1000)}
+
 _new = object.__new__
 
 
@@ -389,7 +394,9 @@ class _Watched(Watching):
             self.reported = True
             try:  # (watch.finish and _status_code, without the calls)
                 try:
-                    code: int | None = int(status[:3])
+                    code: int | None = _DECIMALS.get(status[:3])
+                    if code is None:
+                        code = int(status[:3])
                 except (TypeError, ValueError):
                     code = None
                 self.policy.finish(self.request, self.verdict, code, WsgiHeaders(headers))
@@ -415,7 +422,8 @@ class _Watched(Watching):
 
 def _status_code(status: str) -> int | None:
     try:
-        return int(status[:3])
+        code = _DECIMALS.get(status[:3])  # (int(status[:3]), usually without the call)
+        return int(status[:3]) if code is None else code
     except (TypeError, ValueError):
         return None
 
@@ -504,7 +512,9 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
         and text.isascii()
         and environ.get("HTTP_TRANSFER_ENCODING") is None
     ):  # the usual: a Content-Length of ASCII digits, no transfer coding
-        length = int(text)
+        length = _DECIMALS.get(text)  # (int(text), usually without the call)
+        if length is None:
+            length = int(text)
         if 0 < length <= limit:  # the whole body is wanted (a login form, usually)
             head = environ["wsgi.input"].read(length)
             if head.__class__ is bytes and len(head) == length:  # all of it at once
