@@ -799,7 +799,10 @@ def plain_form_values(
             if "+" in value:
                 value = value.replace("+", " ")
             if "%" in value:
-                value = _unquote(value)
+                # (_unquote(value); an e-mail address's one escape, %40, the usual
+                # one: every escape a %40 is every %40 an "@")
+                decoded = value.replace("%40", "@")
+                value = decoded if "%" not in decoded else _unquote(value)
             values.append(value)
     return values, auth
 
