@@ -132,7 +132,10 @@ class GuardMiddleware(PolicyHolder):
             return
         state = self._state  # read once: a live swap never splits a request
         policy = state.policy
-        client = self._resolve(scope)
+        # (a callable kept in an attribute of the instance is read into a local, then
+        # called: Python 3.11 specializes that read, not a method call's lookup)
+        resolve, app = self._resolve, self.app
+        client = resolve(scope)
         if state.quick:  # the rate limit's hot path: no request view, no coroutine hop
             try:
                 verdict = policy.check_client(client)
@@ -142,7 +145,7 @@ class GuardMiddleware(PolicyHolder):
                 _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
                 verdict = ALLOW
             if verdict is ALLOW:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             elif not verdict.allowed and verdict.delay <= 0.0:  # (as below)
                 await _refuse(policy, verdict, scope, send)
             else:
@@ -188,7 +191,7 @@ class GuardMiddleware(PolicyHolder):
             await self._deferred(state, request, scope, receive, send)
             return
         if verdict is ALLOW:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         elif not verdict.allowed and verdict.delay <= 0.0:  # _act's first step, no request view
             await _refuse(policy, verdict, scope, send)
         else:
@@ -210,7 +213,7 @@ class GuardMiddleware(PolicyHolder):
             watch.local = True
             watch.reported = False
             try:
-                await self.app(scope, receive, watch.send)
+                await app(scope, receive, watch.send)
             finally:
                 if not watch.reported:
                     finish(policy, request, verdict, None, NO_HEADERS)
@@ -382,7 +385,8 @@ class _Watch(Watching):
                         break
             if changed:  # else the app's own message goes out as it was
                 message = {**message, "headers": [*lines, *extra]}
-        await self.to(message)
+        to = self.to  # (a local, then the call: see GuardMiddleware.__call__)
+        await to(message)
 
 
 async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:

@@ -115,7 +115,10 @@ class GuardMiddleware(PolicyHolder):
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         state = self._state  # read once: a live swap never splits a request
         policy = state.policy
-        client = self._resolve(environ)
+        # (a callable kept in an attribute of the instance is read into a local, then
+        # called: Python 3.11 specializes that read, not a method call's lookup)
+        resolve, app = self._resolve, self.app
+        client = resolve(environ)
         request = None
         deferred = False
         try:
@@ -142,7 +145,7 @@ class GuardMiddleware(PolicyHolder):
         if deferred and request is not None:  # outside the try: the app's errors are its own
             return self._deferred(policy, request, environ, start_response)
         if verdict is ALLOW:
-            return self.app(environ, start_response)
+            return app(environ, start_response)
         request = request or WsgiRequest(environ, client)
         if verdict.delay > 0.0 or not verdict.allowed or not verdict.watch or state.adds:
             return self._act(state, verdict, request, environ, start_response)
@@ -160,7 +163,7 @@ class GuardMiddleware(PolicyHolder):
         watched.local = True
         watched.reported = False
         try:  # (watched.serve, without the call)
-            result = self.app(environ, watched.start)
+            result = app(environ, watched.start)
         except BaseException:
             watched.last()
             raise
@@ -409,7 +412,8 @@ class _Watched(Watching):
                     headers = [(k, v) for k, v in headers if k.lower() not in strip]
                     break
         extra = self.extra
-        writer: Callable[[bytes], object] = self.to(
+        to = self.to  # (a local, then the call: see GuardMiddleware.__call__)
+        writer: Callable[[bytes], object] = to(
             status, [*headers, *extra] if extra else headers, exc_info
         )
         return writer
