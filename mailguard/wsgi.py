@@ -61,6 +61,10 @@ _log = logging.getLogger("mailguard")
 # the text and parses it); int() reads any other text
 _DECIMALS = {str(n): n for n in range(1000)}
 
+# io.BytesIO as a global of this module: _buffer makes one per login form, and
+# Python 3.11 specializes that read (not always the io module's attribute)
+_BytesIO = io.BytesIO
+
 _new = object.__new__
 
 
@@ -523,7 +527,7 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
             head = environ["wsgi.input"].read(length)
             if head.__class__ is bytes and len(head) == length:  # all of it at once
                 request.body = head
-                environ["wsgi.input"] = io.BytesIO(head)
+                environ["wsgi.input"] = _BytesIO(head)
                 return True
             head = bytes(head) if head else b""  # (what the loop below makes of it)
     else:
