@@ -375,7 +375,9 @@ class _Watch(Watching):
                         self.policy, self.request, self.verdict, message.get("status"), seen
                     )
             extra = self.extra
-            changed = bool(extra)
+            changed = False
+            if extra:  # (changed = bool(extra), without the call)
+                changed = True
             strip = self.strip
             if strip:
                 for k, _ in lines:
