@@ -512,16 +512,15 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
     None ("cannot tell", counted as an attempt), never ``b""``.
     """
     text = environ.get("CONTENT_LENGTH")
-    length: int | None
+    length: int | None = None
     head = b""
     if (
         text.__class__ is str
-        and text.isdigit()
-        and text.isascii()
         and environ.get("HTTP_TRANSFER_ENCODING") is None
+        # (one of the decimals below 1,000 is ASCII digits: no test of its characters)
+        and ((length := _DECIMALS.get(text)) is not None or (text.isdigit() and text.isascii()))
     ):  # the usual: a Content-Length of ASCII digits, no transfer coding
-        length = _DECIMALS.get(text)  # (int(text), usually without the call)
-        if length is None:
+        if length is None:  # (int(text), needed only past the table)
             length = int(text)
         if 0 < length <= limit:  # the whole body is wanted (a login form, usually)
             head = environ["wsgi.input"].read(length)
