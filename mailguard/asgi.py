@@ -63,6 +63,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("mailguard")
 
+_new = object.__new__
+
 
 class _State:
     """What a request reads of its filter's policy, read once per request:
@@ -130,7 +132,10 @@ class GuardMiddleware(PolicyHolder):
             return
         state = self._state  # read once: a live swap never splits a request
         policy = state.policy
-        client = self._resolve(scope)
+        # (a callable kept in an attribute of the instance is read into a local, then
+        # called: Python 3.11 specializes that read, not a method call's lookup)
+        resolve, app = self._resolve, self.app
+        client = resolve(scope)
         if state.quick:  # the rate limit's hot path: no request view, no coroutine hop
             try:
                 verdict = policy.check_client(client)
@@ -140,7 +145,7 @@ class GuardMiddleware(PolicyHolder):
                 _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
                 verdict = ALLOW
             if verdict is ALLOW:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             elif not verdict.allowed and verdict.delay <= 0.0:  # (as below)
                 await _refuse(policy, verdict, scope, send)
             else:
@@ -186,7 +191,7 @@ class GuardMiddleware(PolicyHolder):
             await self._deferred(state, request, scope, receive, send)
             return
         if verdict is ALLOW:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         elif not verdict.allowed and verdict.delay <= 0.0:  # _act's first step, no request view
             await _refuse(policy, verdict, scope, send)
         else:
@@ -196,9 +201,19 @@ class GuardMiddleware(PolicyHolder):
                 return
             # _act's common case without its coroutine (a login attempt): an
             # allowed verdict to watch, no header to add, a local store
-            watch = _Watch(policy, request, verdict, send, (), state.strip, True)
+            # (_Watch(policy, request, verdict, send, (), state.strip, True), inlined:
+            # no call to the class and its __init__; every slot of Watching set)
+            watch: _Watch = _new(_Watch)
+            watch.policy = policy
+            watch.request = request
+            watch.verdict = verdict
+            watch.to = send
+            watch.extra = ()
+            watch.strip = state.strip
+            watch.local = True
+            watch.reported = False
             try:
-                await self.app(scope, receive, watch.send)
+                await app(scope, receive, watch.send)
             finally:
                 if not watch.reported:
                     finish(policy, request, verdict, None, NO_HEADERS)
@@ -360,7 +375,9 @@ class _Watch(Watching):
                         self.policy, self.request, self.verdict, message.get("status"), seen
                     )
             extra = self.extra
-            changed = bool(extra)
+            changed = False
+            if extra:  # (changed = bool(extra), without the call)
+                changed = True
             strip = self.strip
             if strip:
                 for k, _ in lines:
@@ -370,7 +387,8 @@ class _Watch(Watching):
                         break
             if changed:  # else the app's own message goes out as it was
                 message = {**message, "headers": [*lines, *extra]}
-        await self.to(message)
+        to = self.to  # (a local, then the call: see GuardMiddleware.__call__)
+        await to(message)
 
 
 async def _refuse(policy: Policy, verdict: Verdict, scope: Scope, send: Send) -> None:

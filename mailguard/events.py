@@ -313,8 +313,10 @@ class Reporter:
         if self.hook is not None or _listeners:
             return True
         logger = self.logger
-        # (_shown's first rule first, as log does: most often all it takes)
-        return (logger.isEnabledFor(level) or _shown(logger, level)) and _heard(logger, level)
+        # log's test, its two halves swapped (both are pure): a silenced mailguard
+        # (every handler a NullHandler) is told by _heard alone; when it is heard,
+        # _shown's first rule first, as log does: most often all it takes
+        return _heard(logger, level) and (logger.isEnabledFor(level) or _shown(logger, level))
 
     def emit(self, event: Event, level: int = logging.WARNING) -> None:
         if _shown(self.logger, level) and _heard(self.logger, level):

@@ -73,18 +73,25 @@ class AsgiRequest(Request):
         # None: no header read yet; False: one read; then every header by name
         self._headers: dict[str, str] | bool | None = None
 
+    # (``x if x.__class__ is str else str(x)``: str() of a str is the str
+    # itself, and the call to the type costs more than the test)
     @property
     def method(self) -> str:
         scope = self._scope
-        return "WEBSOCKET" if scope["type"] == "websocket" else str(scope.get("method", "GET"))
+        if scope["type"] == "websocket":
+            return "WEBSOCKET"
+        method = scope.get("method", "GET")
+        return method if method.__class__ is str else str(method)
 
     @property
     def path(self) -> str:
-        return str(self._scope.get("path", "/"))
+        path = self._scope.get("path", "/")
+        return path if path.__class__ is str else str(path)
 
     @property
     def query(self) -> str:
-        return bytes(self._scope.get("query_string", b"")).decode("latin-1")
+        raw = self._scope.get("query_string", b"")
+        return (raw if raw.__class__ is bytes else bytes(raw)).decode("latin-1")
 
     def header(self, name: str) -> str | None:
         headers = self._headers
@@ -165,14 +172,22 @@ class WsgiRequest(Request):
         self.body = None
         self._environ = environ
 
+    # (``x if x.__class__ is str else str(x)``, as AsgiRequest's)
     @property
     def method(self) -> str:
-        return str(self._environ.get("REQUEST_METHOD", "GET"))
+        method = self._environ.get("REQUEST_METHOD", "GET")
+        return method if method.__class__ is str else str(method)
 
     @property
     def path(self) -> str:
         environ = self._environ
-        path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+        script = environ.get("SCRIPT_NAME", "")
+        if script.__class__ is not str:
+            script = str(script)
+        info = environ.get("PATH_INFO", "")
+        if info.__class__ is not str:
+            info = str(info)
+        path = script + info
         if not path.isascii():  # WSGI carries the path's bytes as latin-1 text; undo that
             try:
                 path = path.encode("latin-1").decode("utf-8")
@@ -182,7 +197,8 @@ class WsgiRequest(Request):
 
     @property
     def query(self) -> str:
-        return str(self._environ.get("QUERY_STRING", ""))
+        query = self._environ.get("QUERY_STRING", "")
+        return query if query.__class__ is str else str(query)
 
     def header(self, name: str) -> str | None:
         key = _ENVIRON_KEYS.get(name)

@@ -56,6 +56,17 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _log = logging.getLogger("mailguard")
 
+# int(text) of every decimal text of up to three digits: a status line's code
+# and a login form's Content-Length, read without int() (which makes a copy of
+# the text and parses it); int() reads any other text
+_DECIMALS = {str(n): n for n in range(1000)}
+
+# io.BytesIO as a global of this module: _buffer makes one per login form, and
+# Python 3.11 specializes that read (not always the io module's attribute)
+_BytesIO = io.BytesIO
+
+_new = object.__new__
+
 
 class _State:
     """What a request reads of its filter's policy, read once per request:
@@ -108,7 +119,10 @@ class GuardMiddleware(PolicyHolder):
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         state = self._state  # read once: a live swap never splits a request
         policy = state.policy
-        client = self._resolve(environ)
+        # (a callable kept in an attribute of the instance is read into a local, then
+        # called: Python 3.11 specializes that read, not a method call's lookup)
+        resolve, app = self._resolve, self.app
+        client = resolve(environ)
         request = None
         deferred = False
         try:
@@ -124,7 +138,8 @@ class GuardMiddleware(PolicyHolder):
                     waits = state.waits is not None and state.waits(request)
                 # buffer what the policy reads; a verdict that waits for the
                 # rest of the body is reached while the app reads it
-                deferred = bool(wanted or waits) and not _buffer(request, environ, wanted) and waits
+                if wanted or waits:  # (bool(wanted or waits) and ..., without the call)
+                    deferred = not _buffer(request, environ, wanted) and waits
                 verdict = ALLOW if deferred else policy.check(request)
         except StoreDown as down:
             verdict = policy.degraded(down)
@@ -134,15 +149,25 @@ class GuardMiddleware(PolicyHolder):
         if deferred and request is not None:  # outside the try: the app's errors are its own
             return self._deferred(policy, request, environ, start_response)
         if verdict is ALLOW:
-            return self.app(environ, start_response)
+            return app(environ, start_response)
         request = request or WsgiRequest(environ, client)
         if verdict.delay > 0.0 or not verdict.allowed or not verdict.watch or state.adds:
             return self._act(state, verdict, request, environ, start_response)
         # _act's common case (a login attempt): an allowed verdict to watch, no
         # header to add; the same steps without the call
-        watched = _Watched(policy, request, verdict, start_response, (), state.strip)
+        # (_Watched(policy, request, verdict, start_response, (), state.strip), inlined:
+        # no call to the class and its __init__; every slot of Watching set)
+        watched: _Watched = _new(_Watched)
+        watched.policy = policy
+        watched.request = request
+        watched.verdict = verdict
+        watched.to = start_response
+        watched.extra = ()
+        watched.strip = state.strip
+        watched.local = True
+        watched.reported = False
         try:  # (watched.serve, without the call)
-            result = self.app(environ, watched.start)
+            result = app(environ, watched.start)
         except BaseException:
             watched.last()
             raise
@@ -376,7 +401,9 @@ class _Watched(Watching):
             self.reported = True
             try:  # (watch.finish and _status_code, without the calls)
                 try:
-                    code: int | None = int(status[:3])
+                    code: int | None = _DECIMALS.get(status[:3])
+                    if code is None:
+                        code = int(status[:3])
                 except (TypeError, ValueError):
                     code = None
                 self.policy.finish(self.request, self.verdict, code, WsgiHeaders(headers))
@@ -389,7 +416,8 @@ class _Watched(Watching):
                     headers = [(k, v) for k, v in headers if k.lower() not in strip]
                     break
         extra = self.extra
-        writer: Callable[[bytes], object] = self.to(
+        to = self.to  # (a local, then the call: see GuardMiddleware.__call__)
+        writer: Callable[[bytes], object] = to(
             status, [*headers, *extra] if extra else headers, exc_info
         )
         return writer
@@ -402,7 +430,8 @@ class _Watched(Watching):
 
 def _status_code(status: str) -> int | None:
     try:
-        return int(status[:3])
+        code = _DECIMALS.get(status[:3])  # (int(status[:3]), usually without the call)
+        return int(status[:3]) if code is None else code
     except (TypeError, ValueError):
         return None
 
@@ -483,20 +512,21 @@ def _buffer(request: WsgiRequest, environ: Environ, limit: int) -> bool:
     None ("cannot tell", counted as an attempt), never ``b""``.
     """
     text = environ.get("CONTENT_LENGTH")
-    length: int | None
+    length: int | None = None
     head = b""
     if (
         text.__class__ is str
-        and text.isdigit()
-        and text.isascii()
         and environ.get("HTTP_TRANSFER_ENCODING") is None
+        # (one of the decimals below 1,000 is ASCII digits: no test of its characters)
+        and ((length := _DECIMALS.get(text)) is not None or (text.isdigit() and text.isascii()))
     ):  # the usual: a Content-Length of ASCII digits, no transfer coding
-        length = int(text)
+        if length is None:  # (int(text), needed only past the table)
+            length = int(text)
         if 0 < length <= limit:  # the whole body is wanted (a login form, usually)
             head = environ["wsgi.input"].read(length)
             if head.__class__ is bytes and len(head) == length:  # all of it at once
                 request.body = head
-                environ["wsgi.input"] = io.BytesIO(head)
+                environ["wsgi.input"] = _BytesIO(head)
                 return True
             head = bytes(head) if head else b""  # (what the loop below makes of it)
     else:

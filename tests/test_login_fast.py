@@ -338,7 +338,7 @@ _escapes = st.lists(
         st.integers(0, 255).map(lambda b: f"%{b:02x}"),
         st.integers(0, 255).map(lambda b: f"%{b:02X}"),
         st.sampled_from(
-            ["%", "%4", "%zz", "%4g", "%%41", "+", "%C3%A9", "%e9", "\u00e9", "%u0041"]
+            ["%", "%4", "%zz", "%4g", "%%41", "+", "%C3%A9", "%e9", "\u00e9", "%u0041", "%40"]
         ),
     ),
     max_size=10,
@@ -571,6 +571,10 @@ _form_bodies = st.one_of(
     st.sampled_from(
         [
             b"username=jdoe%40example.com&password=hunter2&loginOp=login",
+            b"username=J%40a%40b&x=%40",
+            b"username=j%40%41b",
+            b"username=j%40%4",
+            b"username=j%4040",
             b"username=a&username=b",
             b"user=A&userName=a",
             b"username=%ff%fe",

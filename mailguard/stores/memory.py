@@ -864,7 +864,10 @@ class MemoryStore(Store):
     def attempt(
         self, ns: str, key: str, limit: int, interval: float, pending_ttl: float
     ) -> tuple[int, int, float]:
-        now = self._clock()
+        # (the clock read into a local, then called: Python 3.11 specializes
+        # that read of an instance's own attribute, not a method call's lookup)
+        clock = self._clock
+        now = clock()
         lock = self._lock
         lock.acquire()  # not ``with``: this runs on every login
         try:
@@ -968,7 +971,8 @@ class MemoryStore(Store):
         max_block: float = 0.0,
         memory: float = 0.0,
     ) -> tuple[int, int, float]:
-        now = self._clock()
+        clock = self._clock  # (a local, then the call: see attempt)
+        now = clock()
         lock = self._lock
         lock.acquire()  # not ``with``: this runs on every login
         try:
