@@ -112,14 +112,6 @@ class Watching:
         self.reported = not watch  # (nothing to report: as if done)
 
 
-# The fronts' hot paths make a Watching without the call (wsgi.GuardMiddleware
-# and asgi.GuardMiddleware, "inlined"), setting each of these slots
-if Watching.__slots__ != (  # pragma: no cover
-    "extra", "local", "policy", "reported", "request", "strip", "to", "verdict"
-):  # fmt: skip
-    raise AssertionError("Watching's slots changed: update the fronts' inlined constructions")
-
-
 async def afinish(
     policy: Policy,
     request: Request,

@@ -997,3 +997,24 @@ def test_the_wsgi_body_buffer_reads_as_before(
         rest = environ["wsgi.input"].read()
         answers.append((ended, type(seen), seen, bytes(rest or b"")))
     assert answers[0] == answers[1]
+
+
+def test_the_fronts_make_a_watch_with_every_slot_set() -> None:
+    # wsgi.GuardMiddleware and asgi.GuardMiddleware make the login's watch
+    # without calling its class ("inlined"), setting each slot of Watching:
+    # a slot added there must be set there too.
+    from mailguard.watch import Watching
+
+    assert Watching.__slots__ == (
+        "extra", "local", "policy", "reported", "request", "strip", "to", "verdict"
+    )  # fmt: skip
+    import inspect
+
+    import mailguard.asgi
+    import mailguard.wsgi
+
+    for module in (mailguard.asgi, mailguard.wsgi):
+        source = inspect.getsource(module.GuardMiddleware.__call__)
+        made = "watch" if module is mailguard.asgi else "watched"
+        for slot in Watching.__slots__:
+            assert f"{made}.{slot} = " in source, (module.__name__, slot)
