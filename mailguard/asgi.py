@@ -511,7 +511,8 @@ class DeviceJail(GuardMiddleware):
             _log.exception("mailguard: %s failed on a request; serving it", policy.kind)
             verdict = ALLOW
         if verdict is ALLOW:
-            await self.app(scope, receive, send)
+            app = self.app  # (a local, then the call: see GuardMiddleware.__call__)
+            await app(scope, receive, send)
         elif not verdict.allowed and verdict.delay <= 0.0:
             await _refuse(policy, verdict, scope, send)
         else:
