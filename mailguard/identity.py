@@ -793,13 +793,13 @@ class ClientResolver:
         try:
             client = scope.get("client")
             hit = self._direct.get("" if client is None else client[0])
-        except Exception:
-            return self._from_asgi_fresh(scope)
+        except Exception:  # an unreadable scope or peer: the general path
+            return self._from_asgi_peer(scope)
         if hit is not None:
             return hit
-        # (_from_asgi_fresh and _from_asgi_peer's first steps, inlined: a
-        # flood of fresh addresses runs this, directly or through a proxy; a
-        # tuple here has an item 0, read above)
+        # A fresh address, or a proxy's request: a flood of fresh addresses
+        # runs this, directly or through a proxy (_from_asgi_peer's first
+        # steps, without its calls; a tuple here has an item 0, read above).
         if type(client) is tuple:
             address = client[0]
             if type(address) is str:
@@ -849,27 +849,10 @@ class ClientResolver:
             peer = scope.get("client")
             hit = self._direct.get("" if peer is None else peer[0])
         except Exception:  # an unreadable scope or peer: resolved on its own
-            return self._from_asgi_fresh(scope)
+            return self._from_asgi_peer(scope)
         if hit is not None:
             return hit
-        return self._shared(scope, peer, self._from_asgi_fresh)
-
-    def _from_asgi_fresh(self, scope: Mapping[str, Any]) -> Client:
-        """:meth:`from_asgi` once the peer is known not to be in the cache."""
-        try:
-            peer = scope.get("client")
-        except Exception:
-            peer = None  # (_from_asgi_peer makes it "unknown")
-        if type(peer) is tuple and peer:  # a fresh address, or a proxy's request
-            address = peer[0]
-            if type(address) is str:
-                proxy = self._trusted_peers.get(address)
-                if proxy is not None:
-                    return self._from_asgi_proxy(scope, proxy)
-                hit = self._fresh_quad(address)
-                if hit is not None:
-                    return hit
-        return self._from_asgi_peer(scope)
+        return self._shared(scope, peer, self.from_asgi)
 
     def from_wsgi_shared(self, environ: MutableMapping[str, Any]) -> Client:
         """:meth:`from_wsgi`, once per request: as :meth:`from_asgi_shared`, in
@@ -878,25 +861,10 @@ class ClientResolver:
             peer = environ.get("REMOTE_ADDR")
             hit = self._direct.get(peer)
         except Exception:  # an unreadable environ or peer: resolved on its own
-            return self._from_wsgi_fresh(environ)
+            return self._from_wsgi_peer(environ)
         if hit is not None:
             return hit
-        return self._shared(environ, peer, self._from_wsgi_fresh)
-
-    def _from_wsgi_fresh(self, environ: Mapping[str, Any]) -> Client:
-        """:meth:`from_wsgi` once the peer is known not to be in the cache."""
-        try:
-            peer = environ.get("REMOTE_ADDR")
-        except Exception:
-            peer = None  # (_from_wsgi_peer makes it "unknown")
-        if type(peer) is str:  # a fresh address, or a proxy's request
-            proxy = self._trusted_peers.get(peer)
-            if proxy is not None:
-                return self._from_wsgi_proxy(environ, proxy)
-            hit = self._fresh_quad(peer)
-            if hit is not None:
-                return hit
-        return self._from_wsgi_peer(environ)
+        return self._shared(environ, peer, self.from_wsgi)
 
     def _shared(
         self,
@@ -934,8 +902,8 @@ class ClientResolver:
             return self._from_wsgi_peer(environ)
         if hit is not None:
             return hit
-        # (_from_wsgi_fresh and _from_wsgi_peer's first steps, inlined: a
-        # flood of fresh addresses runs this, directly or through a proxy)
+        # A fresh address, or a proxy's request (_from_wsgi_peer's first
+        # steps, without its calls: a flood of fresh addresses runs this)
         if type(peer) is str:
             proxy = self._trusted_peers.get(peer)
             if proxy is not None:
