@@ -36,7 +36,7 @@ from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, 
 from .request import AsgiRequest, Request
 from .stores.base import Store
 from .stores.guard import StoreDown
-from .watch import NO_HEADERS, AsgiHeaders, Watching, afinish, body_plan, finish
+from .watch import NO_HEADERS, AsgiHeaders, Watching, afinish, body_plan, finish, watching
 
 if TYPE_CHECKING:
     import os
@@ -62,8 +62,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("mailguard")
-
-_new = object.__new__
 
 
 class _State:
@@ -201,17 +199,9 @@ class GuardMiddleware(PolicyHolder):
                 return
             # _act's common case without its coroutine (a login attempt): an
             # allowed verdict to watch, no header to add, a local store
-            # (_Watch(policy, request, verdict, send, (), state.strip, True), inlined:
-            # no call to the class and its __init__; every slot of Watching set)
-            watch: _Watch = _new(_Watch)
-            watch.policy = policy
-            watch.request = request
-            watch.verdict = verdict
-            watch.to = send
-            watch.extra = ()
-            watch.strip = state.strip
-            watch.local = True
-            watch.reported = False
+            # (_Watch(policy, request, verdict, send, (), state.strip, True), made
+            # without the class call)
+            watch = watching(_Watch, policy, request, verdict, send, state.strip)
             try:
                 await app(scope, receive, watch.send)
             finally:

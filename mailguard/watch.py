@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .policies import InvalidLoginPolicy
 
@@ -38,6 +38,7 @@ __all__ = [
     "afinish",
     "body_plan",
     "finish",
+    "watching",
 ]
 
 _log = logging.getLogger("mailguard")
@@ -110,6 +111,30 @@ class Watching:
         self.strip = strip
         self.local = local
         self.reported = not watch  # (nothing to report: as if done)
+
+
+_W = TypeVar("_W", bound=Watching)
+_new = object.__new__
+
+
+def watching(
+    cls: type[_W], policy: Policy, request: Any, verdict: Verdict, to: Any, strip: Any
+) -> _W:
+    """``cls(policy, request, verdict, to, (), strip)``: a watch with no header to
+    add, a local store and a response to report (a login attempt's, on every
+    login), made without the call to the class and its ``__init__`` (about 45
+    ns less); every slot of :class:`Watching` is set, as ``__init__`` sets it
+    (``tests/test_login_fast.py`` pins both)."""
+    made: _W = _new(cls)
+    made.policy = policy
+    made.request = request
+    made.verdict = verdict
+    made.to = to
+    made.extra = ()
+    made.strip = strip
+    made.local = True
+    made.reported = False
+    return made
 
 
 async def afinish(

@@ -31,7 +31,7 @@ from .policies import FILTERS, DeviceJailPolicy, DosPolicy, InvalidLoginPolicy, 
 from .request import WsgiRequest
 from .stores.base import Store
 from .stores.guard import StoreDown
-from .watch import NO_HEADERS, Watching, WsgiHeaders, body_plan, finish
+from .watch import NO_HEADERS, Watching, WsgiHeaders, body_plan, finish, watching
 
 if TYPE_CHECKING:
     import os
@@ -64,8 +64,6 @@ _DECIMALS = {str(n): n for n in range(1000)}
 # io.BytesIO as a global of this module: _buffer makes one per login form, and
 # Python 3.11 specializes that read (not always the io module's attribute)
 _BytesIO = io.BytesIO
-
-_new = object.__new__
 
 
 class _State:
@@ -155,17 +153,9 @@ class GuardMiddleware(PolicyHolder):
             return self._act(state, verdict, request, environ, start_response)
         # _act's common case (a login attempt): an allowed verdict to watch, no
         # header to add; the same steps without the call
-        # (_Watched(policy, request, verdict, start_response, (), state.strip), inlined:
-        # no call to the class and its __init__; every slot of Watching set)
-        watched: _Watched = _new(_Watched)
-        watched.policy = policy
-        watched.request = request
-        watched.verdict = verdict
-        watched.to = start_response
-        watched.extra = ()
-        watched.strip = state.strip
-        watched.local = True
-        watched.reported = False
+        # (_Watched(policy, request, verdict, start_response, (), state.strip), made
+        # without the class call)
+        watched = watching(_Watched, policy, request, verdict, start_response, state.strip)
         try:  # (watched.serve, without the call)
             result = app(environ, watched.start)
         except BaseException:
