@@ -236,3 +236,19 @@ def test_a_settle_in_a_store_over_its_bounds_makes_room_as_the_original() -> Non
             )
             assert held(fast) == held(slow)
             assert counters_consistent(fast)
+
+
+def test_a_purge_that_comes_due_in_a_settle_counts_the_streak_once() -> None:
+    """A settle that keeps a streak ticks the purge count (as _room does);
+    when the purge comes due there, it may turn the namespace over, while
+    the streak is out of the dicts: the streak is counted out first, so the
+    aged counters' bytes are exactly theirs (see MemoryStore._aged_as)."""
+    clock = FakeClock(T0)
+    store = MemoryStore(clock=clock)
+    for i in range(600):
+        assert store.attempt("login", f"u{i}", 5, 60.0, 30.0)[0] == OK
+        assert store.settle("login", f"u{i}", True, 5, 60.0, 300.0) == (OK, 1, 0.0)
+        clock.advance(0.01)
+        if i % 50 == 49:
+            assert counters_consistent(store)
+    assert store._aged["login"]

@@ -78,8 +78,13 @@ Time
     :class:`~mailguard.FakeClock` given here drives every filter on the store.
 
 Nothing runs in the background: expired counters are dropped as new keys
-come (every 128 new keys, up to 256 of them first in line) and need room, by
-:meth:`MemoryStore.expire`, and ended blocks when blocks are listed.
+come and need room, by :meth:`MemoryStore.expire`, and ended blocks when
+blocks are listed.  Every 128 new keys of a namespace, its aged counters go
+together once the latest of them has expired, if they are all windows: then
+none is looked at one by one, and an expired window stays for at most two of
+the namespace's longest windows (plus the time its next 256 new keys take).
+Otherwise (a login state, an offence count or a remembered value among them,
+which end at their own time) those expired and first in line go, up to 256.
 """
 
 from __future__ import annotations
@@ -208,6 +213,24 @@ def _block_end(_key: object, block: Block, _now: float) -> float:
     return block.until
 
 
+class _Aged:
+    """What a namespace's aged counters go together by (see
+    :meth:`MemoryStore._sweep`)."""
+
+    __slots__ = ("extras", "seen")
+
+    def __init__(self) -> None:
+        self.extras = 0
+        """The bytes counted for them beyond KEY_BYTES each (part of the
+        namespace's extras)."""
+        self.seen = _INF
+        """The latest time any of them was seen (the store's latest clock
+        reading when they were turned over) if they are all windows; inf if
+        not (a login state, an offence count or a remembered value ends at
+        its own time).  Once it has left the namespace's longest window,
+        every one of them has expired."""
+
+
 class _Blocks(TLRUCache[tuple[str, str], Block]):
     """The blocks, each dropped at its end, with a count per namespace
     (ended blocks included until they are dropped, as ``len``)."""
@@ -295,13 +318,20 @@ class MemoryStore(Store):
         self._queue: dict[str, deque[str]] = {}
         self._ttl: dict[str, float] = {}
         self._extras: dict[str, int] = {}
+        # Per namespace, what its aged counters go together by (see _Aged).
+        # (One attribute for it: CPython 3.11 keeps up to 29 attributes of an
+        # instance in an array that its specialised attribute reads index;
+        # with a 30th, every read of one in hit() is a dict lookup.)
+        self._aged_as: dict[str, _Aged] = {}
         self._counters = 0
         self._extra = 0  # the extras of all namespaces
         self._blocks = _Blocks(max_keys, self._clock)
         # the most live blocks of one namespace, and of all together
-        most_blocks = max_bytes // BLOCK_BYTES
-        self._ns_blocks = max(1, min(max_keys, most_blocks) // BLOCK_SHARE)
-        self._all_blocks = max(1, min(max_keys, most_blocks) * (BLOCK_SHARE - 1) // BLOCK_SHARE)
+        most_blocks = min(max_keys, max_bytes // BLOCK_BYTES)
+        self._block_caps = (
+            max(1, most_blocks // BLOCK_SHARE),
+            max(1, most_blocks * (BLOCK_SHARE - 1) // BLOCK_SHARE),
+        )
         self._full: set[str] = set()  # namespaces whose refused blocks were logged
         self._nblocks = 0  # blocks held, ended ones included until dropped (cheap to read)
         # The store is full for a new counter of KEY_BYTES once it holds _cap
@@ -412,6 +442,7 @@ class MemoryStore(Store):
             self._queue[ns] = deque()
             self._ttl[ns] = ttl
             self._extras[ns] = 0
+            self._aged_as[ns] = _Aged()
         elif ttl > self._ttl[ns]:
             self._ttl[ns] = ttl
         return space
@@ -430,6 +461,8 @@ class MemoryStore(Store):
             aged = self._aged[ns]
             if aged:
                 found = aged.pop(key, None)
+                if found is not None and found.__class__ is not float:
+                    self._aged_as[ns].extras -= _extra(found)
         return found
 
     def _forget(self, ns: str, value: Any) -> None:
@@ -490,7 +523,37 @@ class MemoryStore(Store):
         self._aged[ns] = recent
         self._spaces[ns] = {}
         self._queue[ns] = deque(recent)
+        aged_as = self._aged_as[ns]
+        aged_as.extras = self._extras[ns]  # (all of them were recent)
+        # (only hit() writes windows, at its reading of the clock, which it
+        # keeps in _latest; every other counter is a tuple)
+        aged_as.seen = self._latest if tuple not in set(map(type, recent.values())) else _INF
         return True
+
+    def _sweep(self, ns: str, now: float) -> None:
+        """Drop expired counters of ``ns``: every :data:`_PURGE_EVERY` new keys.
+
+        When the aged counters are all windows, they go together once the
+        latest of them has expired (so none is looked at one by one, and an
+        expired window is held for at most two of the namespace's longest
+        windows); else those expired and first in line go, up to
+        :data:`_PURGE_MOST`."""
+        aged = self._aged[ns]
+        aged_as = self._aged_as[ns]
+        if aged and aged_as.seen < _INF:
+            if aged_as.seen > now - self._ttl[ns]:  # (the test _expired applies)
+                return
+            self._counters -= len(aged)
+            freed = aged_as.extras
+            self._aged[ns] = {}
+            aged_as.extras = 0
+            if freed:
+                self._extra -= freed
+                self._extras[ns] -= freed
+                self._recap()
+            self._turn(ns)
+            return
+        self._purge(ns, now, _PURGE_MOST)
 
     def _purge(self, ns: str, now: float, most: int) -> int:
         """Drop up to ``most`` expired counters first in line in ``ns``;
@@ -507,7 +570,12 @@ class MemoryStore(Store):
             try:
                 key = first()
             except IndexError:  # so aged is empty too (each of its keys is queued)
-                if aged or not self._turn(ns):
+                if aged:
+                    break
+                if freed:  # (counted out first: the recent counters become aged)
+                    self._count_out(ns, freed)
+                    freed = 0
+                if not self._turn(ns):
                     break
                 aged = self._aged[ns]
                 queue = self._queue[ns]
@@ -542,10 +610,15 @@ class MemoryStore(Store):
         if gone:
             self._counters -= gone
             if freed:
-                self._extra -= freed
-                self._extras[ns] -= freed
-                self._recap()
+                self._count_out(ns, freed)
         return gone
+
+    def _count_out(self, ns: str, freed: int) -> None:
+        """Stop counting ``freed`` bytes of aged counters of ``ns`` that went."""
+        self._extra -= freed
+        self._extras[ns] -= freed
+        self._aged_as[ns].extras -= freed
+        self._recap()
 
     def _evict(self, ns: str, most: int, room: int) -> None:
         """Evict the least recently seen counters of ``ns`` until the store
@@ -562,6 +635,9 @@ class MemoryStore(Store):
         queue = self._queue[ns]
         while counters >= most or KEY_BYTES * counters + extra > room:
             if not aged:
+                if freed:  # (counted out first: the recent counters become aged)
+                    self._count_out(ns, freed)
+                    freed = 0
                 if not self._turn(ns):
                     break
                 aged = self._aged[ns]
@@ -576,9 +652,7 @@ class MemoryStore(Store):
                 freed += cost
         self._counters = counters
         if freed:
-            self._extra = extra
-            self._extras[ns] -= freed
-            self._recap()
+            self._count_out(ns, freed)
 
     def _room(self, ns: str, now: float, extra: int) -> bool:
         """Make room for a new counter of ``KEY_BYTES + extra`` bytes in
@@ -593,7 +667,7 @@ class MemoryStore(Store):
         self._purge_in -= 1
         if self._purge_in <= 0:
             self._purge_in = _PURGE_EVERY
-            self._purge(ns, now, _PURGE_MOST)
+            self._sweep(ns, now)
         if (
             self._counters >= self._cap
             or (extra and self._bytes() + KEY_BYTES + extra > self.max_bytes)
@@ -664,10 +738,11 @@ class MemoryStore(Store):
         if (ns, key) not in self._blocks:
             self._drop_ended(now)
             held = self._blocks.held.get(ns, 0)
-            if held >= self._ns_blocks or self._nblocks >= self._all_blocks:
+            ns_most, all_most = self._block_caps
+            if held >= ns_most or self._nblocks >= all_most:
                 self._refuse(ns, held)
                 return made, False
-            if held < self._ns_blocks // 2:
+            if held < ns_most // 2:
                 self._full.discard(ns)
             # room for one more block: a key, and BLOCK_BYTES
             most = self.max_keys - 1
@@ -756,6 +831,8 @@ class MemoryStore(Store):
                     aged = self._aged[ns]  # not seen since the namespace turned over?
                     if aged:
                         before = aged.pop(key, None)
+                        if before is not None and before.__class__ is not float:
+                            self._aged_as[ns].extras -= _extra(before)  # (recent now)
                 if window > self._ttl[ns]:  # (a key seen before too: its counter
                     self._ttl[ns] = window  # must outlive the longest window)
             if before is None:
@@ -772,7 +849,7 @@ class MemoryStore(Store):
                     self._purge_in = purge_in
                 else:
                     self._purge_in = _PURGE_EVERY
-                    self._purge(ns, now, _PURGE_MOST)
+                    self._sweep(ns, now)
                 if self._counters >= self._cap and not self._make_room(ns, now, 0):
                     return OK, limit - 1, window
                 self._counters += 1
@@ -835,15 +912,25 @@ class MemoryStore(Store):
                 ):
                     self._shed(ns)
                 return OK, remaining, wait
+            # The block replaces the counter (as in settle): counted out first,
+            # so that no counter held out of the dicts is counted while room
+            # is made for the block (which may turn the namespace over).
+            self._forget(ns, before)
             if self._put_block(ns, key, now, jail, "rate")[1]:
-                self._forget(ns, before)
                 return JAILED, 0, jail
             # No room for the jail: still refused, and the window is kept, so
             # the key stays limited to ``limit`` per window (see "Room for
-            # each namespace").  (Fetched again: the namespace may have turned.)
+            # each namespace"): counted again.  (Fetched again: the namespace
+            # may have turned.)
             self._spaces[ns][key] = log
-            if log is not before and self._recount(ns, before, log) > 0 and self._over():
-                self._shed(ns)
+            self._counters += 1
+            extra = _extra(log)
+            if extra:
+                self._extra += extra
+                self._extras[ns] += extra
+                self._recap()
+                if extra > _extra(before) and self._over():
+                    self._shed(ns)
             return OVER, 0, wait
         finally:
             lock.release()
@@ -886,6 +973,8 @@ class MemoryStore(Store):
                 aged = self._aged[ns]
                 if aged:
                     state = aged.pop(key, None)
+                    if state is not None and state.__class__ is not float:
+                        self._aged_as[ns].extras -= _extra(state)  # (taken out)
             if state is None:
                 if limit < 1:
                     return self._attempt_rest(ns, key, now, None, limit, interval, pending_ttl)
@@ -894,7 +983,7 @@ class MemoryStore(Store):
                 self._purge_in -= 1
                 if self._purge_in <= 0:
                     self._purge_in = _PURGE_EVERY
-                    self._purge(ns, now, 2 * _PURGE_EVERY)
+                    self._sweep(ns, now)
                 if (
                     self._counters >= self._cap
                     or KEY_BYTES * self._counters + self._extra + BLOCK_BYTES * self._nblocks
@@ -991,6 +1080,8 @@ class MemoryStore(Store):
                 aged = self._aged[ns]
                 if aged:
                     state = aged.pop(key, None)
+                    if state is not None and state.__class__ is not float:
+                        self._aged_as[ns].extras -= _extra(state)  # (taken out)
             if state is None or state.__class__ is not tuple or len(state) != 5:  # (_streak)
                 return self._settle_rest(
                     ns, key, now, state, failed, limit, interval, block_for,
@@ -1024,19 +1115,17 @@ class MemoryStore(Store):
                 self._cap = fit if fit < most else most  # (min(), without the call)
                 return OK, 0, 0.0
             # The same counter kept, of the same bytes: _forget, then _room,
-            # which needs no room then unless the store was already full.
-            self._purge_in -= 1
-            if self._purge_in <= 0:
-                self._purge_in = _PURGE_EVERY
-                self._purge(ns, now, 2 * _PURGE_EVERY)
-            if self._counters > self._cap:  # (the one case _room would make room)
+            # which needs no room then unless the store was already full, and
+            # does nothing else unless it is time to purge.
+            purge_in = self._purge_in - 1
+            if purge_in and self._counters <= self._cap:
+                self._purge_in = purge_in
+            else:
+                # (counted out first: a purge may turn the namespace over,
+                # and no counter held out of the dicts may be counted then)
                 self._forget(ns, state)
-                if not self._make_room(ns, now, STATE_BYTES):
+                if not self._room(ns, now, STATE_BYTES):
                     return OK, count, 0.0
-                self._counters += 1
-                self._extra += STATE_BYTES
-                self._extras[ns] += STATE_BYTES
-                self._recap()
             # Streak.expires, inlined
             ends = last + interval
             while ends - last <= interval:  # rounding: step up until it has lapsed
@@ -1171,7 +1260,10 @@ class MemoryStore(Store):
                 for space in (recent, aged):
                     dead = [k for k, v in space.items() if self._expired(v, now, ttl)]
                     for k in dead:
-                        self._forget(ns, space.pop(k))
+                        value = space.pop(k)
+                        self._forget(ns, value)
+                        if space is aged:
+                            self._aged_as[ns].extras -= _extra(value)
                     gone += len(dead)
                 # let go of the dropped keys' strings now
                 self._queue[ns] = deque(k for k in self._queue[ns] if k in aged)
@@ -1202,6 +1294,7 @@ class MemoryStore(Store):
         self._queue.clear()
         self._ttl.clear()
         self._extras.clear()
+        self._aged_as.clear()
         self._counters = 0
         self._extra = 0
 
