@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mailguard import FakeClock, MemoryStore
 from mailguard.core import Log, slide
-from mailguard.stores.base import OK, OVER
+from mailguard.stores.base import JAILED, OK, OVER
 from tests.test_memory_store import counters_consistent
 
 T0 = 1_700_000_000.0
@@ -146,6 +146,27 @@ def test_windows_go_together_only_once_the_longest_window_is_over() -> None:
     _flood(store, 800, 300)  # and so do the rest, a turn-over later
     held = {*store._spaces["dos"], *store._aged["dos"]}
     assert not held & {f"f{i}" for i in range(1, 500)}
+    assert counters_consistent(store)
+
+
+def test_windows_that_go_together_leave_nothing_behind() -> None:
+    """The purge is due every 128 new keys of any namespace, and drops the
+    expired counters of the one whose key made it due: there the aged
+    windows can go while nothing is recent, and then neither their counters
+    nor their keys' strings are held anywhere."""
+    clock = FakeClock(T0)
+    store = MemoryStore(1_000_000, clock=clock)
+    _flood(store, 0, 127)
+    assert store.hit("dos", "j", 1, 1.0, 5.0)[0] == OK  # the 128th: they turn over
+    assert store.hit("dos", "j", 1, 1.0, 5.0)[0] == JAILED  # (its window goes: a block)
+    assert len(store._aged["dos"]) == 127 and not store._spaces["dos"]
+    clock.advance(2.0)
+    for i in range(127):
+        store.hit("dev", f"d{i}", 5, 1.0)
+    store.hit("dos", "last", 5, 1.0)  # makes the purge due: the aged windows go
+    assert not store._aged["dos"] and not store._queue["dos"]
+    assert list(store._spaces["dos"]) == ["last"]
+    assert len(store) == 127 + 1 + 1  # (and the block)
     assert counters_consistent(store)
 
 

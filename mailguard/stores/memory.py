@@ -546,6 +546,7 @@ class MemoryStore(Store):
             self._counters -= len(aged)
             freed = aged_as.extras
             self._aged[ns] = {}
+            self._queue[ns] = deque()  # (their keys: let go of them now)
             aged_as.extras = 0
             if freed:
                 self._extra -= freed
