@@ -132,7 +132,7 @@ def test_windows_go_together_only_once_the_longest_window_is_over() -> None:
     store.hit("dos", "long", 1, 3.0)  # a 3 s window
     store.hit("dos", "short", 1, 1.0)
     _flood(store, 0, 200)  # the first purge turns them all over
-    assert store._aged["dos"] and store._aged_as["dos"].seen < math.inf
+    assert store._aged["dos"] and store._aged_as["dos"][1] < math.inf
     clock.advance(2.0)
     _flood(store, 200, 300)  # 1 s windows over, the 3 s one not: all are kept
     assert "long" in store._aged["dos"]
@@ -179,7 +179,7 @@ def test_remembered_values_keep_a_namespace_on_the_one_by_one_purge() -> None:
     _flood(store, 0, 100)
     store.swap("dos", "seen", "v", 60.0)
     _flood(store, 100, 100)  # the first purge turns them all over
-    assert "seen" in store._aged["dos"] and store._aged_as["dos"].seen == math.inf
+    assert "seen" in store._aged["dos"] and store._aged_as["dos"][1] == math.inf
     clock.advance(2.0)
     _flood(store, 200, 400)
     aged = store._aged["dos"]
@@ -347,5 +347,5 @@ def test_a_store_has_few_enough_attributes_to_keep_them_inline() -> None:
     """CPython 3.11 keeps up to 29 attributes of an instance in an array that
     its specialised attribute reads index directly; a 30th makes every read
     of one a dict lookup (in hit() under churn, about 120 instructions a
-    decision more, measured with callgrind).  Group new ones (see _Aged)."""
+    decision more, measured with callgrind).  Group new ones (see _aged_as)."""
     assert len(vars(MemoryStore())) <= 29

@@ -58,7 +58,7 @@ def counters_consistent(store: MemoryStore) -> bool:
         and store._blocks.held == dict(blocks)
         and store._extras == extras
         and store._extra == sum(extras.values())
-        and {ns: aged_as.extras for ns, aged_as in store._aged_as.items()} == aged_extras
+        and {ns: aged_as[0] for ns, aged_as in store._aged_as.items()} == aged_extras
         and all(aged_windows_sound(store, ns) for ns in store._aged)
         and store._cap == cap
     )
@@ -68,7 +68,7 @@ def aged_windows_sound(store: MemoryStore, ns: str) -> bool:
     """When the aged counters of ``ns`` are marked all windows (to go
     together, see MemoryStore._sweep), they are, and none was seen after
     the time recorded for them: so they have all expired once it has."""
-    turned = store._aged_as[ns].seen
+    turned = store._aged_as[ns][1]
     if turned == math.inf:
         return True
     return all(

@@ -213,24 +213,6 @@ def _block_end(_key: object, block: Block, _now: float) -> float:
     return block.until
 
 
-class _Aged:
-    """What a namespace's aged counters go together by (see
-    :meth:`MemoryStore._sweep`)."""
-
-    __slots__ = ("extras", "seen")
-
-    def __init__(self) -> None:
-        self.extras = 0
-        """The bytes counted for them beyond KEY_BYTES each (part of the
-        namespace's extras)."""
-        self.seen = _INF
-        """The latest time any of them was seen (the store's latest clock
-        reading when they were turned over) if they are all windows; inf if
-        not (a login state, an offence count or a remembered value ends at
-        its own time).  Once it has left the namespace's longest window,
-        every one of them has expired."""
-
-
 class _Blocks(TLRUCache[tuple[str, str], Block]):
     """The blocks, each dropped at its end, with a count per namespace
     (ended blocks included until they are dropped, as ``len``)."""
@@ -318,11 +300,17 @@ class MemoryStore(Store):
         self._queue: dict[str, deque[str]] = {}
         self._ttl: dict[str, float] = {}
         self._extras: dict[str, int] = {}
-        # Per namespace, what its aged counters go together by (see _Aged).
-        # (One attribute for it: CPython 3.11 keeps up to 29 attributes of an
-        # instance in an array that its specialised attribute reads index;
-        # with a 30th, every read of one in hit() is a dict lookup.)
-        self._aged_as: dict[str, _Aged] = {}
+        # Per namespace, what its aged counters go together by (see _sweep):
+        # [extras, seen], the bytes counted for them beyond KEY_BYTES each
+        # (part of _extras), and the latest time any of them was seen (the
+        # store's latest clock reading when they were turned over) if they
+        # are all windows, else inf (a login state, an offence count or a
+        # remembered value ends at its own time).  Once ``seen`` has left the
+        # namespace's longest window, every one of them has expired.
+        # (One attribute for both: CPython 3.11 keeps up to 29 attributes of
+        # an instance in an array that its specialised attribute reads index,
+        # and with a 30th every read of one in hit() is a dict lookup.)
+        self._aged_as: dict[str, list[Any]] = {}
         self._counters = 0
         self._extra = 0  # the extras of all namespaces
         self._blocks = _Blocks(max_keys, self._clock)
@@ -442,7 +430,7 @@ class MemoryStore(Store):
             self._queue[ns] = deque()
             self._ttl[ns] = ttl
             self._extras[ns] = 0
-            self._aged_as[ns] = _Aged()
+            self._aged_as[ns] = [0, _INF]
         elif ttl > self._ttl[ns]:
             self._ttl[ns] = ttl
         return space
@@ -462,7 +450,7 @@ class MemoryStore(Store):
             if aged:
                 found = aged.pop(key, None)
                 if found is not None and found.__class__ is not float:
-                    self._aged_as[ns].extras -= _extra(found)
+                    self._aged_as[ns][0] -= _extra(found)
         return found
 
     def _forget(self, ns: str, value: Any) -> None:
@@ -524,10 +512,10 @@ class MemoryStore(Store):
         self._spaces[ns] = {}
         self._queue[ns] = deque(recent)
         aged_as = self._aged_as[ns]
-        aged_as.extras = self._extras[ns]  # (all of them were recent)
+        aged_as[0] = self._extras[ns]  # (all of them were recent)
         # (only hit() writes windows, at its reading of the clock, which it
         # keeps in _latest; every other counter is a tuple)
-        aged_as.seen = self._latest if tuple not in set(map(type, recent.values())) else _INF
+        aged_as[1] = self._latest if tuple not in set(map(type, recent.values())) else _INF
         return True
 
     def _sweep(self, ns: str, now: float) -> None:
@@ -540,14 +528,14 @@ class MemoryStore(Store):
         :data:`_PURGE_MOST`."""
         aged = self._aged[ns]
         aged_as = self._aged_as[ns]
-        if aged and aged_as.seen < _INF:
-            if aged_as.seen > now - self._ttl[ns]:  # (the test _expired applies)
+        if aged and aged_as[1] < _INF:
+            if aged_as[1] > now - self._ttl[ns]:  # (the test _expired applies)
                 return
             self._counters -= len(aged)
-            freed = aged_as.extras
+            freed = aged_as[0]
             self._aged[ns] = {}
             self._queue[ns] = deque()  # (their keys: let go of them now)
-            aged_as.extras = 0
+            aged_as[0] = 0
             if freed:
                 self._extra -= freed
                 self._extras[ns] -= freed
@@ -618,7 +606,7 @@ class MemoryStore(Store):
         """Stop counting ``freed`` bytes of aged counters of ``ns`` that went."""
         self._extra -= freed
         self._extras[ns] -= freed
-        self._aged_as[ns].extras -= freed
+        self._aged_as[ns][0] -= freed
         self._recap()
 
     def _evict(self, ns: str, most: int, room: int) -> None:
@@ -833,7 +821,7 @@ class MemoryStore(Store):
                     if aged:
                         before = aged.pop(key, None)
                         if before is not None and before.__class__ is not float:
-                            self._aged_as[ns].extras -= _extra(before)  # (recent now)
+                            self._aged_as[ns][0] -= _extra(before)  # (recent now)
                 if window > self._ttl[ns]:  # (a key seen before too: its counter
                     self._ttl[ns] = window  # must outlive the longest window)
             if before is None:
@@ -975,7 +963,7 @@ class MemoryStore(Store):
                 if aged:
                     state = aged.pop(key, None)
                     if state is not None and state.__class__ is not float:
-                        self._aged_as[ns].extras -= _extra(state)  # (taken out)
+                        self._aged_as[ns][0] -= _extra(state)  # (taken out)
             if state is None:
                 if limit < 1:
                     return self._attempt_rest(ns, key, now, None, limit, interval, pending_ttl)
@@ -1082,7 +1070,7 @@ class MemoryStore(Store):
                 if aged:
                     state = aged.pop(key, None)
                     if state is not None and state.__class__ is not float:
-                        self._aged_as[ns].extras -= _extra(state)  # (taken out)
+                        self._aged_as[ns][0] -= _extra(state)  # (taken out)
             if state is None or state.__class__ is not tuple or len(state) != 5:  # (_streak)
                 return self._settle_rest(
                     ns, key, now, state, failed, limit, interval, block_for,
@@ -1264,7 +1252,7 @@ class MemoryStore(Store):
                         value = space.pop(k)
                         self._forget(ns, value)
                         if space is aged:
-                            self._aged_as[ns].extras -= _extra(value)
+                            self._aged_as[ns][0] -= _extra(value)
                     gone += len(dead)
                 # let go of the dropped keys' strings now
                 self._queue[ns] = deque(k for k in self._queue[ns] if k in aged)
