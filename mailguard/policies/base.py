@@ -471,7 +471,13 @@ class Policy:
 
     def startup_fields(self) -> tuple[tuple[str, Field], ...]:
         """What the startup line says: what the filter guards, its limits, its store."""
-        get = self.__dict__.get
+
+        def get(name: str, default: Any = None) -> Any:
+            # (getattr, not self.__dict__: reading __dict__ makes CPython 3.11
+            # give up the instance's inline attribute values for a dict, and
+            # every attribute read on the request path becomes a dict lookup)
+            return getattr(self, name, default)
+
         fields: list[tuple[str, Field]] = []
         if self.kind == "dos":
             exempt = get("exempt_paths")
