@@ -341,11 +341,3 @@ def test_the_hot_key_stays_exact_when_a_block_turns_its_namespace_over() -> None
     assert _state(stores[0]) == _state(stores[1])
     assert counters_consistent(stores[0])
     assert hot_key_held(stores[0])
-
-
-def test_a_store_has_few_enough_attributes_to_keep_them_inline() -> None:
-    """CPython 3.11 keeps up to 29 attributes of an instance in an array that
-    its specialised attribute reads index directly; a 30th makes every read
-    of one a dict lookup (in hit() under churn, about 120 instructions a
-    decision more, measured with callgrind).  Group new ones (see _aged_as)."""
-    assert len(vars(MemoryStore())) <= 29
