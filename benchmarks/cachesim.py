@@ -30,8 +30,11 @@ twice); with N clients, 2 / N seconds a reading, so that each client comes
 back after two seconds or more and finds its one-second windows expired, as
 in most of ``http_cost.py``'s 100,000-client rows (a login's streak lasts minutes
 and is still there).  So two runs of one code give the same counts.
-Between two codes, a row the change does not touch moves by up to 1% (the
-garbage collector runs at other moments).
+Between two codes, a row the change does not touch moves by up to 1%: the
+garbage collector runs at other moments, and lookups of special methods
+can miss the interpreter's type-attribute cache, which depends on where
+objects happen to lie (seen as 500-1,000 instructions a request between
+two codes whose Python work was the same, bytecode for bytecode).
 The many-clients count, 20,000 by default, is past the 16,384 entries of
 the client-address caches, which then keep emptying and refilling as at
 100,000; 100,000 clients work too, but a whole rotation of them takes about
