@@ -35,16 +35,29 @@ def test_hit_is_slide_on_any_sequence(
     for key_no, pause, fresh in steps:
         clock.advance(pause)
         key = f"f{key_no}" if fresh else f"k{key_no % 6}"  # 40 "fresh" keys: purges
-        now = clock()
-        log, allowed, remaining, wait = slide(logs.get(key), now, limit, window, detail)
-        got = store.hit("dos", key, limit, window, 0.0, detail)
-        if allowed:
-            logs[key] = log
-            assert got == (OK, remaining, wait)
-        else:
-            assert got == (OVER, 0, wait)
+        _hit_is_slide(store, logs, key, clock(), limit, window, detail)
         assert counters_consistent(store)
         assert len(store) <= 64
+
+
+def _hit_is_slide(
+    store: MemoryStore,
+    logs: dict[str, Log],
+    key: str,
+    now: float,
+    limit: int,
+    window: float,
+    detail: bool,
+) -> None:
+    """The store's answer for ``key`` is core.slide's on the key's log
+    (kept in ``logs``)."""
+    log, allowed, remaining, wait = slide(logs.get(key), now, limit, window, detail)
+    got = store.hit("dos", key, limit, window, 0.0, detail)
+    if allowed:
+        logs[key] = log
+        assert got == (OK, remaining, wait)
+    else:
+        assert got == (OVER, 0, wait)
 
 
 def test_the_purge_counts_out_expired_rings_and_states() -> None:
@@ -110,13 +123,7 @@ def test_windows_that_go_together_had_all_expired(
         else:
             todo = [(f"k{step[1]}", float(step[2]))]  # type: ignore[arg-type]
         for key, window in todo:
-            log, allowed, remaining, wait = slide(logs.get(key), now, limit, window, detail)
-            got = store.hit("dos", key, limit, window, 0.0, detail)
-            if allowed:
-                logs[key] = log
-                assert got == (OK, remaining, wait)
-            else:
-                assert got == (OVER, 0, wait)
+            _hit_is_slide(store, logs, key, now, limit, window, detail)
         assert counters_consistent(store)
 
 
