@@ -532,14 +532,10 @@ class MemoryStore(Store):
             if aged_as[1] > now - self._ttl[ns]:  # (the test _expired applies)
                 return
             self._counters -= len(aged)
-            freed = aged_as[0]
             self._aged[ns] = {}
             self._queue[ns] = deque()  # (their keys: let go of them now)
-            aged_as[0] = 0
-            if freed:
-                self._extra -= freed
-                self._extras[ns] -= freed
-                self._recap()
+            if aged_as[0]:
+                self._count_out(ns, aged_as[0])
             self._turn(ns)
             return
         self._purge(ns, now, _PURGE_MOST)
