@@ -63,6 +63,16 @@ Rows (``ROWS``; each names its reference, ``bare`` unless said):
   keep-alive request past the first waits ~40 ms for a delayed ACK
   (Kludex/uvicorn#3149; ``--workers-as-shipped`` shows it).
 
+``--inside`` times each one-worker uvicorn row from within: a timer around
+the whole app and one around the Starlette app inside the filter (the
+request's scope carries the inner time out), read over HTTP before and
+after each wrk run at a path the outer timer answers itself.  Printed per
+row: the filter's own microseconds per request (the whole less the app;
+for a bare row, what the two timers cost, about 0.4 µs), the app's, and
+the app's against its reference's: how much slower the same app runs
+behind the filter.  The timers cost time of their own, so such a run's
+rates are not the table's to quote.
+
 The targets (the last table): DosFilter never reached >= 0.95x bare; a fresh
 address per request >= 0.85x bare (either way of resolving it); 4 workers
 sharing a RedisStore >= 0.7x bare 4 workers.  ``--quick`` (2 s rounds) keeps
@@ -74,6 +84,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -85,6 +96,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +112,8 @@ REFUSED_LIMIT = 5  # per second: a flood from one client is refused
 ALLOWED_LIMIT = 1_000_000  # the highest mailguard takes: never reached
 PROXY = (("trusted_proxies", ("127.0.0.1/32",)),)
 FRESH_SPAN = 1 << 22  # addresses per wrk run of the fresh-client script
+INSIDE_PATH = "/__mailguard_bench_inside"  # --inside: the timers' totals, answered outermost
+INNER_KEY = "mailguard.bench.inner_ns"  # --inside: the app's time, carried out in the scope
 
 # protect(): the three filters on one store, limits never reached
 PROTECT_TOML = f"""
@@ -196,8 +210,9 @@ ROWS = [
 
 
 # ---------------------------------------------------------------- server
-def asgi_app(row: Row, redis_url: str, prefix: str) -> Any:
-    """The row's ASGI app: a one-route Starlette app, bare or wrapped."""
+def asgi_app(row: Row, redis_url: str, prefix: str, inside: bool = False) -> Any:
+    """The row's ASGI app: a one-route Starlette app, bare or wrapped (with
+    ``inside``, each timed as the module docs say)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
@@ -209,7 +224,51 @@ def asgi_app(row: Row, redis_url: str, prefix: str) -> Any:
         return PlainTextResponse("ok")
 
     app: Any = Starlette(routes=[Route("/", home)])
-    return wrap(row, app, asgi, redis_url, prefix)
+    if not inside:
+        return wrap(row, app, asgi, redis_url, prefix)
+    return timed_outer(wrap(row, timed_inner(app), asgi, redis_url, prefix))
+
+
+def timed_inner(app: Any) -> Any:
+    """``app``, its time per request left in the scope (``--inside``)."""
+    clock = time.perf_counter_ns
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        start = clock()
+        try:
+            await app(scope, receive, send)
+        finally:
+            scope[INNER_KEY] = clock() - start
+
+    return inner
+
+
+def timed_outer(app: Any) -> Any:
+    """``app`` (the filter, or the bare app) timed as a whole, with the inner
+    time its scope brings back; ``GET INSIDE_PATH`` answers the totals as
+    JSON (``--inside``)."""
+    clock = time.perf_counter_ns
+    totals = {"count": 0, "outer_ns": 0, "inner_ns": 0}
+
+    async def outer(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        if scope["path"] == INSIDE_PATH:
+            body = json.dumps(totals).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        start = clock()
+        try:
+            await app(scope, receive, send)
+        finally:
+            totals["outer_ns"] += clock() - start
+            totals["inner_ns"] += scope.get(INNER_KEY, 0)  # (none for a refused request)
+            totals["count"] += 1
+
+    return outer
 
 
 def wsgi_app(row: Row, redis_url: str, prefix: str) -> Any:
@@ -257,7 +316,10 @@ def row_named(name: str) -> Row:
     return next(r for r in ROWS if r.name == name)
 
 
-def serve(row_name: str, port: int, redis_url: str, prefix: str, http: str, loop: str) -> None:
+def serve(
+    row_name: str, port: int, redis_url: str, prefix: str, http: str, loop: str,
+    inside: bool = False,
+) -> None:  # fmt: skip
     """The server process: build the row's app and serve it until terminated."""
     row = row_named(row_name)
     if row.server == "gunicorn":
@@ -295,7 +357,7 @@ def serve(row_name: str, port: int, redis_url: str, prefix: str, http: str, loop
         sock.set_inheritable(True)
         Multiprocess(config, sockets=[sock]).run()
     else:
-        uvicorn.run(asgi_app(row, redis_url, prefix), **common)
+        uvicorn.run(asgi_app(row, redis_url, prefix, inside), **common)
 
 
 def serve_gunicorn(row: Row, port: int, redis_url: str, prefix: str) -> None:
@@ -338,12 +400,21 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def start_server(row: Row, index: int, redis_url: str, http: str, loop: str) -> Server:
+def timed_inside(row: Row) -> bool:
+    """Whether ``--inside`` times ``row``: a one-worker uvicorn row."""
+    return row.server == "uvicorn" and row.workers == 1
+
+
+def start_server(
+    row: Row, index: int, redis_url: str, http: str, loop: str, inside: bool = False
+) -> Server:
     port = free_port()
     command = [
         sys.executable, __file__, "--serve", row.name, "--port", str(port),
         "--redis-url", redis_url, "--prefix", f"bench{index}:", "--http", http, "--loop", loop,
     ]  # fmt: skip
+    if inside and timed_inside(row):
+        command.append("--inside")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
@@ -396,6 +467,8 @@ class Sample:
     refused: float  # share of non-2xx responses
     app_cpu: float | None  # server CPU seconds per request
     redis_cpu: float | None  # redis-server CPU seconds per request
+    own: float | None = None  # --inside: the filter's own seconds per request
+    app: float | None = None  # --inside: the app's seconds per request
 
 
 @dataclass
@@ -403,6 +476,7 @@ class Wrk:
     connections: int
     script: str  # the fresh-client Lua script's path
     runs: int = 0  # fresh-client runs so far: each starts past the last one's addresses
+    inside: bool = False  # --inside: read the servers' timers around each run
 
     def command(self, server: Server, seconds: int) -> list[str]:
         threads, connections = (2, self.connections * 4) if server.row.workers > 1 else (
@@ -418,11 +492,24 @@ class Wrk:
         return command
 
 
+def inside_totals(server: Server) -> dict[str, int] | None:
+    """The timers' totals of a server run with ``--inside`` (None for a row it
+    does not time)."""
+    if not timed_inside(server.row):
+        return None
+    url = f"http://127.0.0.1:{server.port}{INSIDE_PATH}"
+    with urllib.request.urlopen(url, timeout=5) as answer:  # (loopback only)
+        totals: dict[str, int] = json.loads(answer.read())
+    return totals
+
+
 def run_wrk(server: Server, seconds: int, wrk: Wrk, redis_pid: int | None) -> Sample:
     command = wrk.command(server, seconds)
+    before = inside_totals(server) if wrk.inside else None
     app_before, redis_before = server_cpu(server), cpu_seconds(redis_pid)
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30).stdout
     app_after, redis_after = server_cpu(server), cpu_seconds(redis_pid)
+    after = inside_totals(server) if wrk.inside else None
     total = re.search(r"(\d+) requests in", out)
     rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
     if total is None or rate is None:
@@ -434,11 +521,19 @@ def run_wrk(server: Server, seconds: int, wrk: Wrk, redis_pid: int | None) -> Sa
     def per_request(before: float | None, after: float | None) -> float | None:
         return None if before is None or after is None or not count else (after - before) / count
 
+    own = app = None
+    if before is not None and after is not None and after["count"] > before["count"]:
+        timed = after["count"] - before["count"]
+        whole = (after["outer_ns"] - before["outer_ns"]) / timed / 1e9
+        app = (after["inner_ns"] - before["inner_ns"]) / timed / 1e9
+        own = whole - app
     return Sample(
         float(rate.group(1)),
         refused,
         per_request(app_before, app_after),
         per_request(redis_before, redis_after),
+        own,
+        app,
     )
 
 
@@ -511,6 +606,25 @@ def report(rows: list[Row], samples: dict[str, list[Sample]]) -> int:
         "redis-server.\nx ref CPU: the reference's server CPU per request / the row's server + "
         "redis-server CPU per request (median of the rounds)."
     )
+    timed = [row for row in rows if any(s.own is not None for s in samples[row.name])]
+    if timed:
+        print("\n| row (--inside) | own µs | app µs | app µs over its ref's |")
+        print("|---|---:|---:|---:|")
+        for row in timed:
+            got, ref = samples[row.name], samples[row.ref]
+            over = [
+                s.app - b.app for s, b in zip(got, ref, strict=True)
+                if s.app is not None and b.app is not None
+            ]  # fmt: skip
+            print(
+                f"| {row.name} | {micros([s.own for s in got]).strip()} "
+                f"| {micros([s.app for s in got]).strip()} "
+                f"| {(f'{statistics.median(over) * 1e6:+.1f}' if over else '-')} |"
+            )
+        print(
+            "own: the whole app's time less the app's inside the filter (for a bare row, "
+            "the timers' own cost); app: the Starlette app's; medians of the rounds."
+        )
     targeted = [row for row in rows if row.target is not None]
     missed = 0
     if targeted:
@@ -549,13 +663,22 @@ def main(argv: list[str] | None = None) -> int:
         help="run the 4-worker rows with uvicorn.run(workers=4) as it is (no TCP_NODELAY with "
         "asyncio: Kludex/uvicorn#3149)",
     )
+    parser.add_argument(
+        "--inside",
+        action="store_true",
+        help="time the filter's own part and the app's inside each one-worker uvicorn row "
+        "(timers cost about 0.4 µs: the rates of such a run are not the table's)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="bench:", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.redis_url, args.prefix, args.http, args.loop)
+        serve(
+            args.serve, args.port, args.redis_url, args.prefix, args.http, args.loop,
+            args.inside,
+        )  # fmt: skip
         return 0
     if args.quick:
         args.seconds = min(args.seconds, 2)
@@ -607,13 +730,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mailguard-wrk-") as scratch:
         script = Path(scratch) / "fresh.lua"
         script.write_text(FRESH_LUA)
-        wrk = Wrk(args.connections, str(script))
+        wrk = Wrk(args.connections, str(script), inside=args.inside)
         with redis_for(rows) as redis_server:
             url = redis_server.url if redis_server else ""
             redis_pid = redis_server.process.pid if redis_server and redis_server.process else None
             try:
                 for index, row in enumerate(rows):
-                    servers.append(start_server(row, index, url, http, loop))
+                    servers.append(start_server(row, index, url, http, loop, args.inside))
                 for server in servers:
                     run_wrk(server, args.warmup, wrk, redis_pid)
                 for round_no in range(args.rounds):
