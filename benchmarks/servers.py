@@ -68,7 +68,7 @@ the whole app and one around the Starlette app inside the filter (the
 request's scope carries the inner time out), read over HTTP before and
 after each wrk run at a path the outer timer answers itself.  Printed per
 row: the filter's own microseconds per request (the whole less the app;
-for a bare row, what the two timers cost, about 0.4 µs), the app's, and
+for a bare row, what the two timers cost, about 0.5 µs), the app's, and
 the app's against its reference's: how much slower the same app runs
 behind the filter.  The timers cost time of their own, so such a run's
 rates are not the table's to quote.
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inside",
         action="store_true",
         help="time the filter's own part and the app's inside each one-worker uvicorn row "
-        "(timers cost about 0.4 µs: the rates of such a run are not the table's)",
+        "(timers cost about 0.5 µs: the rates of such a run are not the table's)",
     )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
