@@ -47,6 +47,12 @@ Rows (``ROWS``; each names its reference, ``bare`` unless said):
   default, trusting 127.0.0.1 and ::1): uvicorn rewrites ``scope["client"]`` to the
   header's address before the app, so the filter (with no
   ``trusted_proxies``) sees a fresh peer on every request;
+- peer: pass-through, one client / peer: limits, allowed, one client: no
+  mailguard, for scale: the empty pass-through middleware and the ten-line
+  middleware over ``limits`` (keyed by the peer, a limit never reached) of
+  ``http_cost.py``;
+- peer: limits, allowed, fresh peer from uvicorn: that ten-line middleware
+  on the traffic of the row above, each request a new key for it too;
 - protect(), allowed: ``mailguard.asgi.protect()`` with DosFilter, DeviceJail
   and InvalidLoginFilter on one MemoryStore, limits never reached;
 - memory, refused / redis, refused: DosFilter at 5 requests/s, MemoryStore
@@ -105,6 +111,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from http_cost import PassThrough, TenLineLimits  # noqa: E402  (the same peers as in process)
 from processes import stop_process  # type: ignore[import-not-found]  # noqa: E402
 from redis_server import RedisServer, free_port  # type: ignore[import-not-found]  # noqa: E402
 
@@ -158,7 +165,10 @@ class Row:
     limit: int = REFUSED_LIMIT
     options: tuple[tuple[str, Any], ...] = ()  # extra RedisStore options
     filter_options: tuple[tuple[str, Any], ...] = ()  # extra DosFilter options
-    stack: str = "dos"  # "dos" (DosFilter) or "protect" (the three filters)
+    # "dos" (DosFilter), "protect" (the three filters), or a peer without
+    # mailguard: "pass" (an empty pass-through middleware), "limits" (a
+    # ten-line middleware over limits' fixed window, keyed by the peer)
+    stack: str = "dos"
     server: str = "uvicorn"  # "uvicorn" (Starlette) or "gunicorn" (werkzeug, gthread)
     workers: int = 1
     fresh: bool = False  # a new client address in X-Forwarded-For on every request
@@ -193,6 +203,15 @@ ROWS = [
         fresh=True,
         ref="bare, fresh XFF, uvicorn resolves",
         target=0.85,
+    ),
+    Row("peer: pass-through, one client", stack="pass"),
+    Row("peer: limits, allowed, one client", limit=ALLOWED_LIMIT, stack="limits"),
+    Row(
+        "peer: limits, allowed, fresh peer from uvicorn",
+        limit=ALLOWED_LIMIT,
+        stack="limits",
+        fresh=True,
+        ref="bare, fresh XFF, uvicorn resolves",
     ),
     Row("protect(), allowed", "memory", ALLOWED_LIMIT, stack="protect"),
     Row("memory, refused", "memory"),
@@ -292,6 +311,10 @@ def wrap(row: Row, app: Any, front: Any, redis_url: str, prefix: str) -> Any:
     logging.getLogger("mailguard").addHandler(logging.NullHandler())
     logging.getLogger("mailguard").propagate = False
 
+    if row.stack == "pass":
+        return PassThrough(app)
+    if row.stack == "limits":
+        return TenLineLimits(app, row.limit)
     if row.store is None:
         return app
     store: Any
@@ -574,8 +597,9 @@ def cpu_ratio(row: Row, sample: Sample, ref: Sample) -> float | None:
 def report(rows: list[Row], samples: dict[str, list[Sample]]) -> int:
     """The table and the targets; returns how many targets were missed."""
     print()
+    width = max(len(row.name) for row in rows)
     header = (
-        f"{'row':34} {'req/s (median)':>14} {'range':>17} {'x ref':>7} {'range':>11} "
+        f"{'row':{width}} {'req/s (median)':>14} {'range':>17} {'x ref':>7} {'range':>11} "
         f"{'refused':>8} {'app us':>7} {'redis us':>8} {'x ref CPU':>10} {'range':>11}  ref"
     )
     print(header)
@@ -593,7 +617,7 @@ def report(rows: list[Row], samples: dict[str, list[Sample]]) -> int:
             else f"{'-':>10} {'':>11}"
         )
         print(
-            f"{row.name:34} {statistics.median(rates):>14,.0f} {spread(rates):>17} "
+            f"{row.name:{width}} {statistics.median(rates):>14,.0f} {spread(rates):>17} "
             f"{statistics.median(ratios):>6.2f}x {spread(ratios, 2):>11} "
             f"{statistics.median(s.refused for s in got):>7.1%} "
             f"{micros([s.app_cpu for s in got]):>7} "
