@@ -69,6 +69,12 @@ Rows (``ROWS``; each names its reference, ``bare`` unless said):
   keep-alive request past the first waits ~40 ms for a delayed ACK
   (Kludex/uvicorn#3149; ``--workers-as-shipped`` shows it).
 
+``--restart`` starts every row's server anew for each round (with its
+warm-up).  One server process keeps its memory layout for a whole run, and
+that alone can move a row by a tenth: the same code's one-client row read
+0.87x to 0.98x in four runs of one morning, each run steady within itself.
+With it, each round samples a new layout, and the medians are over layouts.
+
 ``--inside`` times each one-worker uvicorn row from within: a timer around
 the whole app and one around the Starlette app inside the filter (the
 request's scope carries the inner time out), read over HTTP before and
@@ -392,6 +398,8 @@ def serve_gunicorn(row: Row, port: int, redis_url: str, prefix: str) -> None:
                 "bind": f"127.0.0.1:{port}", "workers": row.workers, "worker_class": "gthread",
                 "threads": 4, "loglevel": "error", "accesslog": None, "keepalive": 5,
             }  # fmt: skip
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn 25.1+: no socket
+                settings["control_socket_disable"] = True  # in ~/.gunicorn, nor a fight over it
             for key, value in settings.items():
                 self.cfg.set(key, value)
 
@@ -428,17 +436,34 @@ def timed_inside(row: Row) -> bool:
     return row.server == "uvicorn" and row.workers == 1
 
 
-def start_server(
-    row: Row, index: int, redis_url: str, http: str, loop: str, inside: bool = False
-) -> Server:
-    port = free_port()
-    command = [
-        sys.executable, __file__, "--serve", row.name, "--port", str(port),
-        "--redis-url", redis_url, "--prefix", f"bench{index}:", "--http", http, "--loop", loop,
-    ]  # fmt: skip
-    if inside and timed_inside(row):
-        command.append("--inside")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+def start_servers(
+    rows: list[Row], redis_url: str, http: str, loop: str, inside: bool = False
+) -> list[Server]:
+    """One server per row, all launched at once, each back when it listens."""
+    launched: list[tuple[Row, int, subprocess.Popen[bytes]]] = []
+    try:
+        for index, row in enumerate(rows):
+            port = free_port()
+            while any(port == taken for _, taken, _ in launched):  # (none listens yet)
+                port = free_port()
+            command = [
+                sys.executable, __file__, "--serve", row.name, "--port", str(port),
+                "--redis-url", redis_url, "--prefix", f"bench{index}:", "--http", http,
+                "--loop", loop,
+            ]  # fmt: skip
+            if inside and timed_inside(row):
+                command.append("--inside")
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+            launched.append((row, port, process))
+        return [listening(row, port, process) for row, port, process in launched]
+    except BaseException:
+        for row, port, process in launched:
+            stop(Server(row, port, process, descendants(process.pid)))
+        raise
+
+
+def listening(row: Row, port: int, process: subprocess.Popen[bytes]) -> Server:
+    """The server once it listens on ``port`` (and its workers are up)."""
     deadline = time.monotonic() + 30
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -693,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
         help="time the filter's own part and the app's inside each one-worker uvicorn row "
         "(timers cost about 0.5 µs: the rates of such a run are not the table's)",
     )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start every row's server anew for each round (a process's memory layout can "
+        "move a row by 10%%: this samples it once a round instead of once a run)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
@@ -738,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         import gunicorn as gunicorn_module  # type: ignore[import-untyped]
 
         gunicorn = f", gunicorn {gunicorn_module.__version__} (gthread, 1 worker x 4 threads)"
-    estimate = len(rows) * (args.warmup + args.rounds * args.seconds)
+    warmups = args.rounds if args.restart else 1
+    estimate = len(rows) * (args.warmup * warmups + args.rounds * args.seconds)
     print(
         f"Python {sys.version.split()[0]}, uvicorn {uvicorn.__version__} ({http}, {loop})"
         f"{gunicorn}; "
@@ -746,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds x {args.seconds} s per row, {len(rows)} rows (about "
         f"{estimate // 60} min {estimate % 60} s of load); refused rows at {REFUSED_LIMIT}/s "
         f"from one client; {os.cpu_count()} CPUs"
+        + ("; servers started anew each round" if args.restart else "")
     )
     if args.workers_as_shipped:
         os.environ["MAILGUARD_BENCH_AS_SHIPPED"] = "1"  # read by the server processes
@@ -759,11 +792,13 @@ def main(argv: list[str] | None = None) -> int:
             url = redis_server.url if redis_server else ""
             redis_pid = redis_server.process.pid if redis_server and redis_server.process else None
             try:
-                for index, row in enumerate(rows):
-                    servers.append(start_server(row, index, url, http, loop, args.inside))
-                for server in servers:
-                    run_wrk(server, args.warmup, wrk, redis_pid)
                 for round_no in range(args.rounds):
+                    if round_no == 0 or args.restart:
+                        while servers:
+                            stop(servers.pop())
+                        servers.extend(start_servers(rows, url, http, loop, args.inside))
+                        for server in servers:
+                            run_wrk(server, args.warmup, wrk, redis_pid)
                     for server in servers:
                         samples[server.row.name].append(
                             run_wrk(server, args.seconds, wrk, redis_pid)
