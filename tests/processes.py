@@ -21,6 +21,16 @@ from typing import TypeVar
 _M = TypeVar("_M", bound="Managed")
 
 
+def private_runtime(env: dict[str, str], directory: str | os.PathLike[str]) -> dict[str, str]:
+    """``env`` with ``XDG_RUNTIME_DIR`` set to ``directory``, a temporary one.
+
+    gunicorn 25.1 and later open a control socket (for ``gunicornc``) in
+    ``$XDG_RUNTIME_DIR``, else in ``~/.gunicorn``: a file in the user's home,
+    and one that two gunicorns at once fight over ("Control server error:
+    Address ... already in use").  Older gunicorns ignore the variable."""
+    return {**env, "XDG_RUNTIME_DIR": os.fspath(directory)}
+
+
 def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
     """SIGTERM ``process`` by its PID; SIGKILL after ``grace`` seconds.
 

@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from processes import private_runtime
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,7 +39,8 @@ def _free_port() -> int:
 
 @contextmanager
 def _server(argv: list[str], port: int) -> Iterator[None]:
-    env = dict(os.environ)
+    runtime = tempfile.TemporaryDirectory(prefix="mailguard-runtime-")
+    env = private_runtime(dict(os.environ), runtime.name)  # (gunicorn's control socket)
     env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(ROOT), str(HERE)])
     proc = subprocess.Popen(
         argv, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -63,6 +66,7 @@ def _server(argv: list[str], port: int) -> Iterator[None]:
             proc.wait(5)
         if proc.stderr:
             proc.stderr.close()
+        runtime.cleanup()
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import private_runtime
 from werkzeug.test import Client
 
 from mailguard.events import FALLBACK_FORMAT, Event
@@ -422,6 +423,7 @@ def _serve_and_attack(
     as FLOODER, stop it; what it printed (stdout and stderr) is in ``log``."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(DATA)]), **(env or {})}
+    env = private_runtime(env, log.parent)  # (gunicorn's control socket: the test's directory)
     with log.open("wb") as out:
         server = subprocess.Popen(
             [arg.replace("PORT", str(port)) for arg in command],

@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from processes import private_runtime
 
 pytestmark = pytest.mark.servers
 
@@ -195,7 +196,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     (tmp_path / "mg_app.py").write_text(APP)
     sock = tmp_path / "app.sock"
     env = {
-        **os.environ,
+        **private_runtime(dict(os.environ), tmp_path),  # (gunicorn's control socket)
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "MG_TRUST_UNIX": "1" if trust else "0",
     }
